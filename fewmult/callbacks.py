@@ -1,0 +1,70 @@
+"""Lightning callbacks that write the run contract on global rank zero."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+
+from fewmult.results import append_metrics_row, is_better
+
+
+def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+class EpochMetricsCSV(L.Callback):
+    """Appends one row per training epoch to ``metrics.csv`` and prints a one-line summary."""
+
+    def __init__(self, path: Path, echo: bool = True) -> None:
+        self.path = Path(path)
+        self.echo = echo
+        self._start = 0.0
+        self._validated_epoch = -1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        row = {"epoch": trainer.current_epoch, **_metrics(trainer)}
+        if self._validated_epoch != trainer.current_epoch:  # keep stale val/test values out of this row
+            row = {k: v for k, v in row.items() if not k.startswith(("val/", "test/"))}
+        row["epoch_seconds"] = round(time.perf_counter() - self._start, 4)
+        append_metrics_row(self.path, row)
+        if self.echo:
+            shown = "  ".join(
+                f"{k} {row[k]:.4f}" for k in ("train/loss", "val/error", "test/error") if k in row
+            )
+            print(f"epoch {trainer.current_epoch:>4}  {shown}  ({row['epoch_seconds']:.1f} s)", flush=True)
+
+
+class BestCheckpoint(L.Callback):
+    """Saves ``best.ckpt`` at the epoch of lowest validation error (the later one on ties)."""
+
+    def __init__(self, path: Path, monitor: str = "val/error") -> None:
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best: float | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if is_better(value, self.best):
+            self.best = value
+            trainer.save_checkpoint(self.path)  # every rank calls; only rank zero writes
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        best = state_dict.get("best")
+        self.best = None if best is None or math.isnan(best) else best

@@ -1,0 +1,141 @@
+"""Networks written in the papers' notation, e.g. ``128C3-128C3-MP2-256C2-...-1024FC``.
+
+Tokens: ``NCk`` a k x k convolution with N maps (``KCk``, ``2KCk``: multiples of the width K of
+Hou et al.'s SVHN sweep), ``MPp`` p x p max-pooling, ``NFC`` a dense layer with N units. The
+output layer (``num_classes`` units) is appended. Every layer is followed by batch norm, as in
+both papers, and hidden layers by the activation:
+
+    conv -> [max-pool] -> BN -> activation      dense -> BN -> activation      out -> BN
+
+Pooling sits between a convolution and its BN, as in both authors' code. With batch norm the
+layers carry no bias (BN's shift is the bias: Lin et al. add it after BN, Hou et al. before, where
+BN cancels it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import prod
+
+from torch import nn
+
+from fewmult.errors import UserError
+from fewmult.nn.layers import QuantConv2d, QuantLinear
+
+ModuleFactory = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    kind: str  # "conv" | "fc"
+    units: int
+    kernel: int = 0
+    pool: int = 1
+
+
+_CONV = re.compile(r"^(\d*)(K?)C(\d+)$")
+_POOL = re.compile(r"^MP(\d+)$")
+_FC = re.compile(r"^(\d+)FC$")
+
+
+def parse_arch(arch: str, width: int | None = None) -> list[LayerSpec]:
+    """Parse the papers' notation into layer specs (pooling folded into the preceding conv)."""
+    layers: list[LayerSpec] = []
+    for token in [t.strip() for t in arch.split("-") if t.strip()]:
+        if m := _CONV.match(token):
+            count, uses_k, kernel = m.groups()
+            if uses_k and width is None:
+                raise UserError(f"model.arch uses K ({token}) but model.width is not set.")
+            units = (int(count) if count else 1) * (width if uses_k else 1)
+            layers.append(LayerSpec("conv", units, int(kernel)))
+        elif m := _POOL.match(token):
+            if not layers or layers[-1].kind != "conv" or layers[-1].pool != 1:
+                raise UserError(f"model.arch: {token} must follow a convolution ({arch}).")
+            last = layers.pop()
+            layers.append(LayerSpec("conv", last.units, last.kernel, int(m.group(1))))
+        elif m := _FC.match(token):
+            layers.append(LayerSpec("fc", int(m.group(1))))
+        else:
+            raise UserError(f"model.arch: cannot read {token!r} in {arch!r}; use NCk, KCk, MPp or NFC tokens.")
+    if any(a.kind == "fc" and b.kind == "conv" for a, b in zip(layers, layers[1:], strict=False)):
+        raise UserError(f"model.arch: convolutions cannot follow dense layers ({arch}).")
+    return layers
+
+
+class PaperNet(nn.Sequential):
+    """A feed-forward classifier from the papers' notation.
+
+    Args:
+        arch: the hidden layers, e.g. ``"1024FC-1024FC-1024FC"`` (Lin et al.'s MNIST MLP).
+        input_shape: (C, H, W) of one example.
+        num_classes: units of the output layer.
+        width: K, for archs written with ``KCk`` tokens.
+        padding: convolution padding (0 = "valid" as Lin et al.; 1 = "same" for 3x3 as Hou et al.).
+        batch_norm: BN after every layer (both papers); without it, layers get biases.
+        bn_eps, bn_momentum: BN constants (the authors' code uses 1e-4 and 0.1).
+        activation: builds each hidden activation (default ReLU).
+        weight_quantizer: builds each layer's weight quantizer (default: none, full precision).
+        name: the architecture's name in configs and results (e.g. ``lin2016_mlp``).
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        width: int | None = None,
+        padding: int = 0,
+        batch_norm: bool = True,
+        bn_eps: float = 1e-4,
+        bn_momentum: float = 0.1,
+        activation: ModuleFactory | None = None,
+        weight_quantizer: ModuleFactory | None = None,
+        name: str = "",
+    ) -> None:
+        activation = activation or nn.ReLU
+        channels, height, width_px = (tuple(input_shape) + (1, 1))[:3]
+        blocks: OrderedDict[str, nn.Module] = OrderedDict()
+        flat = False
+        specs = [*parse_arch(arch, width), LayerSpec("fc", num_classes)]
+        n_conv = n_fc = 0
+        for i, spec in enumerate(specs):
+            is_output = i == len(specs) - 1
+            quantizer = weight_quantizer() if weight_quantizer else None
+            parts: list[nn.Module] = []
+            if spec.kind == "conv":
+                n_conv += 1
+                parts.append(
+                    QuantConv2d(channels, spec.units, spec.kernel, padding=padding, bias=not batch_norm,
+                                pool_area=spec.pool**2, weight_quantizer=quantizer)
+                )
+                height = height + 2 * padding - spec.kernel + 1
+                width_px = width_px + 2 * padding - spec.kernel + 1
+                if spec.pool > 1:
+                    parts.append(nn.MaxPool2d(spec.pool))
+                    height, width_px = height // spec.pool, width_px // spec.pool
+                if height < 1 or width_px < 1:
+                    raise UserError(f"model.arch {arch!r} shrinks the {input_shape} input to nothing.")
+                channels = spec.units
+                bn: nn.Module = nn.BatchNorm2d(spec.units, eps=bn_eps, momentum=bn_momentum)
+                name = f"conv{n_conv}"
+            else:
+                if not flat:
+                    parts.insert(0, nn.Flatten())
+                    channels, flat = channels * height * width_px, True
+                parts.append(QuantLinear(channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer))
+                channels = spec.units
+                bn = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
+                n_fc += not is_output
+                name = "out" if is_output else f"fc{n_fc}"
+            if batch_norm:
+                parts.append(bn)
+            if not is_output:
+                parts.append(activation())
+            blocks[name] = nn.Sequential(*parts)
+        super().__init__(blocks)
+        self.name = name
+        self.input_shape = tuple(input_shape)
+        self.num_inputs = prod(input_shape)

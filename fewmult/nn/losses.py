@@ -1,0 +1,29 @@
+"""The losses of the papers: squared hinge (L2-SVM output), and cross-entropy as an option."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SquaredHingeLoss(nn.Module):
+    """One-vs-all squared hinge: ``sum_k max(0, 1 - t_k y_k)^2`` with ``t = +-1`` targets.
+
+    ``class_reduction="sum"`` sums over classes and averages over the batch, as Lin et al.'s code
+    (this sets the scale SGD's learning rate acts on). ``"mean"`` averages over batch and classes,
+    as Hou et al.'s code; under Adam the two differ only through Adam's epsilon.
+    """
+
+    def __init__(self, class_reduction: str = "sum") -> None:
+        super().__init__()
+        if class_reduction not in ("sum", "mean"):
+            raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
+        self.class_reduction = class_reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        signs = F.one_hot(target, logits.shape[1]).to(logits.dtype).mul_(2).sub_(1)
+        per_unit = (1 - signs * logits).clamp_min(0).square()
+        if self.class_reduction == "sum":
+            return per_unit.sum(dim=1).mean()
+        return per_unit.mean()

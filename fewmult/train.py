@@ -1,0 +1,144 @@
+"""Hydra entry point: ``python -m fewmult.train [overrides]``.
+
+Composes the config, loads the data, builds the model and trains it with Lightning, writing the
+run contract into the Hydra output folder: ``results.json``, ``metrics.csv``, ``checkpoints/``
+and ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV
+from fewmult.config import CONF_DIR, check_config
+from fewmult.errors import UserError
+from fewmult.loggers import finish_logger, make_logger
+from fewmult.module import ClassifierModule
+from fewmult.results import best_epoch, read_metrics, write_json
+
+
+def quiet_lightning() -> None:
+    """Keep the console to fewmult's own lines: Lightning's info banners and tips add nothing here."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """Name, group and tags of this job for the experiment logger."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "name": hc.job.override_dirname or "defaults",
+        "group": str(Path(hc.sweep.dir)) if multirun else None,
+        "tags": [f"dataset:{cfg.dataset.name}", f"model:{cfg.model.name}", f"method:{cfg.method.name}"],
+        "job_type": cfg.method.name,
+    }
+
+
+def _base_results(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "paper": cfg.paper,
+        "qbp": bool(cfg.qbp),
+        "seed": cfg.seed,
+        "lr": cfg.optim.lr,
+        "epochs": cfg.trainer.max_epochs,
+        "published_test_error": cfg.get("published_test_error"),
+    }
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train one model; return the ``results.json`` payload (also written to ``run_dir``)."""
+    results = _base_results(cfg)
+    results_path = run_dir / "results.json"
+    logger = None
+    start = time.perf_counter()
+    try:
+        check_config(cfg)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.dataset)
+        splits = datamodule.load()
+        results["train_samples"] = splits.sizes()["train"]
+        model = instantiate(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+        module = ClassifierModule(
+            model=model,
+            loss=instantiate(cfg.loss),
+            optimizer=instantiate(cfg.optim.optimizer),
+            scheduler=instantiate(cfg.schedule),
+            num_classes=splits.num_classes,
+        )
+        identity = _run_identity(cfg)
+        logger = make_logger(
+            OmegaConf.to_container(cfg.logger, resolve=True),
+            run_dir,
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+            **identity,
+        )
+        checkpoints = run_dir / "checkpoints"
+        trainer = instantiate(
+            cfg.trainer,
+            default_root_dir=str(run_dir),
+            logger=logger if logger is not None else False,
+            callbacks=[
+                EpochMetricsCSV(run_dir / "metrics.csv"),
+                BestCheckpoint(checkpoints / "best.ckpt"),
+                ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
+            ],
+        )
+        trainer.fit(module, datamodule=datamodule)
+        best = best_epoch(read_metrics(run_dir / "metrics.csv"))
+        if best is None:
+            raise UserError("training ended without a validation result; check trainer.check_val_every_n_epoch.")
+        results.update(
+            best_epoch=int(best["epoch"]),
+            val_error=best["val/error"],
+            test_error=best["test/error"],
+            status="completed",
+        )
+        if logger is not None:
+            logger.log_metrics({"best/val_error": best["val/error"], "best/test_error": best["test/error"],
+                                "best/epoch": best["epoch"]})
+    except BaseException as exc:
+        results.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        results["train_seconds"] = round(time.perf_counter() - start, 3)
+        write_json(results_path, results)
+        finish_logger(logger, failed=results.get("status") != "completed")
+    return results
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    quiet_lightning()
+    try:
+        results = train(cfg, run_dir)
+    except UserError as exc:
+        print(f"fewmult: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(
+        f"val error {results['val_error']:.4f}  test error {results['test_error']:.4f}  "
+        f"(epoch {results['best_epoch']} of {results['epochs']})\nrun saved to {run_dir}",
+        flush=True,
+    )
+    return results["val_error"]
+
+
+if __name__ == "__main__":
+    main()
