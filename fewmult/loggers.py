@@ -37,7 +37,12 @@ def resolve_wandb_mode(mode: str) -> str:
 
 
 def make_logger(
-    cfg: dict[str, Any], run_dir: Path, run_config: dict[str, Any], name: str, group: str | None, tags: list[str],
+    cfg: dict[str, Any],
+    run_dir: Path,
+    run_config: dict[str, Any],
+    name: str,
+    group: str | None,
+    tags: list[str],
     job_type: str,
 ) -> Logger | None:
     """Build the logger chosen by ``logger.name`` (``wandb``, ``csv`` or ``none``)."""
@@ -48,10 +53,8 @@ def make_logger(
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
     mode = resolve_wandb_mode(cfg.get("mode", "auto"))
     if mode == "offline":
-        print(
-            f"W&B: no credentials, logging offline; upload later with: wandb sync {run_dir}/wandb/offline-run-*",
-            flush=True,
-        )
+        hint = f"wandb sync {run_dir}/wandb/offline-run-*"
+        print(f"W&B: logging offline; upload later with: {hint}", flush=True)
     logger = WandbLogger(
         project=cfg.get("project", "fewmult"),
         entity=cfg.get("entity"),

@@ -18,7 +18,7 @@ class MulticlassError(MulticlassAccuracy):
     """Top-1 error rate, 1 - accuracy, as both papers report it (synchronized across DDP ranks)."""
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes=num_classes, average="micro")
+        super().__init__(num_classes=num_classes, average="micro", validate_args=False)  # checks cost ~1 ms a step
 
     def compute(self) -> torch.Tensor:
         return 1 - super().compute()
@@ -52,42 +52,68 @@ class ClassifierModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # ModuleDict keys cannot be "train" (a Module attribute), hence the underscore
         self.error = nn.ModuleDict({f"{s}_": MulticlassError(num_classes) for s in ("train", *EVAL_SPLITS)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # No self.log here: per-step logging costs ~5 % of an MLP step on CPU. The epoch's loss and
+        # error are accumulated on the device and logged once, after the epoch's last batch.
         x, y = batch
         logits = self.model(x)
         loss = self.loss(logits, y)
-        error = self.error[f"{split}_"]  # ModuleDict keys cannot be "train"
-        error.update(logits.detach(), y)
-        opts = {"on_step": False, "on_epoch": True, "batch_size": len(y), "add_dataloader_idx": False}
-        self.log(f"{split}/loss", loss.detach(), sync_dist=True, **opts)
-        self.log(f"{split}/error", error, **opts)
+        self.error["train_"].update(logits.detach(), y)
+        self._train_loss_sum += loss.detach() * len(y)
+        self._train_count += len(y)
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step("train", batch)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
-        self._step(EVAL_SPLITS[dataloader_idx], batch)
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(EVAL_SPLITS[dataloader_idx], batch)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step("test", batch)
+        self._eval_step("test", batch)
+
+    def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, y = batch
+        logits = self.model(x)
+        error = self.error[f"{split}_"]
+        error.update(logits, y)
+        opts = {"on_step": False, "on_epoch": True, "batch_size": len(y), "add_dataloader_idx": False}
+        self.log(f"{split}/loss", self.loss(logits, y), sync_dist=True, **opts)
+        self.log(f"{split}/error", error, **opts)
 
     def on_train_epoch_start(self) -> None:
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_count = 0
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # after the last batch rather than in on_train_epoch_end, which Lightning calls after the
+        # callbacks' on_train_epoch_end (the metrics.csv writer must see these values)
+        if self.trainer.is_last_batch:
+            self._log_train_epoch()
+
+    def _log_train_epoch(self) -> None:
+        totals = torch.stack([self._train_loss_sum, torch.tensor(float(self._train_count), device=self.device)])
+        loss_sum, count = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        loss = loss_sum / count
+        self.log("train/loss", loss, on_epoch=True)
+        self.log("train/error", self.error["train_"].compute(), on_epoch=True)
+        self.error["train_"].reset()
+        self._epoch_loss = loss
+
     def on_train_epoch_end(self) -> None:
-        loss = self.trainer.callback_metrics.get("train/loss")
-        if loss is not None and not torch.isfinite(loss):
+        # runs after the callbacks' on_train_epoch_end, so metrics.csv already has this epoch's row
+        if not torch.isfinite(self._epoch_loss):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise UserError(
-                f"the training loss became {float(loss)} in epoch {self.current_epoch}. The learning rate "
-                f"(now {lr:g}) is probably too high for this method: lower optim.lr. Checkpoints and "
-                "metrics of the finished epochs are kept in the run folder."
+                f"the training loss became {float(self._epoch_loss)} in epoch {self.current_epoch}. The "
+                f"learning rate (now {lr:g}) is probably too high for this method: lower optim.lr. "
+                "Checkpoints and metrics of the finished epochs are kept in the run folder."
             )
 
     def configure_optimizers(self):

@@ -29,12 +29,13 @@ def append_metrics_row(path: Path, row: dict[str, float]) -> None:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         if new:
             writer.writeheader()
-        writer.writerow({k: _short(row[k]) if k in row else "" for k in METRIC_COLUMNS})
+        cells = {k: _short(row[k]) if k in row else "" for k in METRIC_COLUMNS}
+        writer.writerow({**cells, "epoch": int(row["epoch"])})
 
 
-def _short(value: float) -> float | int:
+def _short(value: float) -> float:
     """Six significant digits: error rates computed in float32 print as 0.042, not 0.0419999957."""
-    return int(value) if float(value).is_integer() and abs(value) >= 1 else float(f"{value:.6g}")
+    return float(f"{value:.6g}")
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -42,7 +43,10 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
 
 
 def is_better(value: float, best: float | None) -> bool:

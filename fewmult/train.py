@@ -20,11 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV
 from fewmult.config import CONF_DIR, check_config
-from fewmult.errors import UserError
+from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.module import ClassifierModule
 from fewmult.results import best_epoch, read_metrics, write_json
@@ -86,7 +87,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         logger = make_logger(
             OmegaConf.to_container(cfg.logger, resolve=True),
             run_dir,
-            run_config=OmegaConf.to_container(cfg, resolve=True),
+            run_config=OmegaConf.to_container(
+                OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+            ),
             **identity,
         )
         checkpoints = run_dir / "checkpoints"
@@ -103,16 +106,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule)
         best = best_epoch(read_metrics(run_dir / "metrics.csv"))
         if best is None:
-            raise UserError("training ended without a validation result; check trainer.check_val_every_n_epoch.")
+            raise UserError(
+                "training ended without a validation result; check trainer.check_val_every_n_epoch."
+            )
         results.update(
             best_epoch=int(best["epoch"]),
             val_error=best["val/error"],
             test_error=best["test/error"],
             status="completed",
         )
-        if logger is not None:
-            logger.log_metrics({"best/val_error": best["val/error"], "best/test_error": best["test/error"],
-                                "best/epoch": best["epoch"]})
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(
+                {
+                    "best/val_error": best["val/error"],
+                    "best/test_error": best["test/error"],
+                    "best/epoch": int(best["epoch"]),
+                }
+            )
     except BaseException as exc:
         results.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -129,8 +139,11 @@ def main(cfg: DictConfig) -> float | None:
     quiet_lightning()
     try:
         results = train(cfg, run_dir)
-    except UserError as exc:
-        print(f"fewmult: error: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"fewmult: error: {user_error}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(
         f"val error {results['val_error']:.4f}  test error {results['test_error']:.4f}  "

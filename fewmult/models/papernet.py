@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from math import prod
 
 from torch import nn
@@ -59,8 +60,10 @@ def parse_arch(arch: str, width: int | None = None) -> list[LayerSpec]:
         elif m := _FC.match(token):
             layers.append(LayerSpec("fc", int(m.group(1))))
         else:
-            raise UserError(f"model.arch: cannot read {token!r} in {arch!r}; use NCk, KCk, MPp or NFC tokens.")
-    if any(a.kind == "fc" and b.kind == "conv" for a, b in zip(layers, layers[1:], strict=False)):
+            raise UserError(
+                f"model.arch: cannot read {token!r} in {arch!r}; use NCk, KCk, MPp or NFC tokens."
+            )
+    if any(a.kind == "fc" and b.kind == "conv" for a, b in pairwise(layers)):
         raise UserError(f"model.arch: convolutions cannot follow dense layers ({arch}).")
     return layers
 
@@ -96,7 +99,7 @@ class PaperNet(nn.Sequential):
         name: str = "",
     ) -> None:
         activation = activation or nn.ReLU
-        channels, height, width_px = (tuple(input_shape) + (1, 1))[:3]
+        channels, height, width_px = (*tuple(input_shape), 1, 1)[:3]
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
         flat = False
         specs = [*parse_arch(arch, width), LayerSpec("fc", num_classes)]
@@ -108,8 +111,15 @@ class PaperNet(nn.Sequential):
             if spec.kind == "conv":
                 n_conv += 1
                 parts.append(
-                    QuantConv2d(channels, spec.units, spec.kernel, padding=padding, bias=not batch_norm,
-                                pool_area=spec.pool**2, weight_quantizer=quantizer)
+                    QuantConv2d(
+                        channels,
+                        spec.units,
+                        spec.kernel,
+                        padding=padding,
+                        bias=not batch_norm,
+                        pool_area=spec.pool**2,
+                        weight_quantizer=quantizer,
+                    )
                 )
                 height = height + 2 * padding - spec.kernel + 1
                 width_px = width_px + 2 * padding - spec.kernel + 1
@@ -117,7 +127,7 @@ class PaperNet(nn.Sequential):
                     parts.append(nn.MaxPool2d(spec.pool))
                     height, width_px = height // spec.pool, width_px // spec.pool
                 if height < 1 or width_px < 1:
-                    raise UserError(f"model.arch {arch!r} shrinks the {input_shape} input to nothing.")
+                    raise UserError(f"model.arch {arch!r} shrinks the {tuple(input_shape)} input to nothing.")
                 channels = spec.units
                 bn: nn.Module = nn.BatchNorm2d(spec.units, eps=bn_eps, momentum=bn_momentum)
                 name = f"conv{n_conv}"
@@ -125,7 +135,9 @@ class PaperNet(nn.Sequential):
                 if not flat:
                     parts.insert(0, nn.Flatten())
                     channels, flat = channels * height * width_px, True
-                parts.append(QuantLinear(channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer))
+                parts.append(
+                    QuantLinear(channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer)
+                )
                 channels = spec.units
                 bn = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
                 n_fc += not is_output

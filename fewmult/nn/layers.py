@@ -51,7 +51,11 @@ class QuantLinear(QuantMixin, nn.Linear):
     """``y = x W_q^T + b`` with ``W_q = weight_quantizer(W)``."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, weight_quantizer: nn.Module | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        weight_quantizer: nn.Module | None = None,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
         self.fan_in, self.fan_out = in_features, out_features

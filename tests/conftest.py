@@ -1,0 +1,62 @@
+"""Shared fixtures: composing the real configs, and running the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fewmult.config import CONF_DIR
+
+REPO = CONF_DIR.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test may log online or read the user's data folder."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("FEWMULT_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """Compose ``conf/train.yaml`` as the CLI would, and make it the current Hydra config."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def run_cli(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python -m fewmult.train`` (or another module) with a fresh output folder."""
+
+    def _run(*args: str, module: str = "fewmult.train", timeout: float = 300, **env: str):
+        full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return _run
+
+
+def only_run_dir(root: Path) -> Path:
+    """The one folder under ``root`` that holds a results.json."""
+    found = sorted(p.parent for p in root.rglob("results.json"))
+    assert len(found) == 1, found
+    return found[0]

@@ -1,0 +1,126 @@
+"""Every config composes and instantiates, and the grid picks the papers' setups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from fewmult.config import CONF_DIR
+from fewmult.data import TensorDataModule
+from fewmult.errors import UserError
+from tests.conftest import compose_config
+
+
+def options(group: str) -> list[str]:
+    folder = CONF_DIR / group
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+
+
+INPUT_SHAPE = {
+    "mnist": (1, 28, 28),
+    "mnist_mini": (1, 28, 28),
+    "synthetic": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "svhn": (3, 32, 32),
+}
+
+
+def test_groups_have_the_documented_options():
+    assert {"mnist", "cifar10", "svhn", "mnist_mini", "synthetic"} <= set(options("dataset"))
+    assert {"mlp", "cnn", "lin2016_mlp", "lin2016_cnn", "hou2017_mlp", "hou2017_cnn"} <= set(options("model"))
+    assert {"fp"} <= set(options("method"))
+    assert {"sgd", "adam"} <= set(options("optim"))
+    assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
+    assert {"wandb", "csv", "none"} <= set(options("logger"))
+
+
+@pytest.mark.parametrize("paper", options("paper"))
+@pytest.mark.parametrize("dataset", options("dataset"))
+@pytest.mark.parametrize("method", options("method"))
+def test_grid_composes_and_builds(paper, dataset, method):
+    cfg = compose_config(f"paper={paper}", f"dataset={dataset}", f"method={method}")
+    assert cfg.paper == paper and cfg.dataset.name == dataset
+    datamodule = instantiate(cfg.dataset)
+    assert isinstance(datamodule, TensorDataModule)
+    model = instantiate(cfg.model, input_shape=INPUT_SHAPE[dataset], num_classes=10)
+    model.eval()
+    assert model(torch.randn(2, *INPUT_SHAPE[dataset])).shape == (2, 10)
+    optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    assert optimizer.param_groups[0]["lr"] == cfg.optim.lr > 0
+    instantiate(cfg.schedule)(optimizer)
+    instantiate(cfg.loss)
+    instantiate(cfg.trainer, accelerator="cpu", logger=False)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_option_builds(model):
+    cfg = compose_config(f"model={model}")
+    net = instantiate(cfg.model, input_shape=(3, 32, 32), num_classes=10).eval()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_net_too_deep_for_its_input_says_so():
+    cfg = compose_config("model=lin2016_cnn")
+    with pytest.raises(InstantiationException) as info:
+        instantiate(cfg.model, input_shape=(1, 28, 28), num_classes=10)
+    assert isinstance(info.value.__cause__, UserError)
+    assert "shrinks the (1, 28, 28) input" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_config(f"+experiment={experiment}")
+    paper, dataset, method = experiment.split("_", 2)
+    assert (cfg.paper, cfg.dataset.name, cfg.method.name) == (paper, dataset, method)
+    assert 0 < cfg.published_test_error < 1
+
+
+@pytest.mark.parametrize(
+    "overrides, arch_name, optimizer, batch, epochs",
+    [
+        ([], "lin2016_mlp", "sgd", 200, 50),
+        (["dataset=mnist"], "lin2016_mlp", "sgd", 200, 1000),
+        (["dataset=cifar10"], "lin2016_cnn", "sgd", 100, 300),
+        (["dataset=svhn"], "lin2016_cnn", "sgd", 100, 60),
+        (["paper=hou2017", "dataset=mnist"], "hou2017_mlp", "adam", 100, 50),
+        (["paper=hou2017", "dataset=cifar10"], "hou2017_cnn", "adam", 50, 200),
+        (["paper=hou2017", "dataset=svhn"], "hou2017_cnn_svhn", "adam", 50, 50),
+        (["dataset=svhn", "model=mlp"], "mlp", "sgd", 100, 60),
+        (["paper=hou2017", "dataset=svhn", "optim=sgd"], "hou2017_cnn_svhn", "sgd", 50, 50),
+    ],
+)
+def test_paper_and_dataset_select_the_setup(overrides, arch_name, optimizer, batch, epochs):
+    cfg = compose_config(*overrides)
+    assert cfg.model.name == arch_name
+    assert cfg.optim.name == optimizer
+    assert cfg.dataset.batch_size == batch
+    assert cfg.trainer.max_epochs == epochs
+
+
+def test_schedules_follow_the_papers():
+    lin = compose_config("dataset=cifar10")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lin.optim.lr)
+    sched = instantiate(lin.schedule)(opt)
+    for _ in range(lin.trainer.max_epochs):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001, rel=1e-6)  # 0.3 -> 0.001 over 300 epochs
+
+    hou = compose_config("paper=hou2017", "dataset=svhn")
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=hou.optim.lr)
+    sched = instantiate(hou.schedule)(opt)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert (
+        lrs[14] == pytest.approx(1e-3) and lrs[15] == pytest.approx(1e-4) and lrs[25] == pytest.approx(1e-5)
+    )
+
+
+def test_data_root_defaults_to_fewmult_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEWMULT_DATA", str(tmp_path / "somewhere"))
+    assert compose_config("dataset=mnist").dataset.root == str(tmp_path / "somewhere")

@@ -1,0 +1,119 @@
+"""``python -m fewmult.train`` end to end, as a user runs it: the run contract and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from tests import fakedata
+from tests.conftest import only_run_dir
+from tests.wandb_reader import exit_code, history, run_info
+
+RESULT_KEYS = {
+    "dataset",
+    "model",
+    "method",
+    "qbp",
+    "seed",
+    "lr",
+    "epochs",
+    "best_epoch",
+    "val_error",
+    "test_error",
+    "train_seconds",
+    "status",
+    "train_samples",
+}
+
+
+def read_csv(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_synthetic_run_writes_the_whole_contract(run_cli, tmp_path):
+    proc = run_cli("dataset=synthetic", "trainer.max_epochs=4", "seed=3")
+    assert proc.returncode == 0, proc.stderr
+    run = only_run_dir(tmp_path / "outputs")
+    results = json.loads((run / "results.json").read_text())
+    assert set(results) >= RESULT_KEYS
+    assert results["status"] == "completed" and results["qbp"] is False
+    assert (results["dataset"], results["model"], results["method"]) == ("synthetic", "lin2016_mlp", "fp")
+    assert results["seed"] == 3 and results["epochs"] == 4 and results["train_samples"] == 600
+    assert 0 <= results["val_error"] <= 1 and 0 <= results["test_error"] <= 1
+    rows = read_csv(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    best = rows[results["best_epoch"]]
+    assert float(best["val/error"]) == pytest.approx(results["val_error"])
+    assert float(best["test/error"]) == pytest.approx(results["test_error"])
+    assert all(float(r["val/error"]) >= results["val_error"] for r in rows)
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert f"run saved to {run}" in proc.stdout and "test error" in proc.stdout
+
+    # the offline W&B run holds the same per-epoch metrics, its name, job type and tags
+    (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    logged = [h for h in history(wandb_file) if "val/error" in h]
+    assert [round(h["val/error"], 5) for h in logged] == [round(float(r["val/error"]), 5) for r in rows]
+    info = run_info(wandb_file)
+    assert info.display_name == "dataset=synthetic,seed=3,trainer.max_epochs=4"
+    assert info.job_type == "fp"
+    assert set(info.tags) >= {"dataset:synthetic", "model:lin2016_mlp", "method:fp"}
+    assert exit_code(wandb_file) == 0
+    assert "wandb sync" in proc.stdout
+
+
+def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
+    proc = run_cli()  # exactly what a new user types
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
+    assert (results["dataset"], results["model"], results["method"]) == ("mnist_mini", "lin2016_mlp", "fp")
+    assert results["train_samples"] == 3500
+    assert results["test_error"] < 0.08  # measured 0.040 with seed 0; chance is 0.9
+    assert results["train_seconds"] < 120
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dataset=imagenet"], "Available options in 'dataset'"),
+        (["method=ternary"], "Available options in 'method'"),
+        (["optim.lr=0"], "optim.lr must be a positive number"),
+        (["optim.lr=-0.1"], "optim.lr must be a positive number"),
+        (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
+        (["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller"),
+        (["dataset=mnist", "dataset.download=false"], "missing train-images-idx3-ubyte"),
+        (["dataset=cifar10", "dataset.download=false"], "missing data_batch_1"),
+        (["dataset=svhn", "dataset.download=false"], "missing train_32x32.mat"),
+        (["dataset=mnist"], "could not download"),
+    ],
+)
+def test_bad_input_gives_one_clear_message(run_cli, tmp_path, args, message):
+    proc = run_cli(*args, "logger=none")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("metrics.csv")), "training must not start"
+
+
+def test_corrupt_dataset_file(run_cli, tmp_path):
+    raw = fakedata.write_mnist(tmp_path / "data")
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x14")  # says 20 labels, has 0
+    proc = run_cli("dataset=mnist", "dataset.val_size=10", "logger=none", FEWMULT_DATA=str(tmp_path / "data"))
+    assert proc.returncode == 2
+    assert "corrupt" in proc.stderr and str(raw) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_failed_run_is_recorded_and_keeps_finished_epochs(run_cli, tmp_path):
+    proc = run_cli("dataset=synthetic", "optim.lr=1e38", "trainer.max_epochs=3")
+    assert proc.returncode == 2
+    assert "lower optim.lr" in proc.stderr and "Traceback" not in proc.stderr
+    run = only_run_dir(tmp_path / "outputs")
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "failed" and "loss became" in results["error"]
+    rows = read_csv(run / "metrics.csv")
+    assert rows and not math.isfinite(float(rows[-1]["train/loss"]))
+    (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    assert exit_code(wandb_file) == 1
