@@ -10,6 +10,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from fewmult.errors import UserError
+from fewmult.nn.layers import quant_layers
+from fewmult.quant.curvature import AdamSecondMoment
 
 EVAL_SPLITS = ("val", "test")  # the order of TensorDataModule.val_dataloader()
 
@@ -18,7 +20,9 @@ class MulticlassError(MulticlassAccuracy):
     """Top-1 error rate, 1 - accuracy, as both papers report it (synchronized across DDP ranks)."""
 
     def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes=num_classes, average="micro", validate_args=False)  # checks cost ~1 ms a step
+        super().__init__(
+            num_classes=num_classes, average="micro", validate_args=False
+        )  # checks cost ~1 ms a step
 
     def compute(self) -> torch.Tensor:
         return 1 - super().compute()
@@ -49,6 +53,12 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
+        # (quantizer, latent weight) pairs, clipped after every optimizer step
+        self._clipped = [
+            (layer.weight_quantizer, layer.weight)
+            for layer in quant_layers(model)
+            if layer.weight_quantizer is not None
+        ]
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -92,13 +102,17 @@ class ClassifierModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        for quantizer, weight in self._clipped:  # both papers clip the latent weights after each step
+            quantizer.clip_(weight)
         # after the last batch rather than in on_train_epoch_end, which Lightning calls after the
         # callbacks' on_train_epoch_end (the metrics.csv writer must see these values)
         if self.trainer.is_last_batch:
             self._log_train_epoch()
 
     def _log_train_epoch(self) -> None:
-        totals = torch.stack([self._train_loss_sum, torch.tensor(float(self._train_count), device=self.device)])
+        totals = torch.stack(
+            [self._train_loss_sum, torch.tensor(float(self._train_count), device=self.device)]
+        )
         loss_sum, count = self.trainer.strategy.reduce(totals, reduce_op="sum")
         loss = loss_sum / count
         self.log("train/loss", loss, on_epoch=True)
@@ -118,6 +132,9 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
+        for layer in quant_layers(self.model):  # LAB reads Adam's second moment of its weight
+            if hasattr(layer.weight_quantizer, "bind_curvature"):
+                layer.weight_quantizer.bind_curvature(AdamSecondMoment(optimizer, layer.weight))
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         if scheduler is None:
             return optimizer

@@ -23,11 +23,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from fewmult.build import build_module
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV
 from fewmult.config import CONF_DIR, check_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
-from fewmult.module import ClassifierModule
 from fewmult.results import best_epoch, read_metrics, write_json
 
 
@@ -75,14 +75,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         datamodule = instantiate(cfg.dataset)
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
-        model = instantiate(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
-        module = ClassifierModule(
-            model=model,
-            loss=instantiate(cfg.loss),
-            optimizer=instantiate(cfg.optim.optimizer),
-            scheduler=instantiate(cfg.schedule),
-            num_classes=splits.num_classes,
-        )
+        module = build_module(cfg, splits.input_shape, splits.num_classes)
         identity = _run_identity(cfg)
         logger = make_logger(
             OmegaConf.to_container(cfg.logger, resolve=True),

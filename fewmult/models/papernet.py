@@ -25,6 +25,7 @@ from torch import nn
 
 from fewmult.errors import UserError
 from fewmult.nn.layers import QuantConv2d, QuantLinear
+from fewmult.qbp import QBPSettings
 
 ModuleFactory = Callable[[], nn.Module]
 
@@ -81,6 +82,7 @@ class PaperNet(nn.Sequential):
         bn_eps, bn_momentum: BN constants (the authors' code uses 1e-4 and 0.1).
         activation: builds each hidden activation (default ReLU).
         weight_quantizer: builds each layer's weight quantizer (default: none, full precision).
+        qbp_dense, qbp_conv: quantized back propagation settings of dense and conv layers (None: off).
         name: the architecture's name in configs and results (e.g. ``lin2016_mlp``).
     """
 
@@ -96,6 +98,8 @@ class PaperNet(nn.Sequential):
         bn_momentum: float = 0.1,
         activation: ModuleFactory | None = None,
         weight_quantizer: ModuleFactory | None = None,
+        qbp_dense: QBPSettings | None = None,
+        qbp_conv: QBPSettings | None = None,
         name: str = "",
     ) -> None:
         activation = activation or nn.ReLU
@@ -119,6 +123,7 @@ class PaperNet(nn.Sequential):
                         bias=not batch_norm,
                         pool_area=spec.pool**2,
                         weight_quantizer=quantizer,
+                        qbp=qbp_conv,
                     )
                 )
                 height = height + 2 * padding - spec.kernel + 1
@@ -136,7 +141,9 @@ class PaperNet(nn.Sequential):
                     parts.insert(0, nn.Flatten())
                     channels, flat = channels * height * width_px, True
                 parts.append(
-                    QuantLinear(channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer)
+                    QuantLinear(
+                        channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer, qbp=qbp_dense
+                    )
                 )
                 channels = spec.units
                 bn = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)

@@ -19,11 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewmult.qbp import QBPConv2dFunction, QBPLinearFunction, QBPSettings
+
 
 class QuantMixin:
     """Shared by :class:`QuantLinear` and :class:`QuantConv2d`."""
 
     weight: nn.Parameter
+    bias: nn.Parameter | None
     weight_quantizer: nn.Module | None
     fan_in: int
     fan_out: int
@@ -33,11 +36,15 @@ class QuantMixin:
         """Lin et al.'s weight scale: half the Glorot-uniform bound."""
         return math.sqrt(1.5 / (self.fan_in + self.fan_out))
 
-    def reset_parameters_glorot(self) -> None:
-        """Glorot uniform, U(-2 W0, 2 W0), biases zero (both papers)."""
+    def _attach(self, weight_quantizer: nn.Module | None) -> None:
+        """Give the quantizer its layer (for W0), then initialize as the quantizer's paper does."""
+        self.weight_quantizer = weight_quantizer
+        if weight_quantizer is not None and hasattr(weight_quantizer, "setup"):
+            weight_quantizer.setup(self)
+        gain = getattr(weight_quantizer, "init_gain", 2.0)
         with torch.no_grad():
-            self.weight.uniform_(-2 * self.w0, 2 * self.w0)
-            if getattr(self, "bias", None) is not None:
+            self.weight.uniform_(-gain * self.w0, gain * self.w0)  # gain 2: Glorot uniform
+            if self.bias is not None:
                 self.bias.zero_()
 
     def effective_weight(self) -> torch.Tensor:
@@ -48,7 +55,7 @@ class QuantMixin:
 
 
 class QuantLinear(QuantMixin, nn.Linear):
-    """``y = x W_q^T + b`` with ``W_q = weight_quantizer(W)``."""
+    """``y = x W_q^T + b`` with ``W_q = weight_quantizer(W)``; ``qbp`` switches the weight gradient to QBP."""
 
     def __init__(
         self,
@@ -56,18 +63,24 @@ class QuantLinear(QuantMixin, nn.Linear):
         out_features: int,
         bias: bool = True,
         weight_quantizer: nn.Module | None = None,
+        qbp: QBPSettings | None = None,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
         self.fan_in, self.fan_out = in_features, out_features
-        self.weight_quantizer = weight_quantizer
-        self.reset_parameters_glorot()
+        self.qbp = qbp
+        self._attach(weight_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qbp is not None and self.training:
+            return QBPLinearFunction.apply(x, self.effective_weight(), self.bias, self.qbp)
         return F.linear(x, self.effective_weight(), self.bias)
 
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
-    """2-D convolution with ``W_q = weight_quantizer(W)``; ``pool_area`` only enters ``fan_out``."""
+    """2-D convolution with ``W_q = weight_quantizer(W)`` (``qbp`` as in :class:`QuantLinear`).
+
+    ``pool_area`` (of the max-pooling that follows) only enters ``fan_out``.
+    """
 
     def __init__(
         self,
@@ -78,14 +91,17 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         bias: bool = True,
         pool_area: int = 1,
         weight_quantizer: nn.Module | None = None,
+        qbp: QBPSettings | None = None,
     ) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         k2 = kernel_size * kernel_size
         self.fan_in, self.fan_out = in_channels * k2, out_channels * k2 // pool_area
-        self.weight_quantizer = weight_quantizer
-        self.reset_parameters_glorot()
+        self.qbp = qbp
+        self._attach(weight_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qbp is not None and self.training:
+            return QBPConv2dFunction.apply(x, self.effective_weight(), self.bias, self.padding[0], self.qbp)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 

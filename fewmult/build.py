@@ -1,0 +1,47 @@
+"""From a composed config to the objects of a run (shared by train, count, tests, benchmarks)."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from fewmult.errors import UserError
+from fewmult.module import ClassifierModule
+from fewmult.qbp import QBPSettings
+
+
+def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
+    """``qbp_dense`` and ``qbp_conv`` for the model (both None when ``qbp`` is false)."""
+    if not isinstance(cfg.qbp, bool):
+        raise UserError(f"qbp must be true or false, got {cfg.qbp!r}.")
+    if not cfg.qbp:
+        return {"qbp_dense": None, "qbp_conv": None}
+    s = cfg.qbp_settings
+    return {
+        f"qbp_{kind}": QBPSettings(s[kind].exp_min, s[kind].exp_max, s.stochastic, s.compact)
+        for kind in ("dense", "conv")
+    }
+
+
+def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The architecture of ``cfg.model`` with the method's quantizers, activations and QBP."""
+    method = cfg.method
+    return instantiate(
+        cfg.model,
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        weight_quantizer=instantiate(method.weight_quantizer) if method.weight_quantizer else None,
+        activation=instantiate(method.activation) if method.activation else None,
+        **qbp_settings(cfg),
+    )
+
+
+def build_module(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> ClassifierModule:
+    return ClassifierModule(
+        model=build_model(cfg, input_shape, num_classes),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.schedule),
+        num_classes=num_classes,
+    )

@@ -1,0 +1,123 @@
+"""Quantized back propagation (Lin et al. 2016, Algorithm 1; papers.md A.5).
+
+The weight gradient of a layer, ``dL/dW = delta^T x``, is computed with the layer input ``x``
+rounded to a signed power of two, so that its products become shifts. The error signals
+(``dL/dx = delta W``), the bias and batch-norm gradients stay full precision, as in the authors'
+code. The rounded input is what the layer saves for its backward pass, either as a float tensor or,
+with ``compact=True``, as one small signed integer per element (sign and exponent), 4x smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+
+def _exponent_and_fraction(x: torch.Tensor, exp_min: int | None, exp_max: int | None):
+    """``e = floor(log2|x|)`` (clipped), and ``|x| / 2^e - 1``, the probability of rounding up."""
+    _, exponent = torch.frexp(x)  # x = m * 2**exponent with |m| in [0.5, 1)
+    e = exponent.sub_(1)
+    if exp_min is not None or exp_max is not None:
+        e = e.clamp_(min=exp_min, max=exp_max)
+    frac = torch.ldexp(x.abs(), -e).sub_(1)
+    return e, frac
+
+
+def pow2_quantize(
+    x: torch.Tensor,
+    exp_min: int | None = None,
+    exp_max: int | None = None,
+    stochastic: bool = True,
+) -> torch.Tensor:
+    """Round ``x`` to ``sign(x) * 2^k`` (Lin et al. 2016, Algorithm 1).
+
+    With ``e = floor(log2|x|)``, ``x`` becomes ``sign(x) 2^(e+1)`` with probability
+    ``p = |x|/2^e - 1`` and ``sign(x) 2^e`` otherwise, so ``E[q(x)] = x`` (unbiased) when the
+    exponent is not clipped. ``exp_min``/``exp_max`` clip ``e`` before rounding, as the authors' code
+    does for convolutions with [-4, 3]: magnitudes then lie in ``[2^exp_min, 2^(exp_max+1)]``;
+    smaller inputs round up to ``2^exp_min`` and larger ones saturate (biased, by design). Zero
+    stays zero. ``stochastic=False`` rounds to the nearer of the two powers (``p >= 0.5``).
+    """
+    e, frac = _exponent_and_fraction(x, exp_min, exp_max)
+    up = torch.rand_like(frac) < frac if stochastic else frac >= 0.5
+    return torch.ldexp(torch.sign(x), e.add_(up))
+
+
+@dataclass(frozen=True)
+class QBPSettings:
+    """How a layer rounds its saved input: exponent range, stochastic rounding, compact storage."""
+
+    exp_min: int | None = -4
+    exp_max: int | None = 3
+    stochastic: bool = True
+    compact: bool = False
+
+    def _offset_and_dtype(self) -> tuple[int, torch.dtype]:
+        if self.exp_min is not None and self.exp_max is not None and self.exp_max - self.exp_min + 2 <= 127:
+            return self.exp_min - 1, torch.int8
+        return -152, torch.int16  # float32 exponents of powers of two: -149 ... 128
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The rounded input as saved for backward (a float tensor, or sign * (exponent - offset))."""
+        q = pow2_quantize(x, self.exp_min, self.exp_max, self.stochastic)
+        if not self.compact:
+            return q
+        offset, dtype = self._offset_and_dtype()
+        _, exponent = torch.frexp(q)
+        return torch.sign(q).mul_(exponent.sub_(1 + offset)).to(dtype)
+
+    def decode(self, saved: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if not self.compact:
+            return saved
+        offset, _ = self._offset_and_dtype()
+        code = saved.to(torch.int32)
+        return torch.ldexp(torch.sign(code).to(dtype), code.abs().add_(offset))
+
+
+class QBPLinearFunction(torch.autograd.Function):
+    """``y = x W^T + b``; backward: ``dL/dx = g W`` (exact), ``dL/dW = g^T q(x)``, ``dL/db = sum g``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, settings: QBPSettings):
+        ctx.settings, ctx.x_dtype, ctx.has_bias = settings, x.dtype, bias is not None
+        ctx.save_for_backward(settings.encode(x.detach()), weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved, weight = ctx.saved_tensors
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            qx = ctx.settings.decode(saved, ctx.x_dtype)
+            grad_w = grad.reshape(-1, grad.shape[-1]).T @ qx.reshape(-1, qx.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+class QBPConv2dFunction(torch.autograd.Function):
+    """2-D convolution; backward: exact input gradient, weight gradient from ``q(x)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int, settings: QBPSettings):
+        ctx.settings, ctx.x_dtype, ctx.has_bias = settings, x.dtype, bias is not None
+        ctx.padding, ctx.x_shape = padding, x.shape
+        ctx.save_for_backward(settings.encode(x.detach()), weight)
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv2d_input(ctx.x_shape, weight, grad, padding=ctx.padding)
+        if ctx.needs_input_grad[1]:
+            qx = ctx.settings.decode(saved, ctx.x_dtype)
+            grad_w = conv2d_weight(qx, weight.shape, grad, padding=ctx.padding)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None

@@ -1,0 +1,175 @@
+"""The weight quantizers of Lin et al. 2016 and Hou et al. 2017, one small class each.
+
+Each docstring gives the forward rule, the pseudo-gradient and the source (papers.md section).
+``W0 = sqrt(1.5 / (fan_in + fan_out))`` is the layer's scale in Lin et al.'s code (papers.md A.0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fewmult.errors import UserError
+from fewmult.quant.base import WeightQuantizer
+from fewmult.quant.registry import register_quantizer
+
+SCALES = ("w0", "unit")
+
+
+def sign_plus(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = +1 (both authors' codes), in three cheap passes (no torch.where)."""
+    return torch.sign(x).add_(0.5).sign_()
+
+
+@register_quantizer("fp")
+class FullPrecision(WeightQuantizer):
+    """``q(w) = w``: no quantization (the full-precision baseline of both papers)."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+
+class _ScaledByW0(WeightQuantizer):
+    """Lin et al.'s quantizers: values ``+-s`` (and 0), latent weights clipped to ``[-s, s]``.
+
+    ``scale="w0"`` (default): ``s = W0`` of the layer, as the authors' code. ``scale="unit"``:
+    ``s = 1``, as the paper writes it. With batch norm after every layer the two are the same
+    network, but the latent weights live on a ~30x larger range with ``unit``, so SGD needs a ~30x
+    larger learning rate to move them the same relative amount (papers.md A.0, D.2).
+    """
+
+    def __init__(self, scale: str = "w0", eval_policy: str | None = None) -> None:
+        super().__init__(eval_policy)
+        if scale not in SCALES:
+            raise UserError(f"method.weight_quantizer.scale must be one of {SCALES}, got {scale!r}.")
+        self.scale = scale
+        self.s = 1.0
+
+    def setup(self, layer) -> None:
+        self.s = layer.w0 if self.scale == "w0" else 1.0
+
+    @property
+    def init_gain(self) -> float:
+        """Glorot uniform U(-2 W0, 2 W0) (Lin et al.); U(-W0, W0) for the unit scale (Hou et al.)."""
+        return 2.0 if self.scale == "w0" else 1.0
+
+    @property
+    def clip_bound(self) -> float:
+        return self.s
+
+
+@register_quantizer("bc_det")
+@register_quantizer("bnn", scale="unit")
+class BinaryConnect(_ScaledByW0):
+    """Deterministic BinaryConnect: ``q(w) = +s if w >= 0 else -s``.
+
+    Pseudo-gradient: straight through, ``dL/dw = dL/dq``; ``w`` is clipped to ``[-s, s]`` after
+    each step. Evaluated with ``q(w)``. Courbariaux et al. 2015 as used by Lin et al. (papers.md
+    A.2); with ``scale="unit"`` it is the ``sign(w)`` BinaryConnect of Hou et al.'s Table 1 and the
+    weight part of BNN (A.9).
+    """
+
+    bits = 1
+    multiplies = "sign"
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return sign_plus(w).mul_(self.s)
+
+
+@register_quantizer("bc_stoch")
+class StochasticBinaryConnect(_ScaledByW0):
+    """Stochastic BinaryConnect: ``q(w) = +s`` with probability ``p = clip((w/s + 1)/2, 0, 1)``, else ``-s``.
+
+    A new sample at every forward pass; ``E[q(w)] = w`` for ``|w| <= s``. Pseudo-gradient: straight
+    through; ``w`` clipped to ``[-s, s]``. Evaluated with the real-valued ``w`` (the authors'
+    ``binary_test=False``). Lin et al. 2016, papers.md A.3.
+    """
+
+    bits = 1
+    stochastic = True
+    multiplies = "sign"
+    default_eval = "latent"
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        p = w.div(2 * self.s).add_(0.5).clamp_(0, 1)
+        return torch.rand_like(w).lt_(p).to(w.dtype).mul_(2 * self.s).sub_(self.s)
+
+
+@register_quantizer("tc")
+class TernaryConnect(_ScaledByW0):
+    """Stochastic ternary connect: ``q(w) = s * sign(w) * Bernoulli(clip(|w|/s, 0, 1))``.
+
+    A weight in (0, s] becomes +s with probability w/s, else 0; one in [-s, 0] becomes -s with
+    probability -w/s, else 0; ``E[q(w)] = w`` for ``|w| <= s``. Pseudo-gradient: straight through;
+    ``w`` clipped to ``[-s, s]``. Evaluated with the real-valued ``w``. Lin et al. 2016, papers.md A.4.
+    """
+
+    bits = 2
+    stochastic = True
+    multiplies = "ternary"
+    default_eval = "latent"
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        keep = torch.rand_like(w).mul_(self.s).lt_(w.abs())
+        return torch.sign(w).mul_(keep).mul_(self.s)
+
+
+class _ScaledSign(WeightQuantizer):
+    """``q(w) = alpha * sign(w)`` with one scale per weight tensor; latent weights clipped to [-1, 1]."""
+
+    bits = 1
+    multiplies = "scaled_sign"
+    init_gain = 1.0  # Hou et al.'s code: U(-W0, W0)
+
+    @property
+    def clip_bound(self) -> float:
+        return 1.0
+
+    def alpha(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return sign_plus(w).mul_(self.alpha(w))
+
+
+@register_quantizer("bwn")
+@register_quantizer("xnor")
+class BinaryWeightNetwork(_ScaledSign):
+    """BWN: ``q(w) = alpha * sign(w)`` with ``alpha = ||w||_1 / n`` per layer.
+
+    Pseudo-gradient: straight through; ``w`` clipped to [-1, 1]. Rastegari et al. 2016 as defined
+    in Hou et al. 2017 eq. 2 (papers.md A.6); also the weight part of XNOR-Net (A.10).
+    """
+
+    def alpha(self, w: torch.Tensor) -> torch.Tensor:
+        return w.abs().mean()
+
+
+@register_quantizer("lab")
+@register_quantizer("lab2")
+class LossAwareBinarization(_ScaledSign):
+    """LAB: ``q(w) = alpha * sign(w)`` with ``alpha = ||d * w||_1 / ||d||_1``.
+
+    ``d = sqrt(v) + 1e-8``, ``v`` Adam's second-moment estimate (``exp_avg_sq``) of this very
+    weight, read through :meth:`bind_curvature`. Before the optimizer has state, ``d`` is uniform
+    and LAB is exactly BWN (as in the authors' code). Pseudo-gradient: straight through (Adam
+    receives ``dL/dq``); ``w`` clipped to [-1, 1]. Hou et al. 2017, Proposition 3.1 and Algorithm
+    1 (papers.md A.7); the weight part of LAB2 (A.8).
+    """
+
+    def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
+        super().__init__(eval_policy)
+        self.eps = eps
+        self._curvature: Callable[[], torch.Tensor | None] = lambda: None
+
+    def bind_curvature(self, source: Callable[[], torch.Tensor | None]) -> None:
+        """``source()`` returns the second moment ``v`` of the weight, or None before any step."""
+        self._curvature = source
+
+    def alpha(self, w: torch.Tensor) -> torch.Tensor:
+        v = self._curvature()
+        if v is None:
+            return w.abs().mean()
+        d = v.sqrt().add_(self.eps)
+        return torch.dot(d.flatten(), w.abs().flatten()) / d.sum()
