@@ -1,0 +1,119 @@
+"""Quantized back propagation: the power-of-two rounding and the layers' gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewmult.nn import QuantConv2d, QuantLinear
+from fewmult.qbp import QBPSettings, pow2_quantize
+
+
+def is_signed_power_of_two_or_zero(q: torch.Tensor) -> bool:
+    nonzero = q[q != 0].abs()
+    return bool(torch.equal(torch.exp2(torch.log2(nonzero).round()), nonzero))
+
+
+def test_values_are_signed_powers_of_two_and_zero_stays_zero():
+    torch.manual_seed(0)
+    x = torch.randn(10_000) * torch.exp(torch.randn(10_000) * 3)
+    x[:10] = 0
+    q = pow2_quantize(x)
+    assert is_signed_power_of_two_or_zero(q)
+    assert (q[:10] == 0).all()
+    assert torch.equal(torch.sign(q[10:]), torch.sign(x[10:]))
+    # each value is one of the two powers of two around it
+    lo = torch.exp2(torch.floor(torch.log2(x[10:].abs())))
+    assert ((q[10:].abs() == lo) | (q[10:].abs() == 2 * lo)).all()
+
+
+def test_unbiased_when_unclipped():
+    """E[q(x)] = x, checked by z-scores over 4,000 draws of 500 values (fixed seed)."""
+    torch.manual_seed(1)
+    x = torch.randn(500) * 3
+    draws = torch.stack([pow2_quantize(x) for _ in range(4000)])
+    mean, std = draws.mean(0), draws.std(0)
+    z = (mean - x)[std > 0] / (std[std > 0] / 4000**0.5)
+    assert z.abs().max() < 6 and 0.8 < z.square().mean() < 1.2
+
+
+def test_probability_of_rounding_up():
+    torch.manual_seed(2)
+    q = pow2_quantize(torch.full((100_000,), 0.3))  # between 0.25 and 0.5: up with p = 0.3/0.25 - 1
+    assert set(q.unique().tolist()) == {0.25, 0.5}
+    assert (q == 0.5).float().mean().item() == pytest.approx(0.2, abs=0.005)
+
+
+def test_exponent_clipping_as_the_authors_conv_layers():
+    x = torch.tensor([100.0, 16.0, 0.001, -0.001, 0.0])
+    q = pow2_quantize(x, exp_min=-4, exp_max=3)
+    assert q[:2].tolist() == [16.0, 16.0]  # saturates at 2^(exp_max + 1)
+    assert q[2:4].tolist() == [0.0625, -0.0625]  # rounds up to 2^exp_min
+    assert q[4] == 0
+    torch.manual_seed(3)
+    y = torch.randn(10_000) * 10
+    assert pow2_quantize(y, -4, 3).abs().max() <= 16 and pow2_quantize(y, -4, 3).abs().min() >= 1 / 16
+
+
+def test_deterministic_rounding_picks_the_nearer_power():
+    x = torch.tensor([0.3, 0.4, 5.0, 7.0, -3.0])
+    assert pow2_quantize(x, stochastic=False).tolist() == [0.25, 0.5, 4.0, 8.0, -4.0]
+
+
+@pytest.mark.parametrize("exp_range", [(-4, 3), (None, None)])
+def test_compact_codes_decode_to_the_same_values(exp_range):
+    x = torch.randn(1000) * 5
+    x[0] = 0
+    float_settings = QBPSettings(*exp_range, stochastic=True, compact=False)
+    compact = QBPSettings(*exp_range, stochastic=True, compact=True)
+    torch.manual_seed(4)
+    expected = float_settings.encode(x)
+    torch.manual_seed(4)
+    codes = compact.encode(x)
+    assert codes.dtype == (torch.int8 if exp_range[0] is not None else torch.int16)
+    assert torch.equal(compact.decode(codes, torch.float32), expected)
+
+
+def exact_and_qbp_grads(layer_fn, x_shape, draws=3000):
+    torch.manual_seed(5)
+    qbp_layer, exact_layer = layer_fn(QBPSettings(None, None)), layer_fn(None)
+    exact_layer.load_state_dict(qbp_layer.state_dict())
+    x = torch.randn(*x_shape)
+    upstream = torch.randn_like(exact_layer(x))
+
+    def grads(layer):
+        x_ = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        (layer(x_) * upstream).sum().backward()
+        return layer.weight.grad.clone(), x_.grad.clone(), layer.bias.grad.clone()
+
+    exact = grads(exact_layer)
+    samples = [grads(qbp_layer) for _ in range(draws)]
+    return exact, samples
+
+
+@pytest.mark.parametrize(
+    "layer_fn, x_shape",
+    [
+        (lambda qbp: QuantLinear(12, 5, qbp=qbp), (16, 12)),
+        (lambda qbp: QuantConv2d(3, 4, 3, padding=1, qbp=qbp), (2, 3, 6, 6)),
+    ],
+    ids=["linear", "conv"],
+)
+def test_weight_gradient_is_exact_in_expectation_and_error_signal_is_exact(layer_fn, x_shape):
+    (w_exact, x_exact, b_exact), samples = exact_and_qbp_grads(layer_fn, x_shape)
+    w_samples = torch.stack([s[0] for s in samples])
+    for _, x_grad, b_grad in samples:
+        assert torch.allclose(x_grad, x_exact, atol=1e-6)  # error signals stay full precision
+        assert torch.allclose(b_grad, b_exact, atol=1e-6)
+    assert not torch.allclose(w_samples[0], w_exact, atol=1e-3)  # a single draw is quantized
+    mean, std = w_samples.mean(0), w_samples.std(0)
+    z = (mean - w_exact) / (std / len(samples) ** 0.5)
+    assert z.abs().max() < 6 and 0.7 < z.square().mean() < 1.3
+
+
+def test_qbp_is_off_in_evaluation():
+    layer = QuantLinear(8, 3, qbp=QBPSettings()).eval()
+    x = torch.randn(4, 8)
+    assert torch.equal(layer(x), F.linear(x, layer.weight))

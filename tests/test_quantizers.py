@@ -1,0 +1,218 @@
+"""Every registered quantizer, tested the moment it is registered: values, gradients, clipping,
+evaluation policy, unbiasedness; and the specific formulas of BWN, LAB and the sign activation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewmult.errors import UserError
+from fewmult.nn import QuantLinear
+from fewmult.quant import (
+    AdamSecondMoment,
+    SignActivation,
+    WeightQuantizer,
+    create_quantizer,
+    list_quantizers,
+    register_quantizer,
+)
+
+ALL = list_quantizers()
+QUANTIZING = [n for n in ALL if create_quantizer(n).bits < 32]
+STOCHASTIC = [n for n in ALL if create_quantizer(n).stochastic]
+
+
+def layer_with(name: str, in_features: int = 60, out_features: int = 40, seed: int = 0) -> QuantLinear:
+    torch.manual_seed(seed)
+    return QuantLinear(in_features, out_features, bias=False, weight_quantizer=create_quantizer(name))
+
+
+def test_registry_has_every_method_of_both_papers():
+    assert set(ALL) >= {"fp", "bc_det", "bc_stoch", "tc", "bwn", "lab", "lab2", "bnn", "xnor"}
+
+
+def test_unknown_name_lists_the_registered_ones():
+    with pytest.raises(UserError, match="registered: bc_det, bc_stoch"):
+        create_quantizer("binary")
+
+
+def test_a_name_cannot_be_registered_twice():
+    with pytest.raises(ValueError, match="twice"):
+        register_quantizer("fp")(WeightQuantizer)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_docstring_states_rule_and_source(name):
+    doc = type(create_quantizer(name)).__doc__
+    assert doc and "q(w)" in doc
+    if name != "fp":
+        assert "Pseudo-gradient" in doc and "papers.md" in doc
+
+
+@pytest.mark.parametrize("name", QUANTIZING)
+def test_value_set(name):
+    layer = layer_with(name).train()
+    q = layer.effective_weight().detach()
+    values = q.unique()
+    allowed = {1: 2, 2: 3}[layer.weight_quantizer.bits]
+    assert len(values) <= allowed
+    assert (values > 0).any() and (values < 0).any()
+    nonzero = values[values != 0].abs()
+    assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero)), "one magnitude per layer"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradient_passes_straight_through(name):
+    layer = layer_with(name).train()
+    upstream = torch.randn_like(layer.weight)
+    (layer.effective_weight() * upstream).sum().backward()
+    assert torch.equal(layer.weight.grad, upstream)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_clipping_bounds_the_latent_weights(name):
+    layer = layer_with(name)
+    bound = layer.weight_quantizer.clip_bound
+    with torch.no_grad():
+        layer.weight.mul_(100)
+    layer.weight_quantizer.clip_(layer.weight)
+    if bound is None:
+        assert layer.weight.abs().max() > 1  # full precision is never clipped
+    else:
+        assert layer.weight.abs().max() <= bound + 1e-7
+        assert (layer.weight.abs() == bound).any()
+
+
+@pytest.mark.parametrize("name", QUANTIZING)
+def test_evaluation_policy(name):
+    layer = layer_with(name).eval()
+    q = layer.weight_quantizer
+    first, second = layer.effective_weight(), layer.effective_weight()
+    if q.stochastic:
+        assert q.eval_policy == "latent" and torch.equal(first, layer.weight)
+    else:
+        assert q.eval_policy == "quantized" and not torch.equal(first, layer.weight)
+    assert torch.equal(first, second)  # evaluation is deterministic
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_evaluation_policy_can_be_overridden(name):
+    torch.manual_seed(0)
+    layer = QuantLinear(30, 20, weight_quantizer=create_quantizer(name, eval_policy="quantized")).eval()
+    assert not torch.equal(layer.effective_weight(), layer.weight)
+    with pytest.raises(UserError, match="eval_policy"):
+        create_quantizer(name, eval_policy="sampled")
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_quantizers_are_unbiased(name):
+    """E[q(w)] = w: the z-score of every weight's sample mean stays small (fixed seed: cannot flake)."""
+    layer = layer_with(name, 50, 20).train()
+    s = layer.weight_quantizer.clip_bound
+    with torch.no_grad():  # weights spread over the whole range, both ends included
+        layer.weight.copy_(torch.linspace(-s, s, layer.weight.numel()).reshape(layer.weight.shape))
+    torch.manual_seed(1)
+    draws = 4000
+    total = torch.zeros_like(layer.weight)
+    total_sq = torch.zeros_like(layer.weight)
+    with torch.no_grad():
+        for _ in range(draws):
+            q = layer.effective_weight()
+            total += q
+            total_sq += q * q
+    mean = total / draws
+    var = (total_sq / draws - mean**2).clamp_min(1e-12)
+    z = (mean - layer.weight) / (var / draws).sqrt()
+    z = z[var > 1e-10]  # weights at +-s or 0 are deterministic
+    assert z.abs().max() < 6
+    assert 0.8 < z.square().mean() < 1.2  # chi-square / n is about 1 when unbiased
+    assert torch.allclose(mean, layer.weight, atol=6 * s / draws**0.5)  # 6 sigma of the worst weight
+
+
+def test_stochastic_binary_connect_probabilities():
+    q = create_quantizer("bc_stoch")
+    q.s = 0.5
+    w = torch.full((200_000,), 0.2)  # p(+s) = (0.2/0.5 + 1)/2 = 0.7
+    torch.manual_seed(0)
+    out = q(w)
+    assert set(out.unique().tolist()) == {-0.5, 0.5}
+    assert (out > 0).float().mean().item() == pytest.approx(0.7, abs=0.005)
+
+
+def test_ternary_connect_probabilities():
+    q = create_quantizer("tc")
+    q.s = 0.5
+    torch.manual_seed(0)
+    out = q(torch.full((200_000,), -0.15))  # p(-s) = 0.3, p(0) = 0.7
+    assert set(out.unique().tolist()) == {-0.5, 0.0}
+    assert (out < 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
+
+
+@pytest.mark.parametrize("name", ["bc_det", "bwn", "lab"])
+def test_sign_of_zero_is_plus(name):
+    q = create_quantizer(name)
+    assert q(torch.tensor([0.0, -0.0, 0.5, -0.5]))[:2].gt(0).all()
+
+
+def test_lin_scale_is_the_layers_w0_and_unit_is_one():
+    layer = QuantLinear(784, 1024, weight_quantizer=create_quantizer("bc_det"))
+    assert layer.weight_quantizer.clip_bound == pytest.approx(0.02880, abs=1e-5)  # papers.md A.0
+    assert layer.effective_weight().abs().unique().tolist() == [pytest.approx(layer.w0)]
+    unit = QuantLinear(784, 1024, weight_quantizer=create_quantizer("bc_det", scale="unit"))
+    assert set(unit.effective_weight().abs().unique().tolist()) == {1.0}
+    assert unit.weight.abs().max() <= unit.w0  # Hou et al.'s init U(-W0, W0) for unscaled signs
+    assert layer.weight.abs().max() > layer.w0  # Lin et al.'s Glorot init U(-2 W0, 2 W0)
+
+
+def test_bwn_alpha_is_mean_absolute_weight():
+    w = torch.tensor([[0.5, -0.1], [0.2, -0.4]])
+    assert torch.allclose(create_quantizer("bwn")(w), torch.tensor([[0.3, -0.3], [0.3, -0.3]]))
+
+
+def lab_layer_after_adam_steps(steps: int):
+    torch.manual_seed(0)
+    layer = QuantLinear(20, 8, bias=False, weight_quantizer=create_quantizer("lab"))
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
+    layer.weight_quantizer.bind_curvature(AdamSecondMoment(optimizer, layer.weight))
+    x, target = torch.randn(64, 20), torch.randn(64, 8)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        ((layer(x) - target) ** 2).mean().backward()
+        optimizer.step()
+    return layer, optimizer
+
+
+def test_lab_equals_bwn_before_the_first_step():
+    layer, _ = lab_layer_after_adam_steps(0)
+    assert torch.allclose(layer.effective_weight(), create_quantizer("bwn")(layer.weight))
+
+
+def test_lab_alpha_from_a_real_adam_state():
+    layer, optimizer = lab_layer_after_adam_steps(5)
+    w = layer.weight.detach()
+    v = optimizer.state[layer.weight]["exp_avg_sq"]
+    d = v.sqrt() + 1e-8  # Hou et al., Proposition 3.1 with the code's d (papers.md A.7, D.17)
+    alpha = (d * w.abs()).sum() / d.sum()
+    assert torch.allclose(layer.effective_weight(), alpha * torch.where(w >= 0, 1.0, -1.0), rtol=1e-6)
+    assert not torch.allclose(alpha, w.abs().mean(), rtol=1e-3)  # curvature matters
+
+
+def test_lab_refuses_an_optimizer_without_second_moment():
+    layer = QuantLinear(4, 2, weight_quantizer=create_quantizer("lab"))
+    with pytest.raises(UserError, match="optim=adam"):
+        AdamSecondMoment(torch.optim.SGD(layer.parameters(), lr=0.1), layer.weight)
+
+
+def test_sign_activation_forward_and_hard_tanh_gradient():
+    x = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.4, 1.0, 1.5], requires_grad=True)
+    y = SignActivation()(x)
+    assert y.tolist() == [-1, -1, -1, 1, 1, 1, 1]
+    y.sum().backward()
+    assert x.grad.tolist() == [0, 1, 1, 1, 1, 1, 0]
+
+
+def test_two_differently_configured_models_share_no_state():
+    a = QuantLinear(10, 5, weight_quantizer=create_quantizer("bc_det"))
+    b = QuantLinear(30, 5, weight_quantizer=create_quantizer("bc_det", scale="unit"))
+    assert a.weight_quantizer is not b.weight_quantizer
+    assert a.weight_quantizer.clip_bound == pytest.approx(a.w0) and b.weight_quantizer.clip_bound == 1.0
