@@ -27,8 +27,8 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The architecture of ``cfg.model`` with the method's quantizers, activations and QBP."""
     method = cfg.method
-    return instantiate(
-        cfg.model,
+    make_model = instantiate(cfg.model, _partial_=True)  # kwargs below stay Python objects, not configs
+    return make_model(
         input_shape=tuple(input_shape),
         num_classes=num_classes,
         weight_quantizer=instantiate(method.weight_quantizer) if method.weight_quantizer else None,

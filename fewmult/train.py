@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from fewmult.build import build_module
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV
 from fewmult.config import CONF_DIR, check_config
+from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.results import best_epoch, read_metrics, write_json
@@ -76,6 +77,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
+        results["multiplications"] = count_for_config(cfg)[1]
         identity = _run_identity(cfg)
         logger = make_logger(
             OmegaConf.to_container(cfg.logger, resolve=True),
@@ -114,6 +116,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "best/val_error": best["val/error"],
                     "best/test_error": best["test/error"],
                     "best/epoch": int(best["epoch"]),
+                    **{f"multiplications/{k}": v for k, v in results["multiplications"].items()},
                 }
             )
     except BaseException as exc:

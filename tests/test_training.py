@@ -29,15 +29,19 @@ def metric_rows(run_dir):
 def test_same_seed_repeats_exactly_on_cpu(tmp_path):
     a, dir_a = train_in_process(tmp_path, "a", "trainer.max_epochs=3", "seed=7")
     b, dir_b = train_in_process(tmp_path, "b", "trainer.max_epochs=3", "seed=7")
-    c, dir_c = train_in_process(tmp_path, "c", "trainer.max_epochs=3", "seed=8")
+    _, dir_c = train_in_process(tmp_path, "c", "trainer.max_epochs=3", "seed=8")
     assert metric_rows(dir_a) == metric_rows(dir_b)
     assert metric_rows(dir_a) != metric_rows(dir_c)
     assert a["status"] == b["status"] == "completed"
 
 
 def test_paper_selection_rule_takes_the_later_epoch_on_ties():
-    rows = [{"epoch": 0, "val/error": 0.2}, {"epoch": 1, "val/error": 0.1}, {"epoch": 2, "val/error": 0.1},
-            {"epoch": 3, "val/error": 0.3}]
+    rows = [
+        {"epoch": 0, "val/error": 0.2},
+        {"epoch": 1, "val/error": 0.1},
+        {"epoch": 2, "val/error": 0.1},
+        {"epoch": 3, "val/error": 0.3},
+    ]
     assert best_epoch(rows)["epoch"] == 2
 
 
@@ -47,7 +51,9 @@ def test_fp_learns_the_synthetic_task(tmp_path):
 
 
 def test_validation_every_two_epochs_leaves_gaps_not_stale_values(tmp_path):
-    results, run_dir = train_in_process(tmp_path, "v2", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2")
+    results, run_dir = train_in_process(
+        tmp_path, "v2", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2"
+    )
     rows = metric_rows(run_dir)
     assert [r["val/error"] != "" for r in rows] == [False, True, False, True]
     assert results["best_epoch"] in (1, 3)
@@ -55,8 +61,12 @@ def test_validation_every_two_epochs_leaves_gaps_not_stale_values(tmp_path):
 
 def test_ddp_spawn_two_processes_one_run_correct_metrics(run_cli, tmp_path):
     proc = run_cli(
-        "dataset=synthetic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.max_epochs=2", timeout=600,
+        "dataset=synthetic",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     run = only_run_dir(tmp_path / "outputs")

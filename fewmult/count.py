@@ -1,0 +1,183 @@
+"""Multiplications of one training minibatch, per layer: ``python -m fewmult.count [overrides]``.
+
+The papers' headline (Lin et al. 2016, papers.md C.2). For a layer with ``M`` multiply-accumulates
+per example (weights x output positions), ``u`` output units per example and minibatch ``B``:
+
+* forward ``B*M`` with full-precision weights; 0 with binary/ternary weights (sign changes and
+  skipped zeros); ``B*u`` with a scaled sign (one product by the layer's scale per output);
+* error back-propagation: the same rules (counted for every layer, the first included, as the paper);
+* weight gradient ``B*M``, or 0 with QBP (products with powers of two are shifts);
+* ``3*B*u`` per-unit products (nonlinearity derivative and update terms; the paper's figures imply
+  three per unit and example, their exact breakdown is not stated, papers.md C.2);
+* batch norm ``9*(B+1)`` per normalized unit.
+
+For the MNIST MLP at B = 200 this gives the paper's 1.7480e9 (full precision) and 1.8492e6
+(ternary connect + QBP) without BN, 1.7535e9 and 7.4245e6 with BN.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from fewmult.nn.layers import QuantConv2d, QuantLinear
+
+BatchNorm = nn.modules.batchnorm._BatchNorm
+PER_UNIT = 3
+PER_BN_UNIT = 9
+
+
+@dataclass
+class LayerCount:
+    name: str
+    weights: int
+    forward: int
+    backward: int
+    weight_gradient: int
+    per_unit: int
+    batch_norm: int
+
+    @property
+    def without_bn(self) -> int:
+        return self.forward + self.backward + self.weight_gradient + self.per_unit
+
+    @property
+    def total(self) -> int:
+        return self.without_bn + self.batch_norm
+
+
+def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, torch.Size]:
+    """Output shape (one example) of every quantizable layer and batch norm."""
+    shapes: dict[nn.Module, torch.Size] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(mod, out.shape[1:]))
+        for m in model.modules()
+        if isinstance(m, (BatchNorm, QuantLinear, QuantConv2d))
+    ]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def count_multiplications(
+    model: nn.Module, input_shape: tuple[int, ...], batch_size: int
+) -> list[LayerCount]:
+    """Per-layer counts for one training minibatch of ``batch_size`` (see the module docstring)."""
+    shapes = _shapes(model, input_shape)
+    rows = []
+    for block_name, block in model.named_children():
+        layers = [
+            m for m in block.modules() if m in shapes and not isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for layer in layers:
+            out = shapes[layer]
+            units = int(torch.Size(out).numel())
+            positions = units // out[0]
+            macs = layer.weight.numel() * positions
+            kind = getattr(layer.weight_quantizer, "multiplies", "full")
+            propagate = {"full": batch_size * macs, "scaled_sign": batch_size * units}.get(kind, 0)
+            qbp = layer.qbp is not None
+            bn_units = sum(int(torch.Size(shapes[n]).numel()) for n in norms)
+            rows.append(
+                LayerCount(
+                    name=block_name,
+                    weights=layer.weight.numel(),
+                    forward=propagate,
+                    backward=propagate,
+                    weight_gradient=0 if qbp else batch_size * macs,
+                    per_unit=PER_UNIT * batch_size * units,
+                    batch_norm=PER_BN_UNIT * (batch_size + 1) * bn_units,
+                )
+            )
+    return rows
+
+
+def summary(rows: list[LayerCount], baseline: list[LayerCount]) -> dict[str, float]:
+    """Totals with and without BN, and the same for the full-precision net without QBP."""
+    total = sum(r.total for r in rows)
+    no_bn = sum(r.without_bn for r in rows)
+    fp_total = sum(r.total for r in baseline)
+    fp_no_bn = sum(r.without_bn for r in baseline)
+    return {
+        "total": total,
+        "total_without_bn": no_bn,
+        "forward": sum(r.forward for r in rows),
+        "backward": sum(r.backward for r in rows),
+        "weight_gradient": sum(r.weight_gradient for r in rows),
+        "per_unit": sum(r.per_unit for r in rows),
+        "batch_norm": sum(r.batch_norm for r in rows),
+        "full_precision_total": fp_total,
+        "full_precision_total_without_bn": fp_no_bn,
+        "ratio": total / fp_total,
+        "ratio_without_bn": no_bn / fp_no_bn,
+    }
+
+
+def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: int) -> str:
+    cols = ["weights", "forward", "backward", "weight_gradient", "per_unit", "batch_norm"]
+    lines = [f"multiplications per training minibatch of {batch_size}", ""]
+    lines.append(f"{'layer':<8}" + "".join(f"{c:>16}" for c in [*cols, "total"]))
+    for r in rows:
+        d = asdict(r)
+        lines.append(f"{r.name:<8}" + "".join(f"{d[c]:>16,}" for c in cols) + f"{r.total:>16,}")
+    lines.append("")
+    lines.append(f"{'':<8}{'this method':>16}{'full precision':>16}{'ratio':>12}")
+    for label, suffix in (("with BN", ""), ("no BN", "_without_bn")):
+        ours, fp, ratio = (totals[k + suffix] for k in ("total", "full_precision_total", "ratio"))
+        lines.append(f"{label:<8}{ours:>16.4e}{fp:>16.4e}{ratio:>12.6f}")
+    return "\n".join(lines)
+
+
+def count_for_config(cfg) -> tuple[list[LayerCount], dict[str, float]]:
+    """Counts for the model, method and QBP setting of a composed config, at its batch size."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from fewmult.build import build_model
+
+    input_shape = instantiate(cfg.dataset).image_shape
+    batch = cfg.dataset.batch_size
+    rows = count_multiplications(build_model(cfg, input_shape, 10), input_shape, batch)
+    fp_cfg = OmegaConf.merge(cfg, {"method": {"weight_quantizer": None, "activation": None}, "qbp": False})
+    baseline = count_multiplications(build_model(fp_cfg, input_shape, 10), input_shape, batch)
+    return rows, summary(rows, baseline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from fewmult.config import CONF_DIR
+    from fewmult.errors import find_user_error
+
+    overrides = sys.argv[1:] if argv is None else argv
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        rows, totals = count_for_config(cfg)
+    except HydraException as exc:
+        print(f"fewmult.count: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"fewmult.count: error: {user_error}", file=sys.stderr)
+        return 2
+    qbp = "on" if cfg.qbp else "off"
+    print(f"{cfg.model.name}, method {cfg.method.name}, qbp {qbp}, dataset {cfg.dataset.name}")
+    print(format_table(rows, totals, cfg.dataset.batch_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Multiplication counts against Lin et al.'s table (papers.md C.2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fewmult.count import count_for_config, main
+from tests.conftest import compose_config, only_run_dir
+
+
+@pytest.mark.parametrize(
+    "overrides, with_bn, without_bn",
+    [
+        (["dataset=mnist", "method=fp"], 1.7535e9, 1.7480e9),
+        (["dataset=mnist", "method=tc", "qbp=true"], 7.4245e6, 1.8492e6),
+    ],
+)
+def test_mnist_mlp_reproduces_the_papers_figures(overrides, with_bn, without_bn):
+    rows, totals = count_for_config(compose_config(*overrides))
+    assert totals["total"] == pytest.approx(with_bn, rel=5e-5)
+    assert totals["total_without_bn"] == pytest.approx(without_bn, rel=5e-5)
+    assert sum(r.weights for r in rows) == 2_910_208
+
+
+def test_exact_terms_of_the_full_precision_count():
+    _, totals = count_for_config(compose_config("dataset=mnist", "method=fp"))
+    weights, units, batch = 2_910_208, 3_082, 200
+    assert totals["total_without_bn"] == 3 * batch * weights + 3 * batch * units
+    assert totals["batch_norm"] == 9 * units * (batch + 1)
+
+
+def test_what_each_method_saves():
+    def totals(*o):
+        return count_for_config(compose_config("dataset=mnist", *o))[1]
+
+    fp, bc, bc_qbp, bwn = (
+        totals("method=fp"),
+        totals("method=bc_stoch"),
+        totals("method=bc_stoch", "qbp=true"),
+        totals("method=bwn"),
+    )
+    assert bc["forward"] == bc["backward"] == 0 and bc["weight_gradient"] == fp["weight_gradient"]
+    assert bc_qbp["weight_gradient"] == 0
+    assert 0 < bwn["forward"] < fp["forward"] / 100  # one product by alpha per output
+
+
+def test_conv_net_counts_every_output_position():
+    rows, _ = count_for_config(compose_config("dataset=cifar10", "method=fp", "dataset.batch_size=1"))
+    first = rows[0]  # 128C3 on 32x32x3, valid: 30x30 outputs, 3*3*3*128 weights
+    assert first.forward == 3 * 3 * 3 * 128 * 30 * 30
+
+
+def test_cli_prints_the_table(capsys):
+    assert main(["dataset=mnist", "method=tc", "qbp=true"]) == 0
+    out = capsys.readouterr().out
+    assert "7.4245e+06" in out and "1.7535e+09" in out and "fc1" in out
+
+
+def test_cli_unknown_option(capsys):
+    assert main(["method=nope"]) == 2
+    assert "Available options in 'method'" in capsys.readouterr().err
+
+
+def test_training_writes_the_counts(run_cli, tmp_path):
+    proc = run_cli("dataset=synthetic", "method=tc", "qbp=true", "trainer.max_epochs=1", "logger=none")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
+    assert results["qbp"] is True
+    assert results["multiplications"]["weight_gradient"] == 0
+    assert 0 < results["multiplications"]["ratio"] < 0.01
