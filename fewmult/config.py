@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fewmult.errors import UserError
+from fewmult.quant import create_quantizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -25,3 +26,9 @@ def check_config(cfg: DictConfig) -> None:
     _positive(cfg.trainer.max_epochs, "trainer.max_epochs", integer=True)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed must be an integer, got {cfg.seed!r}.")
+    quantizer = cfg.method.weight_quantizer
+    if quantizer and hasattr(create_quantizer(quantizer.name), "bind_curvature") and cfg.optim.name != "adam":
+        raise UserError(
+            f"method={cfg.method.name} reads Adam's second moment, but optim={cfg.optim.name}; "
+            "use optim=adam (the paper's optimizer)."
+        )

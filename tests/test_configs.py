@@ -72,9 +72,25 @@ def test_a_net_too_deep_for_its_input_says_so():
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment):
     cfg = compose_config(f"+experiment={experiment}")
-    paper, dataset, method = experiment.split("_", 2)
+    paper, dataset, method = experiment.removesuffix("_qbp").split("_", 2)
     assert (cfg.paper, cfg.dataset.name, cfg.method.name) == (paper, dataset, method)
+    assert cfg.qbp == experiment.endswith("_qbp")
+    assert cfg.optim.name == {"lin2016": "sgd", "hou2017": "adam"}[paper]
     assert 0 < cfg.published_test_error < 1
+
+
+def test_experiments_cover_every_published_row():
+    rows = {
+        f"lin2016_{d}_{m}"
+        for d in ("mnist", "cifar10", "svhn")
+        for m in ("fp", "bc_stoch", "bc_stoch_qbp", "tc_qbp")
+    }
+    rows |= {
+        f"hou2017_{d}_{m}"
+        for d in ("mnist", "cifar10", "svhn")
+        for m in ("fp", "bc_det", "bwn", "lab", "bnn", "xnor", "lab2")
+    }
+    assert set(options("experiment")) == rows
 
 
 @pytest.mark.parametrize(
