@@ -76,11 +76,19 @@ def bench_training_loop(epochs: int) -> dict[str, float]:
     splits = datamodule.load()
     model = instantiate(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
     module = ClassifierModule(
-        model, instantiate(cfg.loss), instantiate(cfg.optim.optimizer), instantiate(cfg.schedule), splits.num_classes
+        model,
+        instantiate(cfg.loss),
+        instantiate(cfg.optim.optimizer),
+        instantiate(cfg.schedule),
+        splits.num_classes,
     )
     timer = Interleave(_hand_epoch(cfg, splits))
     trainer = instantiate(
-        cfg.trainer, max_epochs=epochs + 1, logger=False, limit_val_batches=0, enable_checkpointing=False,
+        cfg.trainer,
+        max_epochs=epochs + 1,
+        logger=False,
+        limit_val_batches=0,
+        enable_checkpointing=False,
         callbacks=[timer],
     )
     trainer.fit(module, datamodule=datamodule)
@@ -108,17 +116,23 @@ def bench_loader(batch_size: int = 200) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loop = bench_training_loop(args.epochs)
-    print(f"training epoch: fewmult {loop['fewmult_s'] * 1000:.0f} ms, hand-written {loop['hand_s'] * 1000:.0f} ms, "
-          f"ratio {loop['ratio']:.3f} (median of {args.epochs}, {args.threads} threads)")
+    print(
+        f"training epoch: fewmult {loop['fewmult_s'] * 1000:.0f} ms, hand-written {loop['hand_s'] * 1000:.0f} ms, "
+        f"ratio {loop['ratio']:.3f} (median of {args.epochs}, {args.threads} threads)"
+    )
     loader = bench_loader()
-    print(f"loader: TensorBatches {loader['tensor_batches_per_s']:.0f} batches/s, torchvision DataLoader+ToTensor "
-          f"{loader['dataloader_per_s']:.0f} batches/s, speedup {loader['speedup']:.1f}x")
+    print(
+        f"loader: TensorBatches {loader['tensor_batches_per_s']:.0f} batches/s, torchvision DataLoader+ToTensor "
+        f"{loader['dataloader_per_s']:.0f} batches/s, speedup {loader['speedup']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from torch import nn
 
 from fewmult.results import append_metrics_row, is_better
 
@@ -68,3 +70,29 @@ class BestCheckpoint(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         best = state_dict.get("best")
         self.best = None if best is None or math.isnan(best) else best
+
+
+class RecomputeBatchNorm(L.Callback):
+    """Before every validation, recompute BN statistics from scratch (Lin et al.'s code, papers.md B.1).
+
+    The running mean and variance of every BN layer are replaced by the plain average of the
+    minibatch statistics over the whole training and validation sets, computed with the weights
+    the evaluation uses (the real-valued ones for stochastic BinaryConnect and ternary connect).
+    """
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        norms = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average of the batch statistics
+            bn.train()  # the rest of the model stays in eval mode: quantizers use their eval policy
+        with torch.no_grad():
+            for batches in trainer.datamodule.statistics_batches():
+                for x, _ in batches:
+                    pl_module(x)
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+            bn.eval()

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fewmult.build import build_module
-from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV
+from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNorm
 from fewmult.config import CONF_DIR, check_config
 from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
@@ -96,6 +96,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 EpochMetricsCSV(run_dir / "metrics.csv"),
                 BestCheckpoint(checkpoints / "best.ckpt"),
                 ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
+                *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
             ],
         )
         trainer.fit(module, datamodule=datamodule)

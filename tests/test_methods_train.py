@@ -27,7 +27,9 @@ def run(tmp_path, *overrides):
 
 @pytest.mark.parametrize("method, qbp", VARIANTS, ids=IDS)
 def test_loss_falls_on_synthetic(tmp_path, method, qbp):
-    results, rows = run(tmp_path, "dataset=synthetic", f"method={method}", f"qbp={qbp}", "trainer.max_epochs=3")
+    results, rows = run(
+        tmp_path, "dataset=synthetic", f"method={method}", f"qbp={qbp}", "trainer.max_epochs=3"
+    )
     losses = [float(r["train/loss"]) for r in rows]
     assert results["status"] == "completed"
     assert losses[-1] < 0.7 * losses[0]

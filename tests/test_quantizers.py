@@ -216,3 +216,11 @@ def test_two_differently_configured_models_share_no_state():
     b = QuantLinear(30, 5, weight_quantizer=create_quantizer("bc_det", scale="unit"))
     assert a.weight_quantizer is not b.weight_quantizer
     assert a.weight_quantizer.clip_bound == pytest.approx(a.w0) and b.weight_quantizer.clip_bound == 1.0
+
+
+def test_lab_alpha_survives_a_reload_without_optimizer():
+    layer, _ = lab_layer_after_adam_steps(5)
+    trained = layer.effective_weight().detach()
+    fresh = QuantLinear(20, 8, bias=False, weight_quantizer=create_quantizer("lab"))
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.effective_weight(), trained)

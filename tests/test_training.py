@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from fewmult.build import build_model
 from fewmult.results import best_epoch
 from fewmult.train import train
 from tests.conftest import compose_config, only_run_dir
@@ -59,8 +60,10 @@ def test_validation_every_two_epochs_leaves_gaps_not_stale_values(tmp_path):
     assert results["best_epoch"] in (1, 3)
 
 
-def test_ddp_spawn_two_processes_one_run_correct_metrics(run_cli, tmp_path):
+@pytest.mark.parametrize("method", ["fp", "lab"])
+def test_ddp_spawn_two_processes_one_run_correct_metrics(run_cli, tmp_path, method):
     proc = run_cli(
+        f"method={method}",
         "dataset=synthetic",
         "trainer=ddp",
         "trainer.accelerator=cpu",
@@ -77,13 +80,86 @@ def test_ddp_spawn_two_processes_one_run_correct_metrics(run_cli, tmp_path):
 
     # the logged validation error of the last epoch is the error over the whole validation set,
     # although each rank saw only half of it
-    cfg = compose_config("dataset=synthetic")
+    cfg = compose_config("dataset=synthetic", f"method={method}")
     datamodule = instantiate(cfg.dataset)
     splits = datamodule.load()
-    model = instantiate(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model = build_model(cfg, splits.input_shape, splits.num_classes)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     model.eval()
     with torch.no_grad():
         error = (model(splits.val_x).argmax(1) != splits.val_y).float().mean().item()
     assert float(rows[-1]["val/error"]) == pytest.approx(error, abs=1e-6)
+
+
+def test_batch_norm_statistics_are_recomputed_over_train_and_validation():
+    from types import SimpleNamespace
+
+    from fewmult.build import build_module
+    from fewmult.callbacks import RecomputeBatchNorm
+
+    cfg = compose_config("dataset=synthetic", "method=bc_stoch")
+    datamodule = instantiate(cfg.dataset)
+    splits = datamodule.load()
+    module = build_module(cfg, splits.input_shape, splits.num_classes).eval()
+    first_bn = module.model.fc1[2]
+    trainer = SimpleNamespace(sanity_checking=False, datamodule=datamodule)
+    RecomputeBatchNorm().on_validation_start(trainer, module)
+
+    # by hand: the average of per-batch means of fc1's output, real-valued weights (eval policy)
+    linear = module.model.fc1[1]
+    batch = cfg.dataset.batch_size
+    means = []
+    for x in (splits.train_x, splits.val_x):
+        for i in range(len(x) // batch):
+            z = torch.nn.functional.linear(x[i * batch : (i + 1) * batch].flatten(1), linear.weight)
+            means.append(z.mean(0))
+    assert torch.allclose(first_bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert first_bn.momentum == 0.1 and not first_bn.training and not module.training
+
+
+def test_lab_resumes_with_the_restored_adam_state(tmp_path):
+    """After resuming from last.ckpt, LAB's alpha comes from the checkpoint's exp_avg_sq."""
+    import lightning as L
+
+    from fewmult.build import build_module
+    from fewmult.nn import quant_layers
+
+    cfg = compose_config("dataset=synthetic", "method=lab", "logger=none")
+    datamodule = instantiate(cfg.dataset)
+    splits = datamodule.load()
+
+    def fit(max_epochs, ckpt_path=None, callbacks=()):
+        module = build_module(cfg, splits.input_shape, splits.num_classes)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            logger=False,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            callbacks=list(callbacks),
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        return trainer
+
+    first = fit(1)
+    ckpt = tmp_path / "first.ckpt"
+    first.save_checkpoint(ckpt)
+    saved_state = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["state"]
+    seen = []
+
+    class CheckAlpha(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if seen:
+                return
+            layer = next(iter(quant_layers(pl_module.model)))
+            v = trainer.optimizers[0].state[layer.weight]["exp_avg_sq"]
+            d = v.sqrt() + 1e-8
+            alpha = (d * layer.weight.abs()).sum() / d.sum()
+            seen.append((v.clone(), float(alpha), float(layer.weight_quantizer.alpha(layer.weight.detach()))))
+
+    fit(2, ckpt_path=ckpt, callbacks=[CheckAlpha()])
+    v, by_hand, used = seen[0]
+    assert any(torch.equal(v, s["exp_avg_sq"]) for s in saved_state.values())
+    assert used == pytest.approx(by_hand, rel=1e-6)

@@ -146,6 +146,11 @@ class BinaryWeightNetwork(_ScaledSign):
         return w.abs().mean()
 
 
+def _no_curvature() -> None:
+    """Before an optimizer is bound (a module-level function, so the quantizer pickles for DDP spawn)."""
+    return None
+
+
 @register_quantizer("lab")
 @register_quantizer("lab2")
 class LossAwareBinarization(_ScaledSign):
@@ -153,7 +158,8 @@ class LossAwareBinarization(_ScaledSign):
 
     ``d = sqrt(v) + 1e-8``, ``v`` Adam's second-moment estimate (``exp_avg_sq``) of this very
     weight, read through :meth:`bind_curvature`. Before the optimizer has state, ``d`` is uniform
-    and LAB is exactly BWN (as in the authors' code). Pseudo-gradient: straight through (Adam
+    and LAB is exactly BWN (as in the authors' code). The last ``alpha`` is kept in the buffer
+    ``alpha_last`` (saved with the model), so a checkpoint evaluated without its optimizer uses it. Pseudo-gradient: straight through (Adam
     receives ``dL/dq``); ``w`` clipped to [-1, 1]. Hou et al. 2017, Proposition 3.1 and Algorithm
     1 (papers.md A.7); the weight part of LAB2 (A.8).
     """
@@ -161,7 +167,8 @@ class LossAwareBinarization(_ScaledSign):
     def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
         super().__init__(eval_policy)
         self.eps = eps
-        self._curvature: Callable[[], torch.Tensor | None] = lambda: None
+        self._curvature: Callable[[], torch.Tensor | None] = _no_curvature
+        self.register_buffer("alpha_last", torch.tensor(float("nan")))
 
     def bind_curvature(self, source: Callable[[], torch.Tensor | None]) -> None:
         """``source()`` returns the second moment ``v`` of the weight, or None before any step."""
@@ -170,6 +177,8 @@ class LossAwareBinarization(_ScaledSign):
     def alpha(self, w: torch.Tensor) -> torch.Tensor:
         v = self._curvature()
         if v is None:
-            return w.abs().mean()
+            return w.abs().mean() if self.alpha_last.isnan() else self.alpha_last
         d = v.sqrt().add_(self.eps)
-        return torch.dot(d.flatten(), w.abs().flatten()) / d.sum()
+        alpha = torch.dot(d.flatten(), w.abs().flatten()) / d.sum()
+        self.alpha_last.copy_(alpha)
+        return alpha

@@ -1,0 +1,134 @@
+"""Training-step time of every method relative to full precision, side by side in one process.
+
+For each network (Lin et al.'s MNIST MLP at batch 200; Lin et al.'s CIFAR-10 CNN at batch 50),
+every method trains with the optimizer of its paper, and its baseline is full precision with the
+same optimizer and network. A step is forward, loss, backward, optimizer step and the latent-weight
+clipping. Methods are timed in interleaved rounds so machine noise hits all alike; the reported
+figure is the ratio of median step times. Also: bytes saved for backward with QBP.
+
+Run: ``python -m benchmarks.bench_methods`` (``--rounds``, ``--steps`` to change the effort).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from hydra.utils import instantiate
+
+from fewmult.build import build_module
+from fewmult.nn import quant_layers
+from fewmult.quant.curvature import AdamSecondMoment
+from tests.conftest import compose_config
+
+NETWORKS = {
+    "mlp": {"overrides": ["dataset=mnist", "model=lin2016_mlp"], "shape": (1, 28, 28), "batch": 200},
+    "cnn": {"overrides": ["dataset=cifar10", "model=lin2016_cnn"], "shape": (3, 32, 32), "batch": 50},
+}
+VARIANTS = [
+    "fp@sgd",
+    "bc_det",
+    "bc_stoch",
+    "tc",
+    "bc_stoch+qbp",
+    "tc+qbp",
+    "fp@adam",
+    "bwn",
+    "lab",
+    "lab2",
+    "bnn",
+    "xnor",
+]
+
+
+def make_step(network: str, variant: str):
+    spec = NETWORKS[network]
+    method, _, rest = variant.partition("+")
+    method, _, optim = method.partition("@")
+    overrides = [*spec["overrides"], f"method={method}", f"qbp={rest == 'qbp'}"]
+    if optim:
+        overrides.append(f"optim={optim}")
+    cfg = compose_config(*overrides)
+    torch.manual_seed(0)
+    module = build_module(cfg, spec["shape"], 10)
+    model, loss_fn = module.model.train(), module.loss
+    optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    clipped = [
+        (layer.weight_quantizer, layer.weight) for layer in quant_layers(model) if layer.weight_quantizer
+    ]
+    for quantizer, weight in clipped:
+        if hasattr(quantizer, "bind_curvature"):
+            quantizer.bind_curvature(AdamSecondMoment(optimizer, weight))
+    x = torch.randn(spec["batch"], *spec["shape"])
+    y = torch.randint(0, 10, (spec["batch"],))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        for quantizer, weight in clipped:
+            quantizer.clip_(weight)
+
+    return step, cfg.optim.name
+
+
+def bench_network(network: str, rounds: int, steps: int) -> dict[str, tuple[float, float]]:
+    """{variant: (median seconds per step, ratio to fp with the same optimizer)}."""
+    made = {v: make_step(network, v) for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for v in VARIANTS:  # warm-up, and an optimizer state for LAB
+        for _ in range(2):
+            made[v][0]()
+    for _ in range(rounds):
+        for v in VARIANTS:
+            start = time.perf_counter()
+            for _ in range(steps):
+                made[v][0]()
+            times[v].append((time.perf_counter() - start) / steps)
+    medians = {v: statistics.median(t) for v, t in times.items()}
+    return {v: (medians[v], medians[v] / medians[f"fp@{made[v][1]}"]) for v in VARIANTS}
+
+
+def saved_bytes(variant_overrides: list[str]) -> int:
+    """Bytes the autograd graph keeps for backward in one training forward of the MNIST MLP."""
+    cfg = compose_config("dataset=mnist", "model=lin2016_mlp", *variant_overrides)
+    model = build_module(cfg, (1, 28, 28), 10).model.train()
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(200, 1, 28, 28)).sum()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
+    args = parser.parse_args()
+    print(f"threads {torch.get_num_threads()}, rounds {args.rounds}, steps per round {args.steps}")
+    for network in args.networks:
+        results = bench_network(network, args.rounds, args.steps)
+        print(f"\n{network} (batch {NETWORKS[network]['batch']})")
+        for v, (seconds, ratio) in results.items():
+            print(f"  {v:<14} {seconds * 1000:8.1f} ms   {ratio:6.3f}x")
+    base = saved_bytes(["method=tc"])
+    qbp = saved_bytes(["method=tc", "qbp=true"])
+    compact = saved_bytes(["method=tc", "qbp=true", "qbp_settings.compact=true"])
+    print(
+        f"\nsaved for backward, MNIST MLP batch 200: tc {base / 2**20:.2f} MiB, tc+qbp {qbp / 2**20:.2f} MiB, "
+        f"tc+qbp compact {compact / 2**20:.2f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
