@@ -125,13 +125,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loop = bench_training_loop(args.epochs)
     print(
-        f"training epoch: fewmult {loop['fewmult_s'] * 1000:.0f} ms, hand-written {loop['hand_s'] * 1000:.0f} ms, "
-        f"ratio {loop['ratio']:.3f} (median of {args.epochs}, {args.threads} threads)"
+        f"training epoch: fewmult {loop['fewmult_s'] * 1000:.0f} ms, "
+        f"hand-written {loop['hand_s'] * 1000:.0f} ms, ratio {loop['ratio']:.3f} "
+        f"(median of {args.epochs}, {args.threads} threads)"
     )
     loader = bench_loader()
     print(
-        f"loader: TensorBatches {loader['tensor_batches_per_s']:.0f} batches/s, torchvision DataLoader+ToTensor "
-        f"{loader['dataloader_per_s']:.0f} batches/s, speedup {loader['speedup']:.1f}x"
+        f"loader: TensorBatches {loader['tensor_batches_per_s']:.0f} batches/s, "
+        f"torchvision DataLoader+ToTensor {loader['dataloader_per_s']:.0f} batches/s, "
+        f"speedup {loader['speedup']:.1f}x"
     )
 
 

@@ -125,8 +125,8 @@ def main() -> None:
     qbp = saved_bytes(["method=tc", "qbp=true"])
     compact = saved_bytes(["method=tc", "qbp=true", "qbp_settings.compact=true"])
     print(
-        f"\nsaved for backward, MNIST MLP batch 200: tc {base / 2**20:.2f} MiB, tc+qbp {qbp / 2**20:.2f} MiB, "
-        f"tc+qbp compact {compact / 2**20:.2f} MiB"
+        f"\nsaved for backward, MNIST MLP batch 200: tc {base / 2**20:.2f} MiB, "
+        f"tc+qbp {qbp / 2**20:.2f} MiB, tc+qbp compact {compact / 2**20:.2f} MiB"
     )
 
 

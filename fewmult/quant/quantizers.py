@@ -159,9 +159,9 @@ class LossAwareBinarization(_ScaledSign):
     ``d = sqrt(v) + 1e-8``, ``v`` Adam's second-moment estimate (``exp_avg_sq``) of this very
     weight, read through :meth:`bind_curvature`. Before the optimizer has state, ``d`` is uniform
     and LAB is exactly BWN (as in the authors' code). The last ``alpha`` is kept in the buffer
-    ``alpha_last`` (saved with the model), so a checkpoint evaluated without its optimizer uses it. Pseudo-gradient: straight through (Adam
-    receives ``dL/dq``); ``w`` clipped to [-1, 1]. Hou et al. 2017, Proposition 3.1 and Algorithm
-    1 (papers.md A.7); the weight part of LAB2 (A.8).
+    ``alpha_last`` (saved with the model), so a checkpoint evaluated without its optimizer uses it.
+    Pseudo-gradient: straight through (Adam receives ``dL/dq``); ``w`` clipped to [-1, 1].
+    Hou et al. 2017, Proposition 3.1 and Algorithm 1 (papers.md A.7); the weight part of LAB2 (A.8).
     """
 
     def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
