@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_input, conv2d_weight
+
+from fewmult.quant.rng import hashed_uniform, run_fused
 
 
 def _exponent_and_fraction(x: torch.Tensor, exp_min: int | None, exp_max: int | None):
@@ -46,6 +47,27 @@ def pow2_quantize(
     return torch.ldexp(torch.sign(x), e.add_(up))
 
 
+def _pow2_from_bits(
+    x: torch.Tensor, key: torch.Tensor, exp_min: int | None, exp_max: int | None
+) -> torch.Tensor:
+    """:func:`pow2_quantize` on the float32 bit pattern with hashed uniforms (fused by torch.compile).
+
+    ``|x| = 2^e (1 + m 2^-23)``, so the exponent and the probability of rounding up are read off
+    the bits exactly. Magnitudes below 2^-126 (float32 subnormals) become zero.
+    """
+    bits = x.view(torch.int32)
+    biased = (bits >> 23) & 0xFF
+    e = biased - 127
+    if exp_min is not None:
+        e = e.clamp(min=exp_min)
+    if exp_max is not None:
+        e = e.clamp(max=exp_max)
+    inverse_power = ((127 - e) << 23).view(torch.float32)  # 2^-e
+    up = hashed_uniform(x, key) < x.abs() * inverse_power - 1
+    rounded = (((e + up.to(torch.int32) + 127) << 23) | (bits & -(2**31))).view(torch.float32)
+    return torch.where(biased == 0, torch.zeros_like(x), rounded)
+
+
 @dataclass(frozen=True)
 class QBPSettings:
     """How a layer rounds its saved input: exponent range, stochastic rounding, compact storage."""
@@ -60,9 +82,16 @@ class QBPSettings:
             return self.exp_min - 1, torch.int8
         return -152, torch.int16  # float32 exponents of powers of two: -149 ... 128
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def round(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+        """Power-of-two rounding; with a stream ``key`` the fused hashed-uniform kernel is used."""
+        q = None
+        if self.stochastic and key is not None and x.dtype == torch.float32:
+            q = run_fused(_pow2_from_bits, x, key, self.exp_min, self.exp_max)
+        return q if q is not None else pow2_quantize(x, self.exp_min, self.exp_max, self.stochastic)
+
+    def encode(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
         """The rounded input as saved for backward (a float tensor, or sign * (exponent - offset))."""
-        q = pow2_quantize(x, self.exp_min, self.exp_max, self.stochastic)
+        q = self.round(x, key)
         if not self.compact:
             return q
         offset, dtype = self._offset_and_dtype()
@@ -81,9 +110,9 @@ class QBPLinearFunction(torch.autograd.Function):
     """``y = x W^T + b``; backward: ``dL/dx = g W`` (exact), ``dL/dW = g^T q(x)``, ``dL/db = sum g``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, settings: QBPSettings):
+    def forward(ctx, x, weight, bias, settings: QBPSettings, key=None):
         ctx.settings, ctx.x_dtype, ctx.has_bias = settings, x.dtype, bias is not None
-        ctx.save_for_backward(settings.encode(x.detach()), weight)
+        ctx.save_for_backward(settings.encode(x.detach(), key), weight)
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -96,28 +125,40 @@ class QBPLinearFunction(torch.autograd.Function):
             grad_w = grad.reshape(-1, grad.shape[-1]).T @ qx.reshape(-1, qx.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class QBPConv2dFunction(torch.autograd.Function):
     """2-D convolution; backward: exact input gradient, weight gradient from ``q(x)``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, settings: QBPSettings):
-        ctx.settings, ctx.x_dtype, ctx.has_bias = settings, x.dtype, bias is not None
-        ctx.padding, ctx.x_shape = padding, x.shape
-        ctx.save_for_backward(settings.encode(x.detach()), weight)
+    def forward(ctx, x, weight, bias, padding: int, settings: QBPSettings, key=None):
+        ctx.settings, ctx.x_dtype, ctx.padding = settings, x.dtype, padding
+        ctx.bias_shape = None if bias is None else list(bias.shape)
+        ctx.save_for_backward(settings.encode(x.detach(), key), weight)
         return F.conv2d(x, weight, bias, padding=padding)
 
     @staticmethod
     def backward(ctx, grad):
         saved, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = conv2d_input(ctx.x_shape, weight, grad, padding=ctx.padding)
-        if ctx.needs_input_grad[1]:
-            qx = ctx.settings.decode(saved, ctx.x_dtype)
-            grad_w = conv2d_weight(qx, weight.shape, grad, padding=ctx.padding)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        qx = ctx.settings.decode(saved, ctx.x_dtype)
+        # One fused call: the input gradient depends on the weight only, so computing it "at" q(x)
+        # is exact, and the weight gradient comes from q(x) as QBP wants.
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad,
+            qx,
+            weight,
+            ctx.bias_shape,
+            [1, 1],
+            [ctx.padding] * 2,
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [
+                ctx.needs_input_grad[0],
+                ctx.needs_input_grad[1],
+                ctx.bias_shape is not None and ctx.needs_input_grad[2],
+            ],
+        )
+        return grad_x, grad_w, grad_b, None, None, None

@@ -35,6 +35,7 @@ from fewmult.results import best_epoch, read_metrics, write_json
 def quiet_lightning() -> None:
     """Keep the console to fewmult's own lines: Lightning's info banners and tips add nothing here."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPU
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 

@@ -22,9 +22,13 @@ QUANTIZING = [n for n in ALL if create_quantizer(n).bits < 32]
 STOCHASTIC = [n for n in ALL if create_quantizer(n).stochastic]
 
 
-def layer_with(name: str, in_features: int = 60, out_features: int = 40, seed: int = 0) -> QuantLinear:
+def layer_with(
+    name: str, in_features: int = 60, out_features: int = 40, seed: int = 0, **kwargs
+) -> QuantLinear:
     torch.manual_seed(seed)
-    return QuantLinear(in_features, out_features, bias=False, weight_quantizer=create_quantizer(name))
+    return QuantLinear(
+        in_features, out_features, bias=False, weight_quantizer=create_quantizer(name, **kwargs)
+    )
 
 
 def test_registry_has_every_method_of_both_papers():
@@ -104,10 +108,11 @@ def test_evaluation_policy_can_be_overridden(name):
         create_quantizer(name, eval_policy="sampled")
 
 
+@pytest.mark.parametrize("rng", ["hash", "torch"])
 @pytest.mark.parametrize("name", STOCHASTIC)
-def test_stochastic_quantizers_are_unbiased(name):
+def test_stochastic_quantizers_are_unbiased(name, rng):
     """E[q(w)] = w: the z-score of every weight's sample mean stays small (fixed seed: cannot flake)."""
-    layer = layer_with(name, 50, 20).train()
+    layer = layer_with(name, 50, 20, rng=rng).train()
     s = layer.weight_quantizer.clip_bound
     with torch.no_grad():  # weights spread over the whole range, both ends included
         layer.weight.copy_(torch.linspace(-s, s, layer.weight.numel()).reshape(layer.weight.shape))
@@ -129,8 +134,9 @@ def test_stochastic_quantizers_are_unbiased(name):
     assert torch.allclose(mean, layer.weight, atol=6 * s / draws**0.5)  # 6 sigma of the worst weight
 
 
-def test_stochastic_binary_connect_probabilities():
-    q = create_quantizer("bc_stoch")
+@pytest.mark.parametrize("rng", ["hash", "torch"])
+def test_stochastic_binary_connect_probabilities(rng):
+    q = create_quantizer("bc_stoch", rng=rng)
     q.s = 0.5
     w = torch.full((200_000,), 0.2)  # p(+s) = (0.2/0.5 + 1)/2 = 0.7
     torch.manual_seed(0)
@@ -139,8 +145,9 @@ def test_stochastic_binary_connect_probabilities():
     assert (out > 0).float().mean().item() == pytest.approx(0.7, abs=0.005)
 
 
-def test_ternary_connect_probabilities():
-    q = create_quantizer("tc")
+@pytest.mark.parametrize("rng", ["hash", "torch"])
+def test_ternary_connect_probabilities(rng):
+    q = create_quantizer("tc", rng=rng)
     q.s = 0.5
     torch.manual_seed(0)
     out = q(torch.full((200_000,), -0.15))  # p(-s) = 0.3, p(0) = 0.7
@@ -224,3 +231,30 @@ def test_lab_alpha_survives_a_reload_without_optimizer():
     fresh = QuantLinear(20, 8, bias=False, weight_quantizer=create_quantizer("lab"))
     fresh.load_state_dict(layer.state_dict())
     assert torch.equal(fresh.effective_weight(), trained)
+
+
+def test_hashed_stream_repeats_with_the_seed_and_resumes_from_a_checkpoint():
+    torch.manual_seed(3)
+    a = create_quantizer("bc_stoch")
+    torch.manual_seed(3)
+    b = create_quantizer("bc_stoch")
+    w = torch.rand(1000) - 0.5
+    assert torch.equal(a(w), b(w))  # same seed, same draws
+    state = {k: v.clone() for k, v in a.state_dict().items()}
+    later = a(w)
+    b.load_state_dict(state)
+    assert torch.equal(b(w), later)  # the counter is part of the state
+    assert not torch.equal(a(w), later)  # and every draw is new
+
+
+def test_hashed_uniforms_look_uniform_and_independent():
+    from fewmult.quant.rng import hashed_uniform
+
+    u = hashed_uniform(torch.empty(1_000_000), torch.tensor(7))
+    counts = torch.histc(u, bins=100, min=0, max=1)
+    chi2 = ((counts - 10_000) ** 2 / 10_000).sum()
+    assert chi2 < 180  # 99 degrees of freedom; 180 is far beyond the 99.99th percentile
+    pairs = torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1]
+    assert abs(pairs) < 0.005  # neighbours uncorrelated
+    v = hashed_uniform(torch.empty(1_000_000), torch.tensor(8))
+    assert abs(torch.corrcoef(torch.stack([u, v]))[0, 1]) < 0.005  # successive keys uncorrelated

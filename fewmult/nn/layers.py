@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewmult.qbp import QBPConv2dFunction, QBPLinearFunction, QBPSettings
+from fewmult.quant.rng import RandomStream
 
 
 class QuantMixin:
@@ -68,11 +69,13 @@ class QuantLinear(QuantMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
         self.fan_in, self.fan_out = in_features, out_features
         self.qbp = qbp
+        self.qbp_stream = RandomStream() if qbp is not None else None
         self._attach(weight_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
-            return QBPLinearFunction.apply(x, self.effective_weight(), self.bias, self.qbp)
+            key = self.qbp_stream.next_key()
+            return QBPLinearFunction.apply(x, self.effective_weight(), self.bias, self.qbp, key)
         return F.linear(x, self.effective_weight(), self.bias)
 
 
@@ -97,11 +100,15 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         k2 = kernel_size * kernel_size
         self.fan_in, self.fan_out = in_channels * k2, out_channels * k2 // pool_area
         self.qbp = qbp
+        self.qbp_stream = RandomStream() if qbp is not None else None
         self._attach(weight_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
-            return QBPConv2dFunction.apply(x, self.effective_weight(), self.bias, self.padding[0], self.qbp)
+            key = self.qbp_stream.next_key()
+            return QBPConv2dFunction.apply(
+                x, self.effective_weight(), self.bias, self.padding[0], self.qbp, key
+            )
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 

@@ -7,19 +7,32 @@ Each docstring gives the forward rule, the pseudo-gradient and the source (paper
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from fewmult.errors import UserError
 from fewmult.quant.base import WeightQuantizer
 from fewmult.quant.registry import register_quantizer
+from fewmult.quant.rng import RandomStream, fused_or_eager, hashed_uniform, run_fused
 
 SCALES = ("w0", "unit")
+RNGS = ("hash", "torch")
 
 
 def sign_plus(x: torch.Tensor) -> torch.Tensor:
     """sign(x) with sign(0) = +1 (both authors' codes), in three cheap passes (no torch.where)."""
     return torch.sign(x).add_(0.5).sign_()
+
+
+def _scaled_sign(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * sign(w)`` with sign(0) = +1, one fused pass under torch.compile."""
+    return torch.where(w >= 0, scale, -scale)
+
+
+def _lab_alpha(w: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    d = v.sqrt() + eps
+    return (d * w.abs()).sum() / d.sum()
 
 
 @register_quantizer("fp")
@@ -74,11 +87,48 @@ class BinaryConnect(_ScaledByW0):
     multiplies = "sign"
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return sign_plus(w).mul_(self.s)
+        return fused_or_eager(_scaled_sign, w.detach(), torch.tensor(self.s, dtype=w.dtype, device=w.device))
+
+
+def _stochastic_binary(w: torch.Tensor, s: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    p = (w / (2 * s) + 0.5).clamp(0, 1)
+    return torch.where(hashed_uniform(w, key) < p, s, -s)
+
+
+def _stochastic_ternary(w: torch.Tensor, s: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    keep = hashed_uniform(w, key) * s < w.abs()
+    return torch.sign(w) * keep * s
+
+
+class _Stochastic(_ScaledByW0):
+    """Draws its uniform numbers from a :class:`RandomStream` (``rng="hash"``, fused by torch.compile)
+    or from ``torch.rand`` (``rng="torch"``); both give each outcome its exact probability."""
+
+    stochastic = True
+    default_eval = "latent"
+    kernel: ClassVar[Callable]
+
+    def __init__(self, scale: str = "w0", eval_policy: str | None = None, rng: str = "hash") -> None:
+        super().__init__(scale, eval_policy)
+        if rng not in RNGS:
+            raise UserError(f"method.weight_quantizer.rng must be one of {RNGS}, got {rng!r}.")
+        self.rng = rng
+        self.stream = RandomStream()
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        if self.rng == "hash":
+            s = torch.tensor(self.s, dtype=w.dtype, device=w.device)
+            q = run_fused(type(self).kernel, w.detach(), s, self.stream.next_key())
+            if q is not None:
+                return q
+        return self.quantize_with_torch_rng(w)
+
+    def quantize_with_torch_rng(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 @register_quantizer("bc_stoch")
-class StochasticBinaryConnect(_ScaledByW0):
+class StochasticBinaryConnect(_Stochastic):
     """Stochastic BinaryConnect: ``q(w) = +s`` with probability ``p = clip((w/s + 1)/2, 0, 1)``, else ``-s``.
 
     A new sample at every forward pass; ``E[q(w)] = w`` for ``|w| <= s``. Pseudo-gradient: straight
@@ -87,17 +137,16 @@ class StochasticBinaryConnect(_ScaledByW0):
     """
 
     bits = 1
-    stochastic = True
     multiplies = "sign"
-    default_eval = "latent"
+    kernel = staticmethod(_stochastic_binary)
 
-    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+    def quantize_with_torch_rng(self, w: torch.Tensor) -> torch.Tensor:
         p = w.div(2 * self.s).add_(0.5).clamp_(0, 1)
         return torch.rand_like(w).lt_(p).to(w.dtype).mul_(2 * self.s).sub_(self.s)
 
 
 @register_quantizer("tc")
-class TernaryConnect(_ScaledByW0):
+class TernaryConnect(_Stochastic):
     """Stochastic ternary connect: ``q(w) = s * sign(w) * Bernoulli(clip(|w|/s, 0, 1))``.
 
     A weight in (0, s] becomes +s with probability w/s, else 0; one in [-s, 0] becomes -s with
@@ -106,11 +155,10 @@ class TernaryConnect(_ScaledByW0):
     """
 
     bits = 2
-    stochastic = True
     multiplies = "ternary"
-    default_eval = "latent"
+    kernel = staticmethod(_stochastic_ternary)
 
-    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+    def quantize_with_torch_rng(self, w: torch.Tensor) -> torch.Tensor:
         keep = torch.rand_like(w).mul_(self.s).lt_(w.abs())
         return torch.sign(w).mul_(keep).mul_(self.s)
 
@@ -130,7 +178,7 @@ class _ScaledSign(WeightQuantizer):
         raise NotImplementedError
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return sign_plus(w).mul_(self.alpha(w))
+        return fused_or_eager(_scaled_sign, w.detach(), self.alpha(w))
 
 
 @register_quantizer("bwn")
@@ -178,7 +226,6 @@ class LossAwareBinarization(_ScaledSign):
         v = self._curvature()
         if v is None:
             return w.abs().mean() if self.alpha_last.isnan() else self.alpha_last
-        d = v.sqrt().add_(self.eps)
-        alpha = torch.dot(d.flatten(), w.abs().flatten()) / d.sum()
+        alpha = fused_or_eager(_lab_alpha, w.detach(), v, self.eps)
         self.alpha_last.copy_(alpha)
         return alpha

@@ -1,0 +1,88 @@
+"""Cheap random numbers for the stochastic quantizers and QBP: a counter-based hash, fused by torch.compile.
+
+``torch.rand_like`` over the 2.9 M weights of the MNIST MLP costs about 7 ms on a 2-core CPU, a
+third of a full-precision training step. Stochastic BinaryConnect, ternary connect and QBP need
+one uniform number per element per step, so that alone breaks their overhead budget.
+
+Here the uniform for element ``i`` at draw ``k`` of a stream with seed ``s`` is
+``hash(i, hash(s, k)) >> 8`` scaled to [0, 1): 24 random bits, the same resolution as
+``torch.rand`` in float32, so ``P(u < p)`` is ``p`` to within 2^-24. The hash is Chris Wellons'
+"lowbias32" integer mixer. ``torch.compile`` fuses hash, comparison and scaling into one loop over
+the tensor (about 0.5 ms for 2.9 M weights). Without a working compiler the quantizers fall back
+to ``torch.rand``, with a warning.
+
+A :class:`RandomStream` keeps its seed and draw counter in buffers: checkpoints resume the stream,
+and DDP ranks, seeded alike, draw the same numbers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+MASK = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding 32-bit values (products stay below 2^63)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & MASK
+    return x ^ (x >> 16)
+
+
+def hashed_uniform(like: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) numbers shaped like ``like``, a pure function of ``key`` (an int64 scalar)."""
+    index = torch.arange(like.numel(), device=like.device, dtype=torch.int64)
+    x = _mix32(((index * 0x9E3779B1) & MASK) ^ _mix32(key & MASK))
+    return (x >> 8).to(torch.float32).mul(1.0 / 16777216).view(like.shape)
+
+
+class RandomStream(nn.Module):
+    """A seed and a counter; every :meth:`next_key` returns a fresh key for :func:`hashed_uniform`.
+
+    The seed is drawn from torch's global generator at construction, so ``seed=`` in the config
+    makes runs repeat.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        self.register_buffer("rng_seed", torch.tensor(seed, dtype=torch.int64))
+        self.register_buffer("rng_counter", torch.tensor(0, dtype=torch.int64))
+
+    def next_key(self) -> torch.Tensor:
+        self.rng_counter.add_(1)
+        return _mix32((self.rng_seed * 0x85EBCA6B + self.rng_counter) & MASK)
+
+
+_COMPILED: dict[Callable, Callable | None] = {}
+
+
+def fused_or_eager(fn: Callable, *args):
+    """``fn(*args)``, fused by torch.compile where possible (the same numbers either way)."""
+    out = run_fused(fn, *args)
+    return fn(*args) if out is None else out
+
+
+def run_fused(fn: Callable, *args):
+    """``torch.compile(fn)(*args)``; None when compiling is impossible here (warned once)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    compiled = _COMPILED[fn]
+    if compiled is None:
+        return None
+    try:
+        return compiled(*args)
+    except Exception as exc:  # no C++ compiler, an unsupported device, ...
+        _COMPILED[fn] = None
+        warnings.warn(
+            f"torch.compile failed ({type(exc).__name__}: {exc}); {fn.__name__} runs unfused (slower; "
+            "stochastic quantizers then draw from torch.rand)",
+            stacklevel=2,
+        )
+        return None
