@@ -129,4 +129,6 @@ def test_fused_bit_kernel_matches_the_reference_rounding(exp_range):
     for i, value in enumerate(x.tolist()):
         reference = pow2_quantize(x[i : i + 1].expand(5_000).contiguous(), lo, hi)
         assert set(draws[:, i].unique().tolist()) == set(reference.unique().tolist())
-        assert draws[:, i].mean().item() == pytest.approx(reference.mean().item(), abs=0.02 * max(abs(value), 0.1))
+        assert draws[:, i].mean().item() == pytest.approx(
+            reference.mean().item(), abs=0.02 * max(abs(value), 0.1)
+        )

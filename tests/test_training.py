@@ -156,7 +156,7 @@ def test_lab_resumes_with_the_restored_adam_state(tmp_path):
             layer = next(iter(quant_layers(pl_module.model)))
             v = trainer.optimizers[0].state[layer.weight]["exp_avg_sq"]
             d = v.sqrt() + 1e-8
-            alpha = (d * layer.weight.abs()).sum() / d.sum()
+            alpha = (d * layer.weight.detach().abs()).sum() / d.sum()
             seen.append((v.clone(), float(alpha), float(layer.weight_quantizer.alpha(layer.weight.detach()))))
 
     fit(2, ckpt_path=ckpt, callbacks=[CheckAlpha()])
