@@ -29,6 +29,7 @@ class QuantMixin:
     weight: nn.Parameter
     bias: nn.Parameter | None
     weight_quantizer: nn.Module | None
+    qbp: QBPSettings | None
     fan_in: int
     fan_out: int
 
@@ -37,8 +38,13 @@ class QuantMixin:
         """Lin et al.'s weight scale: half the Glorot-uniform bound."""
         return math.sqrt(1.5 / (self.fan_in + self.fan_out))
 
-    def _attach(self, weight_quantizer: nn.Module | None) -> None:
-        """Give the quantizer its layer (for W0), then initialize as the quantizer's paper does."""
+    def _attach(
+        self, fan_in: int, fan_out: int, weight_quantizer: nn.Module | None, qbp: QBPSettings | None
+    ) -> None:
+        """Give the quantizer its layer (for W0), set up QBP, initialize as the quantizer's paper does."""
+        self.fan_in, self.fan_out = fan_in, fan_out
+        self.qbp = qbp
+        self.qbp_stream = RandomStream() if qbp is not None else None
         self.weight_quantizer = weight_quantizer
         if weight_quantizer is not None and hasattr(weight_quantizer, "setup"):
             weight_quantizer.setup(self)
@@ -67,10 +73,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         qbp: QBPSettings | None = None,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
-        self.fan_in, self.fan_out = in_features, out_features
-        self.qbp = qbp
-        self.qbp_stream = RandomStream() if qbp is not None else None
-        self._attach(weight_quantizer)
+        self._attach(in_features, out_features, weight_quantizer, qbp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
@@ -98,10 +101,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     ) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         k2 = kernel_size * kernel_size
-        self.fan_in, self.fan_out = in_channels * k2, out_channels * k2 // pool_area
-        self.qbp = qbp
-        self.qbp_stream = RandomStream() if qbp is not None else None
-        self._attach(weight_quantizer)
+        self._attach(in_channels * k2, out_channels * k2 // pool_area, weight_quantizer, qbp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:

@@ -1,7 +1,7 @@
 """Weight quantizers and binary activations, with a registry (``create_quantizer``, ``list_quantizers``)."""
 
 from fewmult.quant.activations import SignActivation
-from fewmult.quant.base import WeightQuantizer, straight_through
+from fewmult.quant.base import WeightQuantizer, sign_plus, straight_through
 from fewmult.quant.curvature import AdamSecondMoment
 from fewmult.quant.quantizers import (
     BinaryConnect,
@@ -10,7 +10,6 @@ from fewmult.quant.quantizers import (
     LossAwareBinarization,
     StochasticBinaryConnect,
     TernaryConnect,
-    sign_plus,
 )
 from fewmult.quant.registry import create_quantizer, list_quantizers, register_quantizer
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewmult.quant.base import sign_plus
+
 
 class _SignHardTanh(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return torch.sign(x).add_(0.5).sign_()
+        return sign_plus(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,6 @@ SCALES = ("w0", "unit")
 RNGS = ("hash", "torch")
 
 
-def sign_plus(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1 (both authors' codes), in three cheap passes (no torch.where)."""
-    return torch.sign(x).add_(0.5).sign_()
-
-
 def _scaled_sign(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale * sign(w)`` with sign(0) = +1, one fused pass under torch.compile."""
     return torch.where(w >= 0, scale, -scale)

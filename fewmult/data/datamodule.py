@@ -1,0 +1,130 @@
+"""The LightningDataModule every dataset shares: load once, keep tensors on the device, slice."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from fewmult.data.loader import TensorBatches
+from fewmult.data.splits import Splits
+from fewmult.errors import UserError
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Serves :class:`Splits` as device-resident minibatches.
+
+    Subclasses implement :meth:`load_splits`. Validation batches come in two loaders, the
+    validation split (index 0) and the test split (index 1), because both papers report the test
+    error at the epoch of best validation error and so evaluate the test set at every epoch.
+
+    Args:
+        name: the dataset's name as the config group calls it.
+        batch_size: training minibatch size (per process under DDP).
+        val_size: examples carved out of the training files for validation.
+        eval_batch_size: minibatch size for evaluation (default: 1000, larger is faster).
+        seed: seeds the shuffling of the training set.
+        data_device: ``auto`` keeps the data on the training device; ``cpu`` keeps it in host
+            memory and copies each batch (for data larger than GPU memory).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        batch_size: int,
+        val_size: int,
+        eval_batch_size: int = 1000,
+        seed: int = 0,
+        data_device: str = "auto",
+    ) -> None:
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"dataset.{key} must be a positive integer, got {value!r}.")
+        if data_device not in ("auto", "cpu"):
+            raise UserError(f"dataset.data_device must be 'auto' or 'cpu', got {data_device!r}.")
+        self.name = name
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.data_device = data_device
+        self._splits: Splits | None = None
+        self._on_device: tuple[torch.device, Splits] | None = None
+
+    image_shape: tuple[int, ...] = ()  # (C, H, W) of one example, known without loading the data
+
+    def load_splits(self) -> Splits:
+        raise NotImplementedError
+
+    def load(self) -> Splits:
+        """Load (once) and return the splits on the CPU."""
+        if self._splits is None:
+            splits = self.load_splits()
+            if len(splits.train_y) < self.batch_size:
+                raise UserError(
+                    f"dataset.batch_size={self.batch_size} is larger than the {len(splits.train_y)} "
+                    f"training examples of '{self.name}'; lower dataset.batch_size."
+                )
+            self._splits = splits
+        return self._splits
+
+    @property
+    def num_classes(self) -> int:
+        return self.load().num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.load().input_shape
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def _device(self) -> torch.device:
+        if self.trainer is None or self.data_device == "cpu":
+            return torch.device("cpu")
+        return self.trainer.strategy.root_device
+
+    def _device_splits(self) -> Splits:
+        device = self._device()
+        if self._on_device is None or self._on_device[0] != device:
+            s = self.load()
+            moved = [t.to(device) for t in (s.train_x, s.train_y, s.val_x, s.val_y, s.test_x, s.test_y)]
+            self._on_device = (device, Splits(*moved, num_classes=s.num_classes))
+        return self._on_device[1]
+
+    def _batches(self, x: torch.Tensor, y: torch.Tensor, train: bool) -> TensorBatches:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return TensorBatches(
+            x,
+            y,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> TensorBatches:
+        s = self._device_splits()
+        return self._batches(s.train_x, s.train_y, train=True)
+
+    def val_dataloader(self) -> list[TensorBatches]:
+        s = self._device_splits()
+        return [self._batches(s.val_x, s.val_y, train=False), self._batches(s.test_x, s.test_y, train=False)]
+
+    def statistics_batches(self) -> list[TensorBatches]:
+        """Training then validation split in training-size batches, in file order, whole on every rank.
+
+        For re-estimating batch-norm statistics (Lin et al.); every DDP rank sees all of it so
+        that all ranks evaluate the same network.
+        """
+        s = self._device_splits()
+        return [
+            TensorBatches(x, y, self.batch_size, shuffle=False, drop_last=True)
+            for x, y in ((s.train_x, s.train_y), (s.val_x, s.val_y))
+        ]
+
+    def test_dataloader(self) -> TensorBatches:
+        s = self._device_splits()
+        return self._batches(s.test_x, s.test_y, train=False)

@@ -1,0 +1,74 @@
+"""Shared flow of the image datasets: raw files -> preprocessing (cached) -> the papers' splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fewmult.data.cache import cache_path, cached
+from fewmult.data.datamodule import TensorDataModule
+from fewmult.data.files import resolve_root
+from fewmult.data.preprocess import EXPENSIVE, get_preprocessor, to_float
+from fewmult.data.splits import Splits, check_val_size, tail_split
+
+
+class VisionDataModule(TensorDataModule):
+    """A dataset read through a torchvision class from ``root``.
+
+    Subclasses implement :meth:`raw` (uint8 images and labels of the training and test files)
+    and may override :meth:`split` (default: validation = the last ``val_size`` training examples).
+
+    Args:
+        root: data folder (``FEWMULT_DATA`` or a user cache folder by default).
+        download: fetch missing files through torchvision.
+        preprocess: one of :data:`fewmult.data.preprocess.PREPROCESSORS`.
+    """
+
+    num_classes = 10
+
+    def __init__(self, name: str, root: str, download: bool = True, preprocess: str = "none", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.root = resolve_root(root)
+        self.download = download
+        self.preprocess = preprocess
+        get_preprocessor(preprocess)  # fail on a bad name before touching files
+
+    def raw(self) -> dict[str, torch.Tensor]:
+        """``train_x``, ``train_y``, ``test_x``, ``test_y`` (+ optional extras) as uint8/int64 tensors."""
+        raise NotImplementedError
+
+    def source_files(self) -> list[Path]:
+        """The files whose size and date key the preprocessing cache."""
+        raise NotImplementedError
+
+    def split(self, data: dict[str, torch.Tensor]) -> Splits:
+        check_val_size(self.val_size, len(data["train_y"]), self.name)
+        train_x, train_y, val_x, val_y = tail_split(data["train_x"], data["train_y"], self.val_size)
+        return Splits(train_x, train_y, val_x, val_y, data["test_x"], data["test_y"], self.num_classes)
+
+    def _preprocessed(self) -> dict[str, torch.Tensor]:
+        loaded: dict[str, torch.Tensor] = {}
+
+        def compute() -> dict[str, torch.Tensor]:
+            data = loaded or self.raw()
+            image_keys = [k for k in data if k.endswith("_x") and k != "train_x"]
+            train, *others = get_preprocessor(self.preprocess)(
+                to_float(data["train_x"]), [to_float(data[k]) for k in image_keys]
+            )
+            return {**data, "train_x": train, **dict(zip(image_keys, others, strict=True))}
+
+        if self.preprocess not in EXPENSIVE:
+            return compute()
+        files = self.source_files()
+        if not all(f.is_file() for f in files):
+            loaded.update(self.raw())  # downloads the files, or says which are missing
+        key = {"dataset": self.name, "preprocess": self.preprocess, **self.cache_key_extra()}
+        key["files"] = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+        return cached(cache_path(self.root, self.name, key), compute)
+
+    def cache_key_extra(self) -> dict:
+        return {}
+
+    def load_splits(self) -> Splits:
+        return self.split(self._preprocessed())
