@@ -28,7 +28,9 @@ def cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[s
         try:
             return torch.load(path, weights_only=True)
         except Exception as exc:  # truncated or foreign file: recompute
-            warnings.warn(f"ignoring unreadable preprocessing cache {path} ({exc}); recomputing", stacklevel=2)
+            warnings.warn(
+                f"ignoring unreadable preprocessing cache {path} ({exc}); recomputing", stacklevel=2
+            )
     tensors = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -43,7 +43,8 @@ class CIFAR10Data(VisionDataModule):
             self.folder,
             [name for name, _ in self._files_md5()],
             self.download,
-            "Get cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html and unpack it in dataset.root.",
+            "Get cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html "
+            "and unpack it in dataset.root.",
             make,
         )
 

@@ -33,7 +33,8 @@ class MNISTData(VisionDataModule):
     def raw(self) -> dict[str, torch.Tensor]:
         def make(download: bool) -> tuple:
             return tuple(
-                torchvision.datasets.MNIST(str(self.root), train=train, download=download) for train in (True, False)
+                torchvision.datasets.MNIST(str(self.root), train=train, download=download)
+                for train in (True, False)
             )
 
         train, test = open_dataset(
@@ -41,7 +42,8 @@ class MNISTData(VisionDataModule):
             self.folder,
             RAW_FILES,
             self.download,
-            "Get them from the MNIST page (yann.lecun.com/exdb/mnist), gunzip them, and put them in that folder.",
+            "Get them from the MNIST page (yann.lecun.com/exdb/mnist), gunzip them, "
+            "and put them in that folder.",
             make,
         )
         return {

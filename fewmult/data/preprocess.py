@@ -14,7 +14,6 @@ uses the training mean for every split, so the test set is never used to transfo
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +25,9 @@ def center(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor
     return [train - mean] + [x - mean for x in others]
 
 
-def global_contrast_normalize(x: torch.Tensor, scale: float = 55.0, min_divisor: float = 1e-8) -> torch.Tensor:
+def global_contrast_normalize(
+    x: torch.Tensor, scale: float = 55.0, min_divisor: float = 1e-8
+) -> torch.Tensor:
     """Per image: subtract its mean, divide by its L2 norm, multiply by ``scale`` (pylearn2 defaults)."""
     flat = x.reshape(len(x), -1)
     flat = flat - flat.mean(dim=1, keepdim=True)
@@ -100,5 +101,3 @@ def get_preprocessor(name: str):
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) to float32 in [0, 1]."""
     return images_uint8.float().div_(255.0)
-
-

@@ -49,7 +49,9 @@ class SVHNData(VisionDataModule):
         def make(download: bool) -> dict:
             if not download:
                 verify_md5(self.root, self._files_md5(), "SVHN")
-            return {p: torchvision.datasets.SVHN(str(self.root), split=p, download=download) for p in self.parts}
+            return {
+                p: torchvision.datasets.SVHN(str(self.root), split=p, download=download) for p in self.parts
+            }
 
         sets = open_dataset(
             "SVHN",
@@ -72,13 +74,18 @@ class SVHNData(VisionDataModule):
         if self.val_size % (30 if self.use_extra else 10):
             raise UserError(
                 f"dataset.val_size={self.val_size} cannot be split evenly over the 10 classes"
-                + (" with 2/3 from train and 1/3 from extra; use a multiple of 30." if self.use_extra else
-                   "; use a multiple of 10.")
+                + (
+                    " with 2/3 from train and 1/3 from extra; use a multiple of 30."
+                    if self.use_extra
+                    else "; use a multiple of 10."
+                )
             )
         rng = np.random.default_rng(SPLIT_SEED)
         per_class = self.val_size // 10
         from_train = per_class * 2 // 3 if self.use_extra else per_class
-        pieces = {"train": from_train, "extra": per_class - from_train} if self.use_extra else {"train": per_class}
+        pieces = (
+            {"train": from_train, "extra": per_class - from_train} if self.use_extra else {"train": per_class}
+        )
         train_x, train_y, val_x, val_y = [], [], [], []
         for part, k in pieces.items():
             labels = data[f"{part}_y"].numpy()
@@ -90,6 +97,11 @@ class SVHNData(VisionDataModule):
             val_x.append(data[f"{part}_x"][val_idx])
             val_y.append(data[f"{part}_y"][val_idx])
         return Splits(
-            torch.cat(train_x), torch.cat(train_y), torch.cat(val_x), torch.cat(val_y),
-            data["test_x"], data["test_y"], self.num_classes,
+            torch.cat(train_x),
+            torch.cat(train_y),
+            torch.cat(val_x),
+            torch.cat(val_y),
+            data["test_x"],
+            data["test_y"],
+            self.num_classes,
         )

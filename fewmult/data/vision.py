@@ -27,7 +27,9 @@ class VisionDataModule(TensorDataModule):
 
     num_classes = 10
 
-    def __init__(self, name: str, root: str, download: bool = True, preprocess: str = "none", **kwargs) -> None:
+    def __init__(
+        self, name: str, root: str, download: bool = True, preprocess: str = "none", **kwargs
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.root = resolve_root(root)
         self.download = download
