@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torchvision
 
-from fewmult.data.files import open_dataset, verify_md5
 from fewmult.data.vision import VisionDataModule
 
 
@@ -30,22 +29,12 @@ class CIFAR10Data(VisionDataModule):
         return [self.folder / name for name, _ in self._files_md5()]
 
     def raw(self) -> dict[str, torch.Tensor]:
-        def make(download: bool) -> tuple:
-            if not download:
-                verify_md5(self.folder, self._files_md5(), "CIFAR-10")
-            return tuple(
-                torchvision.datasets.CIFAR10(str(self.root), train=train, download=download)
-                for train in (True, False)
-            )
-
-        train, test = open_dataset(
+        train, test = self.open_train_test(
+            torchvision.datasets.CIFAR10,
             "CIFAR-10",
-            self.folder,
-            [name for name, _ in self._files_md5()],
-            self.download,
+            self._files_md5(),
             "Get cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html "
             "and unpack it in dataset.root.",
-            make,
         )
 
         def images(ds) -> torch.Tensor:

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torchvision
 
-from fewmult.data.files import open_dataset
 from fewmult.data.vision import VisionDataModule
 
 RAW_FILES = [
@@ -31,20 +30,12 @@ class MNISTData(VisionDataModule):
         return [self.folder / f for f in RAW_FILES]
 
     def raw(self) -> dict[str, torch.Tensor]:
-        def make(download: bool) -> tuple:
-            return tuple(
-                torchvision.datasets.MNIST(str(self.root), train=train, download=download)
-                for train in (True, False)
-            )
-
-        train, test = open_dataset(
+        train, test = self.open_train_test(
+            torchvision.datasets.MNIST,
             "MNIST",
-            self.folder,
-            RAW_FILES,
-            self.download,
+            [(f, None) for f in RAW_FILES],  # torchvision keeps no checksum of the unpacked files
             "Get them from the MNIST page (yann.lecun.com/exdb/mnist), gunzip them, "
             "and put them in that folder.",
-            make,
         )
         return {
             "train_x": train.data.unsqueeze(1),

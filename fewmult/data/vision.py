@@ -8,7 +8,7 @@ import torch
 
 from fewmult.data.cache import cache_path, cached
 from fewmult.data.datamodule import TensorDataModule
-from fewmult.data.files import resolve_root
+from fewmult.data.files import open_dataset, resolve_root, verify_md5
 from fewmult.data.preprocess import EXPENSIVE, get_preprocessor, to_float
 from fewmult.data.splits import Splits, check_val_size, tail_split
 
@@ -36,6 +36,11 @@ class VisionDataModule(TensorDataModule):
         self.preprocess = preprocess
         get_preprocessor(preprocess)  # fail on a bad name before touching files
 
+    @property
+    def folder(self) -> Path:
+        """Where the dataset's files are (default: ``root`` itself)."""
+        return self.root
+
     def raw(self) -> dict[str, torch.Tensor]:
         """``train_x``, ``train_y``, ``test_x``, ``test_y`` (+ optional extras) as uint8/int64 tensors."""
         raise NotImplementedError
@@ -43,6 +48,22 @@ class VisionDataModule(TensorDataModule):
     def source_files(self) -> list[Path]:
         """The files whose size and date key the preprocessing cache."""
         raise NotImplementedError
+
+    def open_train_test(
+        self, tv_class: type, display: str, files_md5: list[tuple[str, str | None]], how_to_get: str
+    ) -> tuple:
+        """The training and test objects of a torchvision class with a ``train`` flag (MNIST, CIFAR-10).
+
+        Files with an MD5 are verified first, so a damaged one is named rather than reported as missing.
+        """
+
+        def make(download: bool) -> tuple:
+            if not download:
+                verify_md5(self.folder, [(f, md5) for f, md5 in files_md5 if md5], display)
+            return tuple(tv_class(str(self.root), train=train, download=download) for train in (True, False))
+
+        files = [name for name, _ in files_md5]
+        return open_dataset(display, self.folder, files, self.download, how_to_get, make)
 
     def split(self, data: dict[str, torch.Tensor]) -> Splits:
         check_val_size(self.val_size, len(data["train_y"]), self.name)
