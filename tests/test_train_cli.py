@@ -117,3 +117,18 @@ def test_failed_run_is_recorded_and_keeps_finished_epochs(run_cli, tmp_path):
     assert rows and not math.isfinite(float(rows[-1]["train/loss"]))
     (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
     assert exit_code(wandb_file) == 1
+
+
+def test_multirun_jobs_get_their_own_wandb_run_in_one_group(run_cli, tmp_path):
+    proc = run_cli("-m", "dataset=synthetic", "trainer.max_epochs=1", "seed=0,1")
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted(tmp_path.glob("multirun/*/*/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 2
+    infos = [run_info(r) for r in runs]
+    assert infos[0].run_id != infos[1].run_id
+    assert infos[0].run_group == infos[1].run_group != ""
+    assert {i.display_name for i in infos} == {
+        "dataset=synthetic,seed=0,trainer.max_epochs=1",
+        "dataset=synthetic,seed=1,trainer.max_epochs=1",
+    }
+    assert all(exit_code(r) == 0 for r in runs)
