@@ -136,6 +136,7 @@ def test_lab_resumes_with_the_restored_adam_state(tmp_path):
             max_epochs=max_epochs,
             logger=False,
             default_root_dir=tmp_path,
+            enable_checkpointing=False,
             enable_progress_bar=False,
             limit_val_batches=0,
             callbacks=list(callbacks),
