@@ -1,0 +1,80 @@
+"""The paper-style report over sweep folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from fewmult.report import main, published_errors, summarize
+
+
+def result(lr, seed, val, test, status="completed", **extra):
+    return {
+        "paper": "lin2016",
+        "dataset": "mnist",
+        "method": "tc",
+        "qbp": True,
+        "lr": lr,
+        "seed": seed,
+        "val_error": val,
+        "test_error": test,
+        "status": status,
+        **extra,
+    }
+
+
+def test_published_numbers_come_from_the_presets():
+    table = published_errors()
+    assert table[("lin2016", "mnist", "tc", True)] == pytest.approx(0.0115)
+    assert table[("hou2017", "cifar10", "lab", False)] == pytest.approx(0.105)
+    assert len(table) == 33
+
+
+def test_learning_rate_chosen_by_mean_validation_error_and_test_mean_std_over_seeds():
+    rows = summarize(
+        [
+            result(0.3, 0, 0.020, 0.030),
+            result(0.3, 1, 0.022, 0.010),
+            result(0.1, 0, 0.010, 0.020),
+            result(0.1, 1, 0.012, 0.024),
+            result(0.03, 0, math_nan := float("nan"), math_nan, status="failed"),
+        ]
+    )
+    (row,) = rows
+    assert row["lr"] == 0.1 and row["seeds"] == 2
+    assert row["test_mean"] == pytest.approx(0.022) and row["test_std"] == pytest.approx(0.0028284, rel=1e-4)
+    assert row["published"] == pytest.approx(0.0115) and row["difference"] == pytest.approx(0.022 - 0.0115)
+    assert row["failed"] == 1 and row["completed"] == 4
+
+
+def test_report_on_a_real_multirun(run_cli, tmp_path):
+    proc = run_cli(
+        "-m", "dataset=synthetic", "trainer.max_epochs=1", "logger=none", "optim.lr=0.3,0.1", "seed=0,1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    failed = sweep / "9"
+    shutil.copytree(sweep / "0", failed)
+    payload = json.loads((failed / "results.json").read_text())
+    (failed / "results.json").write_text(json.dumps({**payload, "status": "failed", "error": "boom"}))
+    unfinished = sweep / "10"
+    (unfinished / ".hydra").mkdir(parents=True)
+
+    proc = run_cli(str(sweep), module="fewmult.report")
+    assert proc.returncode == 0, proc.stderr
+    assert "(1 unfinished jobs)" in proc.stdout and "| synthetic | fp |" in proc.stdout
+    with (sweep / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["seeds"] == "2" and rows[0]["failed"] == "1" and rows[0]["completed"] == "4"
+    for name in ("report.md", "val_error_curves.png", "error_vs_lr.png"):
+        assert (sweep / name).stat().st_size > 0
+
+
+def test_report_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    assert "no fewmult runs" in capsys.readouterr().err
