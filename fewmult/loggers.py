@@ -55,7 +55,11 @@ def make_logger(
     if mode == "offline":
         hint = f"wandb sync {run_dir}/wandb/offline-run-*"
         print(f"W&B: logging offline; upload later with: {hint}", flush=True)
+    id_file = run_dir / "wandb_run_id"  # a relaunched job continues its own W&B run
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
     logger = WandbLogger(
+        id=run_id,
+        resume="allow",
         project=cfg.get("project", "fewmult"),
         entity=cfg.get("entity"),
         name=name,
@@ -66,7 +70,7 @@ def make_logger(
         mode=mode,
         config=run_config,
     )
-    _ = logger.experiment  # create the run here, so that spawned DDP workers attach to this one run
+    id_file.write_text(logger.experiment.id)  # created here, so spawned DDP workers attach to this run
     return logger
 
 

@@ -115,8 +115,8 @@ class ClassifierModule(L.LightningModule):
         )
         loss_sum, count = self.trainer.strategy.reduce(totals, reduce_op="sum")
         loss = loss_sum / count
-        self.log("train/loss", loss, on_epoch=True)
-        self.log("train/error", self.error["train_"].compute(), on_epoch=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/error", self.error["train_"].compute(), on_step=False, on_epoch=True)
         self.error["train_"].reset()
         self._epoch_loss = loss
 

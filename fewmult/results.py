@@ -49,6 +49,18 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
         ]
 
 
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the rows of the first ``epochs_done`` epochs (a resumed run trains the others again)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < epochs_done]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def is_better(value: float, best: float | None) -> bool:
     """Both papers' selection rule: ``<=`` on the validation error, so ties go to the later epoch."""
     return not math.isnan(value) and (best is None or value <= best)

@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -29,7 +30,7 @@ from fewmult.config import CONF_DIR, check_config
 from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
-from fewmult.results import best_epoch, read_metrics, write_json
+from fewmult.results import best_epoch, read_metrics, truncate_metrics, write_json
 
 
 def quiet_lightning() -> None:
@@ -37,6 +38,17 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPU
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def resume_point(cfg: DictConfig, last: Path, metrics: Path) -> str | None:
+    """With ``resume=true`` and a ``last.ckpt`` in the run folder, continue from it (an interrupted or
+    requeued job relaunched into its folder); metrics rows after that checkpoint are dropped."""
+    if not cfg.resume or not last.is_file():
+        return None
+    epochs_done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]  # completed epochs
+    truncate_metrics(metrics, epochs_done)
+    print(f"resuming from {last} ({epochs_done} epochs done)", flush=True)
+    return str(last)
 
 
 def _run_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -67,7 +79,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one model; return the ``results.json`` payload (also written to ``run_dir``)."""
-    results = _base_results(cfg)
+    results = {**_base_results(cfg), "started_at": time.time()}
     results_path = run_dir / "results.json"
     logger = None
     start = time.perf_counter()
@@ -89,6 +101,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **identity,
         )
         checkpoints = run_dir / "checkpoints"
+        ckpt_path = resume_point(cfg, checkpoints / "last.ckpt", run_dir / "metrics.csv")
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
@@ -100,7 +113,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
             ],
         )
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         best = best_epoch(read_metrics(run_dir / "metrics.csv"))
         if best is None:
             raise UserError(
@@ -126,6 +139,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
     finally:
         results["train_seconds"] = round(time.perf_counter() - start, 3)
+        results["finished_at"] = time.time()
         write_json(results_path, results)
         finish_logger(logger, failed=results.get("status") != "completed")
     return results

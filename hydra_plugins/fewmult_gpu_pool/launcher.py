@@ -1,0 +1,139 @@
+"""The ``gpu_pool`` launcher: every job in a fresh process on a free slot, failures isolated.
+
+* Slots come from ``hydra.launcher.devices`` (default: every visible GPU; ``[cpu,cpu]`` runs two CPU
+  jobs side by side) grouped by ``gpus_per_job``; a queue hands them out, so a short job frees its
+  slot for the next one at once.
+* Each job runs ``hydra_plugins.fewmult_gpu_pool.worker`` in a new interpreter whose environment
+  pins its devices (``CUDA_VISIBLE_DEVICES``) and its threads before torch loads.
+* A failing job is recorded (its ``JobReturn`` is FAILED; fewmult writes ``results.json`` with
+  ``status: failed``) while the others go on; the failures are listed at the end, and Hydra's
+  sweeper then exits non-zero.
+* Relaunching into the same ``hydra.sweep.dir`` skips jobs whose ``results.json`` says completed;
+  fewmult resumes interrupted ones from their ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env, slot_queue
+
+log = logging.getLogger(__name__)
+
+
+class GPUPoolLauncher(Launcher):
+    def __init__(
+        self,
+        devices: Sequence[str] | None = None,
+        gpus_per_job: int = 1,
+        threads_per_job: int | None = None,
+        skip_completed: bool = True,
+    ) -> None:
+        self.devices = None if devices is None else [str(d) for d in devices]
+        self.gpus_per_job = gpus_per_job
+        self.threads_per_job = threads_per_job
+        self.skip_completed = skip_completed
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        slots = make_slots(self.devices, self.gpus_per_job)
+        threads = self.threads_per_job or max(1, (os.cpu_count() or 1) // len(slots))
+        free = slot_queue(slots)
+        log.info(f"gpu_pool: {len(job_overrides)} jobs on {len(slots)} slots {slots}, {threads} threads each")
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            futures = [
+                pool.submit(self._run, initial_job_idx + i, list(overrides), free, threads)
+                for i, overrides in enumerate(job_overrides)
+            ]
+            returns = [f.result() for f in futures]
+        failed = [r for r in returns if r.status == JobStatus.FAILED]
+        if failed:
+            log.error(f"gpu_pool: {len(failed)} of {len(returns)} jobs failed:")
+            for r in failed:
+                overrides = " ".join(filter_overrides(r.overrides or []))
+                log.error(f"  {r.working_dir}: {overrides}: {r._return_value}")
+        return returns
+
+    def _job_config(self, idx: int, overrides: list[str]) -> DictConfig:
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+            sweep_config.hydra.job.num = idx
+        return sweep_config
+
+    def _run(self, idx: int, overrides: list[str], free, threads: int) -> JobReturn:
+        config = self._job_config(idx, overrides)
+        job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        if self.skip_completed and (done := _completed(job_dir)) is not None:
+            log.info(f"gpu_pool: #{idx} already completed in {job_dir}, skipped")
+            return _job_return(config, overrides, job_dir, JobStatus.COMPLETED, done.get("val_error"))
+        slot = free.get()
+        try:
+            log.info(f"gpu_pool: #{idx} on {slot}: {' '.join(filter_overrides(overrides))}")
+            return self._run_in_process(config, overrides, job_dir, slot, threads)
+        finally:
+            free.put(slot)
+
+    def _run_in_process(self, config, overrides, job_dir: Path, slot, threads: int) -> JobReturn:
+        with tempfile.TemporaryDirectory(prefix="gpu_pool_") as tmp:
+            payload, result = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
+            state = Singleton.get_state()
+            payload.write_bytes(cloudpickle.dumps((self.hydra_context, self.task_function, config, state)))
+            env = {**os.environ, **slot_env(slot, threads)}
+            proc = subprocess.run(
+                [sys.executable, "-m", "hydra_plugins.fewmult_gpu_pool.worker", str(payload), str(result)],
+                env=env,
+                check=False,
+            )
+            if result.is_file():
+                return cloudpickle.loads(result.read_bytes())
+        error = RuntimeError(f"job process exited with code {proc.returncode}; see the log in {job_dir}")
+        return _job_return(config, overrides, job_dir, JobStatus.FAILED, error)
+
+
+def _completed(job_dir: Path) -> dict[str, Any] | None:
+    path = job_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return results if results.get("status") == "completed" else None
+
+
+def _job_return(config: DictConfig, overrides, job_dir: Path, status: JobStatus, value: Any) -> JobReturn:
+    return JobReturn(
+        overrides=overrides,
+        cfg=OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]),
+        hydra_cfg=config,
+        working_dir=str(job_dir),
+        task_name=str(config.hydra.job.name),
+        status=status,
+        _return_value=value,
+    )
