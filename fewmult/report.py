@@ -31,6 +31,8 @@ def published_errors() -> dict[GroupKey, float]:
     table = {}
     for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         preset = yaml.safe_load(path.read_text())
+        if "published_test_error" not in preset:  # a sweep, not a published row
+            continue
         choices = {}
         for entry in preset.get("defaults", []):
             ((key, value),) = entry.items()

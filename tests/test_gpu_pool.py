@@ -8,8 +8,10 @@ from itertools import pairwise
 
 import pytest
 from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.version import VersionBase
 
 from hydra_plugins.fewmult_gpu_pool.launcher import GPUPoolLauncher
 from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env
@@ -75,14 +77,45 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
     assert jobs(sweep)[interrupted]["status"] == "completed"
 
 
+@pytest.fixture
+def default_hydra_version_base():
+    """The conformance suites assume Hydra's default version base; other tests here set 1.3."""
+    saved = Singleton._instances.pop(VersionBase, None)
+    yield
+    if saved is not None:
+        Singleton._instances[VersionBase] = saved
+
+
+@pytest.mark.usefixtures("default_hydra_version_base")
 @pytest.mark.parametrize("launcher_name, overrides", [("gpu_pool", ["hydra.launcher.devices=[cpu,cpu]"])])
 class TestGPUPoolLauncher(LauncherTestSuite):
     """Hydra's launcher conformance suite, as its official launchers run it."""
 
 
+@pytest.mark.usefixtures("default_hydra_version_base")
 @pytest.mark.parametrize(
     "task_launcher_cfg, extra_flags",
     [({}, ["-m", "hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu,cpu]"])],
 )
 class TestGPUPoolLauncherIntegration(IntegrationTestSuite):
     """Hydra's integration suite: real apps launched through gpu_pool in subprocesses."""
+
+
+def test_slurm_preset_requeues_and_submitit_local_runs_jobs(run_cli, tmp_path):
+    from tests.conftest import compose_config
+
+    cfg = compose_config("hydra/launcher=slurm")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.max_num_timeout > 0  # requeued on timeout/preemption, resumes from last.ckpt
+    sweep = tmp_path / "submitit"
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={sweep}",
+        "dataset=synthetic",
+        "trainer.max_epochs=1",
+        "logger=none",
+        "seed=0,1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["status"] for r in jobs(sweep).values()) == ["completed", "completed"]
