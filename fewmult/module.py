@@ -115,8 +115,9 @@ class ClassifierModule(L.LightningModule):
         )
         loss_sum, count = self.trainer.strategy.reduce(totals, reduce_op="sum")
         loss = loss_sum / count
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
-        self.log("train/error", self.error["train_"].compute(), on_step=False, on_epoch=True)
+        # already reduced over ranks; sync_dist only silences Lightning (the mean of equal values)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/error", self.error["train_"].compute(), on_step=False, on_epoch=True, sync_dist=True)
         self.error["train_"].reset()
         self._epoch_loss = loss
 

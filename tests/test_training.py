@@ -164,3 +164,24 @@ def test_lab_resumes_with_the_restored_adam_state(tmp_path):
     v, by_hand, used = seen[0]
     assert any(torch.equal(v, s["exp_avg_sq"]) for s in saved_state.values())
     assert used == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "dataset=synthetic",
+        "trainer.max_epochs=1",
+        "seed=0,1",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]  # no folders scattered by re-executed ranks
+    for job in jobs:
+        assert json.loads((job / "results.json").read_text())["status"] == "completed"
+        assert len(list(job.glob("wandb/offline-run-*"))) == 1
