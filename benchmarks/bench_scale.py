@@ -65,10 +65,9 @@ def main() -> None:
             step, batch, epochs = seconds_per_step(paper, dataset, args.device, args.steps)
             epoch = step * (TRAIN_SIZE[dataset] // batch)
             job_hours[paper, dataset] = epoch * epochs / 3600
-            print(
-                f"| {paper} {dataset} (batch {batch}) | {step * 1000:.0f} ms | {epoch / 60:.1f} min | {epochs} | "
-                f"{job_hours[paper, dataset]:.1f} h |"
-            )
+            cells = [f"{paper} {dataset} (batch {batch})", f"{step * 1000:.0f} ms", f"{epoch / 60:.1f} min"]
+            cells += [str(epochs), f"{job_hours[paper, dataset]:.1f} h"]
+            print("| " + " | ".join(cells) + " |")
     print("\n| grid | jobs | device-hours | on 1 | on 8 | on 64 |")
     print("|---|---|---|---|---|---|")
     for grid, (paper, per_dataset) in GRIDS.items():
