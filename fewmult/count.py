@@ -137,8 +137,11 @@ def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: i
     return "\n".join(lines)
 
 
-def count_for_config(cfg) -> tuple[list[LayerCount], dict[str, float]]:
-    """Counts for the model, method and QBP setting of a composed config, at its batch size."""
+def count_for_config(cfg, model: nn.Module | None = None) -> tuple[list[LayerCount], dict[str, float]]:
+    """Counts for the model, method and QBP setting of a composed config, at its batch size.
+
+    ``model``: the network already built from ``cfg`` (training passes its own), else one is built.
+    """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -146,7 +149,7 @@ def count_for_config(cfg) -> tuple[list[LayerCount], dict[str, float]]:
 
     input_shape = instantiate(cfg.dataset).image_shape
     batch = cfg.dataset.batch_size
-    rows = count_multiplications(build_model(cfg, input_shape, 10), input_shape, batch)
+    rows = count_multiplications(model or build_model(cfg, input_shape, 10), input_shape, batch)
     fp_cfg = OmegaConf.merge(cfg, {"method": {"weight_quantizer": None, "activation": None}, "qbp": False})
     baseline = count_multiplications(build_model(fp_cfg, input_shape, 10), input_shape, batch)
     return rows, summary(rows, baseline)
