@@ -23,8 +23,8 @@ import torch
 import torchvision
 from hydra.utils import instantiate
 
+from fewmult.build import build_model, build_module
 from fewmult.data.loader import TensorBatches
-from fewmult.module import ClassifierModule
 from fewmult.train import quiet_lightning
 from tests.conftest import compose_config
 from tests.fakedata import write_mnist
@@ -33,7 +33,7 @@ from tests.fakedata import write_mnist
 def _hand_epoch(cfg, splits):
     """A minimal PyTorch loop over the same model, loss and tensors: the baseline."""
     torch.manual_seed(0)
-    model = instantiate(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model = build_model(cfg, splits.input_shape, splits.num_classes)
     loss_fn = instantiate(cfg.loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
     x, y, batch = splits.train_x, splits.train_y, cfg.dataset.batch_size
@@ -74,14 +74,7 @@ def bench_training_loop(epochs: int) -> dict[str, float]:
     cfg = compose_config("logger=none")
     datamodule = instantiate(cfg.dataset)
     splits = datamodule.load()
-    model = instantiate(cfg.model, input_shape=splits.input_shape, num_classes=splits.num_classes)
-    module = ClassifierModule(
-        model,
-        instantiate(cfg.loss),
-        instantiate(cfg.optim.optimizer),
-        instantiate(cfg.schedule),
-        splits.num_classes,
-    )
+    module = build_module(cfg, splits.input_shape, splits.num_classes)
     timer = Interleave(_hand_epoch(cfg, splits))
     trainer = instantiate(
         cfg.trainer,

@@ -100,21 +100,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             ),
             **identity,
         )
-        checkpoints = run_dir / "checkpoints"
-        ckpt_path = resume_point(cfg, checkpoints / "last.ckpt", run_dir / "metrics.csv")
+        checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
+        ckpt_path = resume_point(cfg, checkpoints / "last.ckpt", metrics)
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
             logger=logger if logger is not None else False,
             callbacks=[
-                EpochMetricsCSV(run_dir / "metrics.csv"),
+                EpochMetricsCSV(metrics),
                 BestCheckpoint(checkpoints / "best.ckpt"),
                 ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
                 *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
             ],
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = best_epoch(read_metrics(run_dir / "metrics.csv"))
+        best = best_epoch(read_metrics(metrics))
         if best is None:
             raise UserError(
                 "training ended without a validation result; check trainer.check_val_every_n_epoch."

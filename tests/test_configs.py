@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fewmult.build import build_model
 from fewmult.config import CONF_DIR
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
@@ -46,7 +47,7 @@ def test_grid_composes_and_builds(paper, dataset, method):
     assert cfg.paper == paper and cfg.dataset.name == dataset
     datamodule = instantiate(cfg.dataset)
     assert isinstance(datamodule, TensorDataModule)
-    model = instantiate(cfg.model, input_shape=INPUT_SHAPE[dataset], num_classes=10)
+    model = build_model(cfg, INPUT_SHAPE[dataset], 10)  # with the method's quantizers and activations
     model.eval()
     assert model(torch.randn(2, *INPUT_SHAPE[dataset])).shape == (2, 10)
     optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
