@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
@@ -22,6 +22,18 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
         f"qbp_{kind}": QBPSettings(s[kind].exp_min, s[kind].exp_max, s.stochastic, s.compact)
         for kind in ("dense", "conv")
     }
+
+
+def check_model_fits_data(cfg: DictConfig, datamodule) -> None:
+    """Refuse an image model on text or the LSTM on images, before any data is loaded."""
+    reads = getattr(get_class(cfg.model._target_), "input_kind", "images")
+    if reads != datamodule.input_kind:
+        fitting = "dataset=text, warpeace or linux" if reads == "tokens" else "an image dataset"
+        raise UserError(
+            f"model={cfg.model.name} reads {reads}, but dataset={cfg.dataset.name} gives "
+            f"{datamodule.input_kind}; use {fitting}, or leave model= out to get the paper's model "
+            "for the dataset."
+        )
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

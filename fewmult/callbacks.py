@@ -18,11 +18,16 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 class EpochMetricsCSV(L.Callback):
-    """Appends one row per training epoch to ``metrics.csv`` and prints a one-line summary."""
+    """Appends one row per training epoch to ``metrics.csv`` and prints a one-line summary.
 
-    def __init__(self, path: Path, echo: bool = True) -> None:
+    ``shown``: the metrics of the printed line (None: print nothing).
+    """
+
+    def __init__(
+        self, path: Path, shown: tuple[str, ...] | None = ("train/loss", "val/error", "test/error")
+    ) -> None:
         self.path = Path(path)
-        self.echo = echo
+        self.shown = shown
         self._start = 0.0
         self._validated_epoch = -1
 
@@ -41,10 +46,8 @@ class EpochMetricsCSV(L.Callback):
             row = {k: v for k, v in row.items() if not k.startswith(("val/", "test/"))}
         row["epoch_seconds"] = round(time.perf_counter() - self._start, 4)
         append_metrics_row(self.path, row)
-        if self.echo:
-            shown = "  ".join(
-                f"{k} {row[k]:.4f}" for k in ("train/loss", "val/error", "test/error") if k in row
-            )
+        if self.shown:
+            shown = "  ".join(f"{k} {row[k]:.4f}" for k in self.shown if k in row)
             print(f"epoch {trainer.current_epoch:>4}  {shown}  ({row['epoch_seconds']:.1f} s)", flush=True)
 
 

@@ -49,8 +49,20 @@ class LayerCount:
         return self.without_bn + self.batch_norm
 
 
-def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, torch.Size]:
-    """Output shape (one example) of every quantizable layer and batch norm."""
+@dataclass(frozen=True)
+class LayerUse:
+    """What one quantizable layer does per example: multiply-accumulates with full-precision
+    weights (0 for a lookup of one-hot inputs), output units, and units batch-normalized after it."""
+
+    name: str
+    layer: nn.Module
+    macs: int
+    units: int
+    bn_units: int = 0
+
+
+def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
+    """Layer uses of a feed-forward net, from the output shapes of one forward pass."""
     shapes: dict[nn.Module, torch.Size] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(mod, out.shape[1:]))
@@ -64,40 +76,43 @@ def _shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, t
     model.train(was_training)
     for h in hooks:
         h.remove()
-    return shapes
+    uses = []
+    for block_name, block in model.named_children():
+        norms = [m for m in block.modules() if isinstance(m, BatchNorm)]
+        bn_units = sum(int(torch.Size(shapes[n]).numel()) for n in norms)
+        for layer in (m for m in block.modules() if isinstance(m, (QuantLinear, QuantConv2d))):
+            out = shapes[layer]
+            units = int(torch.Size(out).numel())
+            macs = layer.weight.numel() * (units // out[0])  # weights x output positions
+            uses.append(LayerUse(block_name, layer, macs, units, bn_units))
+    return uses
 
 
 def count_multiplications(
     model: nn.Module, input_shape: tuple[int, ...], batch_size: int
 ) -> list[LayerCount]:
-    """Per-layer counts for one training minibatch of ``batch_size`` (see the module docstring)."""
-    shapes = _shapes(model, input_shape)
+    """Per-layer counts for one training minibatch of ``batch_size`` (see the module docstring).
+
+    A model that is not a plain feed-forward stack (the LSTM) lists its layer uses itself
+    (``model.layer_uses(input_shape)``).
+    """
+    layer_uses = getattr(model, "layer_uses", None)
+    uses = layer_uses(input_shape) if layer_uses else feedforward_uses(model, input_shape)
     rows = []
-    for block_name, block in model.named_children():
-        layers = [
-            m for m in block.modules() if m in shapes and not isinstance(m, nn.modules.batchnorm._BatchNorm)
-        ]
-        norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for layer in layers:
-            out = shapes[layer]
-            units = int(torch.Size(out).numel())
-            positions = units // out[0]
-            macs = layer.weight.numel() * positions
-            kind = getattr(layer.weight_quantizer, "multiplies", "full")
-            propagate = {"full": batch_size * macs, "scaled_sign": batch_size * units}.get(kind, 0)
-            qbp = layer.qbp is not None
-            bn_units = sum(int(torch.Size(shapes[n]).numel()) for n in norms)
-            rows.append(
-                LayerCount(
-                    name=block_name,
-                    weights=layer.weight.numel(),
-                    forward=propagate,
-                    backward=propagate,
-                    weight_gradient=0 if qbp else batch_size * macs,
-                    per_unit=PER_UNIT * batch_size * units,
-                    batch_norm=PER_BN_UNIT * (batch_size + 1) * bn_units,
-                )
+    for use in uses:
+        kind = getattr(use.layer.weight_quantizer, "multiplies", "full")
+        propagate = {"full": use.macs, "scaled_sign": use.units if use.macs else 0}.get(kind, 0)
+        rows.append(
+            LayerCount(
+                name=use.name,
+                weights=use.layer.weight.numel(),
+                forward=batch_size * propagate,
+                backward=batch_size * propagate,
+                weight_gradient=0 if use.layer.qbp is not None else batch_size * use.macs,
+                per_unit=PER_UNIT * batch_size * use.units,
+                batch_norm=PER_BN_UNIT * (batch_size + 1) * use.bn_units,
             )
+        )
     return rows
 
 
@@ -137,21 +152,27 @@ def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: i
     return "\n".join(lines)
 
 
-def count_for_config(cfg, model: nn.Module | None = None) -> tuple[list[LayerCount], dict[str, float]]:
+def count_for_config(
+    cfg, model: nn.Module | None = None, num_classes: int | None = None
+) -> tuple[list[LayerCount], dict[str, float]]:
     """Counts for the model, method and QBP setting of a composed config, at its batch size.
 
-    ``model``: the network already built from ``cfg`` (training passes its own), else one is built.
+    ``model`` and ``num_classes``: the network already built from ``cfg`` and its number of classes
+    (training passes its own); else they come from the config (a text's vocabulary needs its file).
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from fewmult.build import build_model
+    from fewmult.build import build_model, check_model_fits_data
 
-    input_shape = instantiate(cfg.dataset).image_shape
+    datamodule = instantiate(cfg.dataset)
+    check_model_fits_data(cfg, datamodule)
+    input_shape = datamodule.image_shape
+    num_classes = num_classes or datamodule.num_classes
     batch = cfg.dataset.batch_size
-    rows = count_multiplications(model or build_model(cfg, input_shape, 10), input_shape, batch)
+    rows = count_multiplications(model or build_model(cfg, input_shape, num_classes), input_shape, batch)
     fp_cfg = OmegaConf.merge(cfg, {"method": {"weight_quantizer": None, "activation": None}, "qbp": False})
-    baseline = count_multiplications(build_model(fp_cfg, input_shape, 10), input_shape, batch)
+    baseline = count_multiplications(build_model(fp_cfg, input_shape, num_classes), input_shape, batch)
     return rows, summary(rows, baseline)
 
 

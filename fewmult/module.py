@@ -28,8 +28,16 @@ class MulticlassError(MulticlassAccuracy):
         return 1 - super().compute()
 
 
+def per_position(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (N, C) and labels (N,); a sequence model's (B, T, C) and (B, T) become B*T positions."""
+    return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+
+
 class ClassifierModule(L.LightningModule):
-    """Trains ``model`` and reports error rates (fractions) per split.
+    """Trains ``model`` and reports losses and error rates (fractions) per split.
+
+    A language model is a classifier of the next character at every position: its losses and
+    errors are means over all positions (for the cross-entropy loss: nats per character).
 
     Logged per epoch: ``train/loss``, ``train/error``, ``val/loss``, ``val/error``, ``test/loss``,
     ``test/error`` and ``lr``. The test split is evaluated with the validation split at every
@@ -72,7 +80,7 @@ class ClassifierModule(L.LightningModule):
         # No self.log here: per-step logging costs ~5 % of an MLP step on CPU. The epoch's loss and
         # error are accumulated on the device and logged once, after the epoch's last batch.
         x, y = batch
-        logits = self.model(x)
+        logits, y = per_position(self.model(x), y)
         loss = self.loss(logits, y)
         self.error["train_"].update(logits.detach(), y)
         self._train_loss_sum += loss.detach() * len(y)
@@ -89,7 +97,7 @@ class ClassifierModule(L.LightningModule):
 
     def _eval_step(self, split: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
-        logits = self.model(x)
+        logits, y = per_position(self.model(x), y)
         error = self.error[f"{split}_"]
         error.update(logits, y)
         opts = {"on_step": False, "on_epoch": True, "batch_size": len(y), "add_dataloader_idx": False}

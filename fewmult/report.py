@@ -2,10 +2,12 @@
 
 Reads every ``results.json`` (and ``metrics.csv``) under the given sweep folders, groups runs by
 paper x dataset x method x QBP, picks per group the learning rate with the lowest mean validation
-error, and reports the test error at that learning rate as mean +- std over seeds, beside the
-published number (from the ``experiment`` presets). Failed and unfinished jobs are counted in the
-table, never dropped. Writes ``report.md``, ``report.csv``, ``val_error_curves.png`` and
-``error_vs_lr.png`` into the first folder and prints the table.
+metric, and reports the test metric at that learning rate as mean +- std over seeds, beside the
+published number (from the ``experiment`` presets). The metric is the one each run was selected by:
+the error rate (%) for the image classifiers, the cross-entropy per character (nats) for the
+language models. Failed and unfinished jobs are counted in the table, never dropped. Writes
+``report.md``, ``report.csv`` and, per metric, ``val_<metric>_curves.png`` and
+``<metric>_vs_lr.png`` into the first folder and prints the table.
 """
 
 from __future__ import annotations
@@ -23,22 +25,40 @@ import yaml
 from fewmult.config import CONF_DIR
 from fewmult.results import read_metrics
 
-GroupKey = tuple[str, str, str, bool]  # paper, dataset, method, qbp
+GroupKey = tuple[str, str, str, bool, int | None]  # paper, dataset, method, qbp, time steps (text)
+PAPER_SEQ_LEN = 100  # the language-model presets' default time steps (conf/dataset/text.yaml)
 
 
-def published_errors() -> dict[GroupKey, float]:
-    """The published test errors, read from the experiment presets (their single source)."""
+METRICS = ("error", "loss")
+
+
+def run_metric(result: dict) -> str:
+    """``error`` or ``loss``: what the run was selected by (runs written before ``selected_by``: error)."""
+    return result.get("selected_by", "val_error").removeprefix("val_")
+
+
+def published_numbers() -> dict[GroupKey, tuple[str, float]]:
+    """The published test metric of every row, read from the experiment presets (their single source)."""
     table = {}
     for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         preset = yaml.safe_load(path.read_text())
-        if "published_test_error" not in preset:  # a sweep, not a published row
+        published = [(m, preset[f"published_test_{m}"]) for m in METRICS if f"published_test_{m}" in preset]
+        if not published:  # a sweep, not a published row
             continue
         choices = {}
         for entry in preset.get("defaults", []):
             ((key, value),) = entry.items()
             choices[key.split()[-1].lstrip("/")] = value
-        key = (choices["paper"], choices["dataset"], choices["method"], bool(preset.get("qbp", False)))
-        table[key] = preset["published_test_error"]
+        metric, value = published[0]
+        seq_len = preset.get("dataset", {}).get("seq_len", PAPER_SEQ_LEN if metric == "loss" else None)
+        key = (
+            choices["paper"],
+            choices["dataset"],
+            choices["method"],
+            bool(preset.get("qbp", False)),
+            seq_len,
+        )
+        table[key] = (metric, value)
     return table
 
 
@@ -61,14 +81,16 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
-    """One row per paper x dataset x method x QBP."""
+    """One row per paper x dataset x method x QBP (x time steps for language models)."""
     groups: dict[GroupKey, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r.get("paper", "?"), r["dataset"], r["method"], bool(r.get("qbp")))].append(r)
-    published = published_errors()
+        key = (r.get("paper", "?"), r["dataset"], r["method"], bool(r.get("qbp")), r.get("seq_len"))
+        groups[key].append(r)
+    published = published_numbers()
     rows = []
     for key, runs in sorted(groups.items()):
         done = [r for r in runs if r.get("status") == "completed"]
+        metric = run_metric(done[0] if done else runs[0])
         by_lr: dict[float, list[dict]] = defaultdict(list)
         for r in done:
             by_lr[r["lr"]].append(r)
@@ -77,24 +99,25 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
             "dataset": key[1],
             "method": key[2],
             "qbp": key[3],
+            "seq_len": key[4],
+            "metric": metric,
             "completed": len(done),
             "failed": sum(r.get("status") == "failed" for r in runs),
         }
         if by_lr:
-            lr = min(by_lr, key=lambda v: statistics.fmean(r["val_error"] for r in by_lr[v]))
-            test = _mean_std([r["test_error"] for r in by_lr[lr]])
+            lr = min(by_lr, key=lambda v: statistics.fmean(r[f"val_{metric}"] for r in by_lr[v]))
+            test = _mean_std([r[f"test_{metric}"] for r in by_lr[lr]])
             row.update(
                 lr=lr,
                 seeds=len(by_lr[lr]),
                 test_mean=test[0],
                 test_std=test[1],
-                val_mean=statistics.fmean(r["val_error"] for r in by_lr[lr]),
+                val_mean=statistics.fmean(r[f"val_{metric}"] for r in by_lr[lr]),
             )
-        target = published.get(key)
-        if target is not None:
-            row["published"] = target
+        if key in published and published[key][0] == metric:
+            row["published"] = published[key][1]
             if "test_mean" in row:
-                row["difference"] = row["test_mean"] - target
+                row["difference"] = row["test_mean"] - row["published"]
         rows.append(row)
     if unfinished:
         rows.append(
@@ -103,6 +126,7 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
                 "dataset": "",
                 "method": f"({unfinished} unfinished jobs)",
                 "qbp": False,
+                "metric": "",
                 "completed": 0,
                 "failed": 0,
             }
@@ -110,8 +134,15 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
     return rows
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+def _shown(value: float | None, metric: str, signed: bool = False) -> str:
+    """An error rate in percent (2 decimals), a loss in nats (3 decimals)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    sign = "+" if signed else ""
+    return f"{100 * value:{sign}.2f}" if metric == "error" else f"{value:{sign}.3f}"
+
+
+UNITS = {"error": "test error %", "loss": "test nats/char", "": ""}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -120,60 +151,78 @@ def markdown(rows: list[dict]) -> str:
         "dataset",
         "method",
         "lr",
-        "test error % (mean ± std)",
+        "metric",
+        "test (mean ± std)",
         "seeds",
-        "published %",
+        "published",
         "difference",
         "failed",
     ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         method = r["method"] + (" + QBP" if r["qbp"] else "")
-        test = f"{_pct(r['test_mean'])} ± {_pct(r['test_std'])}" if "test_mean" in r else "no completed run"
-        diff = f"{100 * r['difference']:+.2f}" if "difference" in r else ""
+        dataset = r["dataset"] + (f" ({r['seq_len']} steps)" if r.get("seq_len") else "")
+        m = r["metric"]
+        test = (
+            f"{_shown(r['test_mean'], m)} ± {_shown(r['test_std'], m)}"
+            if "test_mean" in r
+            else "no completed run"
+        )
         lines.append(
-            f"| {r['paper']} | {r['dataset']} | {method} | {r.get('lr', '')} | {test} | "
-            f"{r.get('seeds', 0)} | {_pct(r.get('published'))} | {diff} | {r['failed']} |"
+            f"| {r['paper']} | {dataset} | {method} | {r.get('lr', '')} | {UNITS[m]} | {test} | "
+            f"{r.get('seeds', 0)} | {_shown(r.get('published'), m)} | "
+            f"{_shown(r.get('difference'), m, signed=True)} | {r['failed']} |"
         )
     return "\n".join(lines)
 
 
 def plot(results: list[dict], out: Path) -> list[Path]:
-    """Validation error per epoch (one line per run) and final errors against the learning rate."""
+    """Per metric present: validation curves (one line per run) and the final metric against the LR."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [r for r in results if r.get("status") == "completed"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in done:
-        rows = [
-            m for m in read_metrics(r["_dir"] / "metrics.csv") if not math.isnan(m.get("val/error", math.nan))
-        ]
-        ax.plot(
-            [m["epoch"] for m in rows],
-            [100 * m["val/error"] for m in rows],
-            alpha=0.7,
-            label=f"{r['dataset']} {r['method']} lr={r['lr']} seed={r['seed']}",
+    paths = []
+    for metric in METRICS:
+        runs = [r for r in done if run_metric(r) == metric]
+        if not runs:
+            continue
+        scale, label = (
+            (100, "validation error (%)") if metric == "error" else (1, "validation nats per character")
         )
-    ax.set(xlabel="epoch", ylabel="validation error (%)", title="validation error")
-    curves = _save(fig, ax, out / "val_error_curves.png")
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in runs:
+            rows = [
+                m
+                for m in read_metrics(r["_dir"] / "metrics.csv")
+                if not math.isnan(m.get(f"val/{metric}", math.nan))
+            ]
+            ax.plot(
+                [m["epoch"] for m in rows],
+                [scale * m[f"val/{metric}"] for m in rows],
+                alpha=0.7,
+                label=f"{r['dataset']} {r['method']} lr={r['lr']} seed={r['seed']}",
+            )
+        ax.set(xlabel="epoch", ylabel=label, title=label)
+        paths.append(_save(fig, ax, out / f"val_{metric}_curves.png"))
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    by_method: dict[str, list[dict]] = defaultdict(list)
-    for r in done:
-        by_method[f"{r['dataset']} {r['method']}{' +QBP' if r.get('qbp') else ''}"].append(r)
-    for label, runs in sorted(by_method.items()):
-        runs.sort(key=lambda r: r["lr"])
-        ax.plot([r["lr"] for r in runs], [100 * r["val_error"] for r in runs], "o", label=f"{label} (val)")
-    ax.set(
-        xscale="log",
-        xlabel="learning rate",
-        ylabel="validation error (%)",
-        title="error against learning rate",
-    )
-    return [curves, _save(fig, ax, out / "error_vs_lr.png")]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        by_method: dict[str, list[dict]] = defaultdict(list)
+        for r in runs:
+            by_method[f"{r['dataset']} {r['method']}{' +QBP' if r.get('qbp') else ''}"].append(r)
+        for name, group in sorted(by_method.items()):
+            group.sort(key=lambda r: r["lr"])
+            ax.plot(
+                [r["lr"] for r in group],
+                [scale * r[f"val_{metric}"] for r in group],
+                "o",
+                label=f"{name} (val)",
+            )
+        ax.set(xscale="log", xlabel="learning rate", ylabel=label, title=f"{metric} against learning rate")
+        paths.append(_save(fig, ax, out / f"{metric}_vs_lr.png"))
+    return paths
 
 
 def _save(fig, ax, path: Path) -> Path:
@@ -213,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             "dataset",
             "method",
             "qbp",
+            "seq_len",
+            "metric",
             "lr",
             "seeds",
             "test_mean",

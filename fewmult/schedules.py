@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import ExponentialLR, LRScheduler, MultiStepLR, StepLR
+from torch.optim.lr_scheduler import ExponentialLR, LambdaLR, LRScheduler, MultiStepLR, StepLR
 
 from fewmult.errors import UserError
 
@@ -27,6 +29,21 @@ def step_decay(optimizer: Optimizer, milestones: list[int], gamma: float) -> LRS
 def periodic_decay(optimizer: Optimizer, every: int, gamma: float) -> LRScheduler:
     """Hou et al. (CIFAR-10): multiply by ``gamma`` every ``every`` epochs."""
     return StepLR(optimizer, step_size=every, gamma=gamma)
+
+
+def _delayed_factor(epoch: int, gamma: float, start: int) -> float:
+    return gamma ** max(0, epoch - start)
+
+
+def delayed_exponential(optimizer: Optimizer, gamma: float, start: int) -> LRScheduler:
+    """Hou et al. (LSTM): ``lr <- gamma * lr`` at the end of every epoch after the first ``start``.
+
+    After ``k`` epochs the learning rate is ``lr_0 * gamma ** max(0, k - start)`` (papers.md B.3:
+    0.002, times 0.98 after every epoch once 10 have passed).
+    """
+    if not 0 < gamma <= 1 or start < 0:
+        raise UserError(f"the schedule needs 0 < gamma <= 1 and start >= 0, got {gamma} and {start}.")
+    return LambdaLR(optimizer, partial(_delayed_factor, gamma=gamma, start=start))
 
 
 def constant(optimizer: Optimizer) -> None:

@@ -8,6 +8,7 @@ and ``wandb/``.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import warnings
@@ -24,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fewmult.build import build_module
+from fewmult.build import build_module, check_model_fits_data
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNorm
 from fewmult.config import CONF_DIR, check_config
 from fewmult.count import count_for_config
@@ -74,7 +75,21 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,
         "published_test_error": cfg.get("published_test_error"),
+        "published_test_loss": cfg.get("published_test_loss"),
+        "seq_len": cfg.dataset.get("seq_len"),  # time steps of a language model (None for images)
     }
+
+
+def _best_results(best: dict[str, float], metric: str, per_character_nats: bool) -> dict[str, Any]:
+    """The ``results.json`` fields of the selected epoch (lowest validation ``metric``)."""
+    fields = {
+        "best_epoch": int(best["epoch"]),
+        "selected_by": f"val_{metric}",
+        **{f"{split}_{m}": best[f"{split}/{m}"] for split in ("val", "test") for m in ("error", "loss")},
+    }
+    if per_character_nats:  # cross-entropy of a language model: also in bits per character
+        fields.update({f"{split}_bpc": fields[f"{split}_loss"] / math.log(2) for split in ("val", "test")})
+    return fields
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -87,10 +102,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         check_config(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.dataset)
+        check_model_fits_data(cfg, datamodule)
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
-        results["multiplications"] = count_for_config(cfg, module.model)[1]
+        results["multiplications"] = count_for_config(cfg, module.model, splits.num_classes)[1]
         identity = _run_identity(cfg)
         logger = make_logger(
             OmegaConf.to_container(cfg.logger, resolve=True),
@@ -102,34 +118,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
         ckpt_path = resume_point(cfg, checkpoints / "last.ckpt", metrics)
+        metric = datamodule.selection_metric
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
             logger=logger if logger is not None else False,
             callbacks=[
-                EpochMetricsCSV(metrics),
-                BestCheckpoint(checkpoints / "best.ckpt"),
+                EpochMetricsCSV(metrics, shown=("train/loss", f"val/{metric}", f"test/{metric}")),
+                BestCheckpoint(checkpoints / "best.ckpt", monitor=f"val/{metric}"),
                 ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
                 *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
             ],
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        best = best_epoch(read_metrics(metrics))
+        best = best_epoch(read_metrics(metrics), key=f"val/{metric}")
         if best is None:
             raise UserError(
                 "training ended without a validation result; check trainer.check_val_every_n_epoch."
             )
-        results.update(
-            best_epoch=int(best["epoch"]),
-            val_error=best["val/error"],
-            test_error=best["test/error"],
-            status="completed",
-        )
+        nats = datamodule.input_kind == "tokens" and isinstance(module.loss, torch.nn.CrossEntropyLoss)
+        results.update(_best_results(best, metric, nats), status="completed")
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(
                 {
-                    "best/val_error": best["val/error"],
-                    "best/test_error": best["test/error"],
+                    **{f"best/{k}": results[k] for k in ("val_error", "test_error", "val_loss", "test_loss")},
                     "best/epoch": int(best["epoch"]),
                     **{f"multiplications/{k}": v for k, v in results["multiplications"].items()},
                 }
@@ -157,12 +169,13 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"fewmult: error: {user_error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    metric = results["selected_by"].removeprefix("val_")
     print(
-        f"val error {results['val_error']:.4f}  test error {results['test_error']:.4f}  "
+        f"val {metric} {results[f'val_{metric}']:.4f}  test {metric} {results[f'test_{metric}']:.4f}  "
         f"(epoch {results['best_epoch']} of {results['epochs']})\nrun saved to {run_dir}",
         flush=True,
     )
-    return results["val_error"]
+    return results[results["selected_by"]]  # what a sweeper minimizes
 
 
 if __name__ == "__main__":

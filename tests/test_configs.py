@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fewmult.build import build_model
+from fewmult.build import build_model, check_model_fits_data
 from fewmult.config import CONF_DIR
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
@@ -21,18 +21,23 @@ def options(group: str) -> list[str]:
     return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
 
 
-INPUT_SHAPE = {
-    "mnist": (1, 28, 28),
-    "mnist_mini": (1, 28, 28),
-    "synthetic": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-    "svhn": (3, 32, 32),
-}
+def example_batch(
+    datamodule: TensorDataModule, num_classes: int = 10
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Two inputs the dataset's model reads, and the output shape expected for them."""
+    shape = datamodule.image_shape
+    if datamodule.input_kind == "tokens":
+        return torch.randint(0, num_classes, (2, *shape)), (2, *shape, num_classes)
+    return torch.randn(2, *shape), (2, num_classes)
 
 
 def test_groups_have_the_documented_options():
-    assert {"mnist", "cifar10", "svhn", "mnist_mini", "synthetic"} <= set(options("dataset"))
-    assert {"mlp", "cnn", "lin2016_mlp", "lin2016_cnn", "hou2017_mlp", "hou2017_cnn"} <= set(options("model"))
+    assert {"mnist", "cifar10", "svhn", "mnist_mini", "synthetic", "text", "warpeace", "linux"} <= set(
+        options("dataset")
+    )
+    assert {"mlp", "cnn", "lin2016_mlp", "lin2016_cnn", "hou2017_mlp", "hou2017_cnn", "lstm"} <= set(
+        options("model")
+    )
     assert {"fp"} <= set(options("method"))
     assert {"sgd", "adam"} <= set(options("optim"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
@@ -47,9 +52,10 @@ def test_grid_composes_and_builds(paper, dataset, method):
     assert cfg.paper == paper and cfg.dataset.name == dataset
     datamodule = instantiate(cfg.dataset)
     assert isinstance(datamodule, TensorDataModule)
-    model = build_model(cfg, INPUT_SHAPE[dataset], 10)  # with the method's quantizers and activations
+    model = build_model(cfg, datamodule.image_shape, 10)  # with the method's quantizers and activations
     model.eval()
-    assert model(torch.randn(2, *INPUT_SHAPE[dataset])).shape == (2, 10)
+    x, out_shape = example_batch(datamodule)
+    assert model(x).shape == out_shape
     optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr > 0
     instantiate(cfg.schedule)(optimizer)
@@ -60,8 +66,18 @@ def test_grid_composes_and_builds(paper, dataset, method):
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_option_builds(model):
     cfg = compose_config(f"model={model}")
-    net = instantiate(cfg.model, input_shape=(3, 32, 32), num_classes=10).eval()
-    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    reads_text = cfg.model.name == "lstm"
+    datamodule = instantiate(compose_config("dataset=text" if reads_text else "dataset=cifar10").dataset)
+    x, out_shape = example_batch(datamodule)
+    net = instantiate(cfg.model, input_shape=datamodule.image_shape, num_classes=10).eval()
+    assert net(x).shape == out_shape
+
+
+@pytest.mark.parametrize("overrides", [["dataset=text", "model=mlp"], ["dataset=mnist", "model=lstm"]])
+def test_a_model_that_cannot_read_the_data_is_refused(overrides):
+    cfg = compose_config(*overrides)
+    with pytest.raises(UserError, match=f"model={cfg.model.name} reads"):
+        check_model_fits_data(cfg, instantiate(cfg.dataset))
 
 
 def test_a_net_too_deep_for_its_input_says_so():
@@ -72,8 +88,12 @@ def test_a_net_too_deep_for_its_input_says_so():
     assert "shrinks the (1, 28, 28) input" in str(info.value.__cause__)
 
 
+def _preset(name: str) -> dict:
+    return yaml.safe_load((CONF_DIR / "experiment" / f"{name}.yaml").read_text())
+
+
 PUBLISHED_ROWS = [
-    e for e in options("experiment") if e.startswith(("lin2016_", "hou2017_")) and "table" not in e
+    e for e in options("experiment") if {"published_test_error", "published_test_loss"} & set(_preset(e))
 ]
 SWEEPS = [e for e in options("experiment") if e not in PUBLISHED_ROWS]
 
@@ -81,11 +101,16 @@ SWEEPS = [e for e in options("experiment") if e not in PUBLISHED_ROWS]
 @pytest.mark.parametrize("experiment", PUBLISHED_ROWS)
 def test_every_experiment_composes(experiment):
     cfg = compose_config(f"+experiment={experiment}")
-    paper, dataset, method = experiment.removesuffix("_qbp").split("_", 2)
+    name, _, steps = experiment.removesuffix("_qbp").partition("_ts")
+    paper, dataset, method = name.split("_", 2)
     assert (cfg.paper, cfg.dataset.name, cfg.method.name) == (paper, dataset, method)
     assert cfg.qbp == experiment.endswith("_qbp")
     assert cfg.optim.name == {"lin2016": "sgd", "hou2017": "adam"}[paper]
-    assert 0 < cfg.published_test_error < 1
+    if dataset in ("warpeace", "linux"):  # cross-entropy per character, in nats
+        assert cfg.model.name == "lstm" and cfg.dataset.seq_len == int(steps or 100)
+        assert 1 < cfg.published_test_loss < 4 and cfg.published_test_error is None
+    else:
+        assert 0 < cfg.published_test_error < 1
 
 
 def test_experiments_cover_every_published_row():
@@ -99,6 +124,12 @@ def test_experiments_cover_every_published_row():
         for d in ("mnist", "cifar10", "svhn")
         for m in ("fp", "bc_det", "bwn", "lab", "bnn", "xnor", "lab2")
     }
+    rows |= {
+        f"hou2017_{d}_{m}"
+        for d in ("warpeace", "linux")
+        for m in ("fp", "bc_det", "bwn", "lab", "bnn", "xnor", "lab2")
+    }
+    rows |= {f"hou2017_warpeace_{m}_ts{t}" for m in ("fp", "bc_det", "bwn", "lab") for t in (10, 50, 150)}
     assert set(PUBLISHED_ROWS) == rows
 
 
@@ -124,6 +155,18 @@ def test_wandb_sweep_drives_the_cli_with_overrides_the_config_has():
     assert cfg.method.name == "lab" and cfg.optim.lr == pytest.approx(0.0001)
 
 
+def test_wandb_timestep_grid_is_table_4():
+    spec = yaml.safe_load((CONF_DIR.parent / "sweeps" / "wandb_hou2017_timesteps.yaml").read_text())
+    assert spec["command"][-1] == "${args_no_hyphens}" and spec["metric"]["name"] == "best/val_loss"
+    grid = {k: v.get("values", [v.get("value")]) for k, v in spec["parameters"].items()}
+    assert grid["dataset.seq_len"] == [10, 50, 100, 150] and grid["method"] == ["fp", "bc_det", "bwn", "lab"]
+    for steps in grid["dataset.seq_len"]:  # every run W&B would start composes
+        cfg = compose_config(
+            *(f"{k}={v[0]}" for k, v in grid.items() if k != "dataset.seq_len"), f"dataset.seq_len={steps}"
+        )
+        assert cfg.dataset.name == "warpeace" and cfg.model.name == "lstm" and cfg.dataset.seq_len == steps
+
+
 @pytest.mark.parametrize(
     "overrides, arch_name, optimizer, batch, epochs",
     [
@@ -136,6 +179,9 @@ def test_wandb_sweep_drives_the_cli_with_overrides_the_config_has():
         (["paper=hou2017", "dataset=svhn"], "hou2017_cnn_svhn", "adam", 50, 50),
         (["dataset=svhn", "model=mlp"], "mlp", "sgd", 100, 60),
         (["paper=hou2017", "dataset=svhn", "optim=sgd"], "hou2017_cnn_svhn", "sgd", 50, 50),
+        (["dataset=warpeace", "method=lab"], "lstm", "adam", 100, 200),
+        (["dataset=linux", "method=bc_stoch"], "lstm", "adam", 100, 200),  # Lin's method on Hou's LSTM setup
+        (["dataset=text"], "lstm", "adam", 100, 10),
     ],
 )
 def test_paper_and_dataset_select_the_setup(overrides, arch_name, optimizer, batch, epochs):
@@ -166,6 +212,18 @@ def test_schedules_follow_the_papers():
     assert (
         lrs[14] == pytest.approx(1e-3) and lrs[15] == pytest.approx(1e-4) and lrs[25] == pytest.approx(1e-5)
     )
+
+    lstm = compose_config("dataset=warpeace", "method=lab")
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lstm.optim.lr)
+    sched = instantiate(lstm.schedule)(opt)
+    lrs = []
+    for _ in range(lstm.trainer.max_epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # 0.002, times 0.98 after every epoch past the 10th (counted from 1): epoch 12 is the first lower
+    assert lrs[:11] == [pytest.approx(0.002)] * 11 and lrs[11] == pytest.approx(0.002 * 0.98)
+    assert lrs[199] == pytest.approx(0.002 * 0.98**189)
 
 
 def test_data_root_defaults_to_fewmult_data(monkeypatch, tmp_path):

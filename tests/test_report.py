@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from fewmult.report import main, published_errors, summarize
+from fewmult.report import main, markdown, published_numbers, summarize
 
 
 def result(lr, seed, val, test, status="completed", **extra):
@@ -27,10 +27,12 @@ def result(lr, seed, val, test, status="completed", **extra):
 
 
 def test_published_numbers_come_from_the_presets():
-    table = published_errors()
-    assert table[("lin2016", "mnist", "tc", True)] == pytest.approx(0.0115)
-    assert table[("hou2017", "cifar10", "lab", False)] == pytest.approx(0.105)
-    assert len(table) == 33
+    table = published_numbers()
+    assert table[("lin2016", "mnist", "tc", True, None)] == ("error", pytest.approx(0.0115))
+    assert table[("hou2017", "cifar10", "lab", False, None)] == ("error", pytest.approx(0.105))
+    assert table[("hou2017", "warpeace", "lab", False, 100)] == ("loss", pytest.approx(1.291))
+    assert table[("hou2017", "warpeace", "bc_det", False, 50)] == ("loss", pytest.approx(2.980))
+    assert len(table) == 33 + 14 + 12  # C.1 and C.3, C.5, C.6 without its 100-step column
 
 
 def test_learning_rate_chosen_by_mean_validation_error_and_test_mean_std_over_seeds():
@@ -48,6 +50,25 @@ def test_learning_rate_chosen_by_mean_validation_error_and_test_mean_std_over_se
     assert row["test_mean"] == pytest.approx(0.022) and row["test_std"] == pytest.approx(0.0028284, rel=1e-4)
     assert row["published"] == pytest.approx(0.0115) and row["difference"] == pytest.approx(0.022 - 0.0115)
     assert row["failed"] == 1 and row["completed"] == 4
+
+
+def test_language_models_are_chosen_and_compared_by_cross_entropy_per_time_step_count():
+    def lm(lr, seq_len, val, test):
+        return {
+            **result(lr, 0, 0.5, 0.5, paper="hou2017", dataset="warpeace", method="lab", qbp=False),
+            "selected_by": "val_loss",
+            "seq_len": seq_len,
+            "val_loss": val,
+            "test_loss": test,
+        }
+
+    rows = summarize([lm(0.002, 100, 1.40, 1.38), lm(0.001, 100, 1.35, 1.39), lm(0.002, 50, 1.30, 1.31)])
+    by_steps = {r["seq_len"]: r for r in rows}
+    assert by_steps[100]["metric"] == "loss" and by_steps[100]["lr"] == 0.001  # lowest validation nats
+    assert by_steps[100]["difference"] == pytest.approx(1.39 - 1.291)
+    assert by_steps[50]["published"] == pytest.approx(1.324)
+    assert by_steps[50]["test_mean"] == pytest.approx(1.31)
+    assert "| warpeace (50 steps) | lab | 0.002 | test nats/char | 1.310 ± 0.000 |" in markdown(rows)
 
 
 def test_report_on_a_real_multirun(run_cli, tmp_path):

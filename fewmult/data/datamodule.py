@@ -52,6 +52,8 @@ class TensorDataModule(L.LightningDataModule):
         self._on_device: tuple[torch.device, Splits] | None = None
 
     image_shape: tuple[int, ...] = ()  # (C, H, W) of one example, known without loading the data
+    input_kind = "images"  # what the model must read: "images" (float) or "tokens" (int64 codes)
+    selection_metric = "error"  # the validation metric that picks the reported epoch (both papers)
 
     def load_splits(self) -> Splits:
         raise NotImplementedError

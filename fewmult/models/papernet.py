@@ -86,6 +86,8 @@ class PaperNet(nn.Sequential):
         name: the architecture's name in configs and results (e.g. ``lin2016_mlp``).
     """
 
+    input_kind = "images"
+
     def __init__(
         self,
         arch: str,
