@@ -1,0 +1,192 @@
+"""The quantized character LSTM: equal to torch's LSTM, gate by gate scales, LAB2, clipping, training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewmult.data.text import TextData
+from fewmult.models.charlstm import CharLSTM
+from fewmult.module import ClassifierModule
+from fewmult.nn.recurrent import GATES, clip_gradient
+from fewmult.quant import SignActivation, create_quantizer, list_quantizers
+from fewmult.train import train
+from tests.conftest import compose_config, only_run_dir
+
+VOCAB, HIDDEN, STEPS, BATCH = 11, 8, 7, 5
+
+
+def tokens(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (BATCH, STEPS), generator=torch.Generator().manual_seed(seed))
+
+
+def make(method: str | None = None, **kwargs) -> CharLSTM:
+    torch.manual_seed(0)
+    quantizer = partial(create_quantizer, method) if method else None
+    return CharLSTM((STEPS,), VOCAB, hidden_size=HIDDEN, weight_quantizer=quantizer, **kwargs)
+
+
+def torch_lstm_twin(model: CharLSTM) -> torch.nn.LSTM:
+    """torch.nn.LSTM (same gate order i, f, g, o) holding the model's effective weights."""
+    twin = torch.nn.LSTM(VOCAB, HIDDEN, batch_first=True)
+    lstm = model.lstm
+    with torch.no_grad():
+        twin.weight_ih_l0.copy_(torch.cat([lstm.input_weights[g].effective_weight() for g in GATES]))
+        twin.weight_hh_l0.copy_(torch.cat([lstm.hidden_weights[g].effective_weight() for g in GATES]))
+        twin.bias_ih_l0.copy_(torch.cat([lstm.input_weights[g].bias for g in GATES]))
+        twin.bias_hh_l0.zero_()
+    return twin
+
+
+@pytest.mark.parametrize("method", [None, "bwn", "bc_det"])
+def test_equals_torch_lstm_on_one_hot_inputs_with_the_effective_weights(method):
+    model = make(method).eval()
+    x = tokens()
+    expected, _ = torch_lstm_twin(model)(F.one_hot(x, VOCAB).float())
+    assert torch.allclose(model.lstm(x), expected, atol=1e-6)
+
+
+def test_each_gate_matrix_has_its_own_scale():
+    model = make("bwn")
+    lstm = model.lstm
+    with torch.no_grad():  # give the eight matrices eight different magnitudes
+        for k, layer in enumerate([*lstm.input_weights.values(), *lstm.hidden_weights.values()]):
+            layer.weight.mul_(1 + k / 8)
+    alphas = []
+    for layer in [*lstm.input_weights.values(), *lstm.hidden_weights.values()]:
+        w = layer.weight.detach()
+        alpha = w.abs().mean()
+        assert torch.allclose(layer.effective_weight(), alpha * torch.where(w >= 0, 1.0, -1.0))
+        alphas.append(float(alpha))
+    assert len(set(alphas)) == 8
+    assert model.out.weight_quantizer is None  # the softmax layer stays full precision
+
+
+def test_lab_reads_the_second_moment_of_each_gate_matrix_separately():
+    model = make("lab")
+    module = ClassifierModule(
+        model, torch.nn.CrossEntropyLoss(), partial(torch.optim.Adam, lr=0.01), None, num_classes=VOCAB
+    )
+    optimizer = module.configure_optimizers()
+    gates = [*model.lstm.input_weights.values(), *model.lstm.hidden_weights.values()]
+    for step in range(3):
+        optimizer.zero_grad()
+        logits = model(tokens(step))
+        F.cross_entropy(logits.reshape(-1, VOCAB), tokens(step + 1).reshape(-1)).backward()
+        optimizer.step()
+    model(tokens())
+    for layer in gates:  # alpha = ||d w||_1 / ||d||_1 with d from this matrix's own exp_avg_sq
+        d = optimizer.state[layer.weight]["exp_avg_sq"].sqrt() + 1e-8
+        alpha = (d * layer.weight.detach().abs()).sum() / d.sum()
+        assert layer.weight_quantizer.alpha_last == pytest.approx(float(alpha), rel=1e-5)
+    assert len({round(float(g.weight_quantizer.alpha_last), 7) for g in gates}) == 8
+
+
+def test_lab2_cell_output_is_o_times_sign_c():
+    model = make("lab", activation=SignActivation).eval()
+    x = tokens()
+    lstm = model.lstm
+    w_x = torch.cat([lstm.input_weights[g].effective_weight() for g in GATES])
+    w_h = torch.cat([lstm.hidden_weights[g].effective_weight() for g in GATES])
+    b = torch.cat([lstm.input_weights[g].bias for g in GATES])
+    h = c = torch.zeros(BATCH, HIDDEN)
+    for t in range(STEPS):  # a plain reference cell
+        i, f, g, o = (F.one_hot(x[:, t], VOCAB).float() @ w_x.T + b + h @ w_h.T).chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * torch.where(c >= 0, 1.0, -1.0)
+    out = lstm(x)
+    assert torch.allclose(out[:, -1], h, atol=1e-6)
+    assert not torch.all(out.abs() == 1)  # o is a sigmoid: h is not binary (papers.md D.21)
+
+
+def test_gate_gradients_are_clipped_at_every_step():
+    x = torch.tensor([0.5, -2.0, 3.0], requires_grad=True)
+    (clip_gradient(x, 5.0) * torch.tensor([10.0, -7.0, 1.0])).sum().backward()
+    assert x.grad.tolist() == [5.0, -5.0, 1.0]
+
+    def bias_grad(grad_clip):
+        model = make(grad_clip=grad_clip)
+        loss = 1e7 * F.cross_entropy(model(tokens()).reshape(-1, VOCAB), tokens(1).reshape(-1))
+        loss.backward()
+        return model.lstm.input_weights["cell"].bias.grad.abs().max()
+
+    # the bias gradient is a sum of BATCH * STEPS gate gradients, each at most 5 once clipped
+    assert bias_grad(5.0) <= 5.0 * BATCH * STEPS < bias_grad(None)
+
+
+def test_initialization_is_the_authors():
+    model = make("lab")
+    lstm = model.lstm
+    for layer in [*lstm.input_weights.values(), *lstm.hidden_weights.values()]:
+        assert layer.weight.abs().max() <= 0.08 and layer.weight.abs().max() > 0.07
+    assert torch.all(lstm.input_weights["forget"].bias == 1.0)
+    assert all(torch.all(lstm.input_weights[g].bias == 0.0) for g in ("input", "cell", "output"))
+    torch.manual_seed(0)
+    big = CharLSTM((STEPS,), 100, hidden_size=200)
+    assert float(big.out.weight.detach().std()) == pytest.approx(0.01, rel=0.05) and torch.all(
+        big.out.bias == 0
+    )
+
+
+def test_sequence_outputs_are_scored_per_character():
+    model = make()
+    assert model(tokens()).shape == (BATCH, STEPS, VOCAB)
+
+
+TINY_TEXT = [
+    "dataset=text",
+    "dataset.max_bytes=40000",
+    "dataset.block_size=2000",
+    "dataset.seq_len=20",
+    "dataset.batch_size=32",
+    "model.hidden_size=48",
+    "logger=none",
+]
+
+
+VARIANTS = [(m, False) for m in list_quantizers()] + [("bc_stoch", True), ("tc", True)]
+
+
+@pytest.mark.parametrize("method, qbp", VARIANTS, ids=[f"{m}{'+qbp' if q else ''}" for m, q in VARIANTS])
+def test_every_method_trains_the_lstm(tmp_path, method, qbp):
+    cfg = compose_config(
+        *TINY_TEXT, f"method={method}", f"qbp={qbp}", "trainer.max_epochs=3", "optim.lr=0.01"
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = train(cfg, run_dir)
+    with (run_dir / "metrics.csv").open() as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f)]
+    assert results["status"] == "completed" and results["selected_by"] == "val_loss"
+    assert losses[-1] < losses[0]
+    vocabulary = TextData(max_bytes=40_000, block_size=2_000, seq_len=20, batch_size=32).load().num_classes
+    assert results["val_loss"] < math.log(vocabulary)  # better than a uniform guess
+
+
+def test_end_to_end_on_python_sources_with_bits_per_character(run_cli, tmp_path):
+    proc = run_cli(*TINY_TEXT, "method=lab", "trainer.max_epochs=4", "optim.lr=0.01", "logger=csv")
+    assert proc.returncode == 0, proc.stderr
+    run = only_run_dir(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    best = min(rows, key=lambda r: (float(r["val/loss"]), -int(r["epoch"])))  # ties to the later epoch
+    assert results["best_epoch"] == int(best["epoch"])
+    assert results["test_loss"] == pytest.approx(float(best["test/loss"]))
+    assert results["test_bpc"] == pytest.approx(results["test_loss"] / math.log(2))
+    assert float(rows[-1]["train/loss"]) < float(rows[0]["train/loss"])
+    assert f"val loss {results['val_loss']:.4f}" in proc.stdout
+    assert results["multiplications"]["forward"] > 0 and results["seq_len"] == 20
+
+
+def test_a_bad_text_path_is_one_clear_message(run_cli, tmp_path):
+    proc = run_cli("dataset=text", f"dataset.path={tmp_path}/nothing.txt", "logger=none")
+    assert proc.returncode == 2
+    assert f"no text file at dataset.path={tmp_path}/nothing.txt" in proc.stderr
+    assert "Traceback" not in proc.stderr
