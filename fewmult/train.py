@@ -39,6 +39,8 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on CPU
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # fewmult logs once per epoch, so Lightning's per-step logging interval does not matter
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 def resume_point(cfg: DictConfig, last: Path, metrics: Path) -> str | None:
@@ -59,7 +61,12 @@ def _run_identity(cfg: DictConfig) -> dict[str, Any]:
     return {
         "name": hc.job.override_dirname or "defaults",
         "group": str(Path(hc.sweep.dir)) if multirun else None,
-        "tags": [f"dataset:{cfg.dataset.name}", f"model:{cfg.model.name}", f"method:{cfg.method.name}"],
+        "tags": [
+            f"dataset:{cfg.dataset.name}",
+            f"model:{cfg.model.name}",
+            f"method:{cfg.method.name}",
+            f"qbp:{str(bool(cfg.qbp)).lower()}",
+        ],
         "job_type": cfg.method.name,
     }
 

@@ -60,7 +60,7 @@ def test_synthetic_run_writes_the_whole_contract(run_cli, tmp_path):
     info = run_info(wandb_file)
     assert info.display_name == "dataset=synthetic,seed=3,trainer.max_epochs=4"
     assert info.job_type == "fp"
-    assert set(info.tags) >= {"dataset:synthetic", "model:lin2016_mlp", "method:fp"}
+    assert set(info.tags) >= {"dataset:synthetic", "model:lin2016_mlp", "method:fp", "qbp:false"}
     assert exit_code(wandb_file) == 0
     assert "wandb sync" in proc.stdout
 

@@ -166,10 +166,16 @@ def test_lab_resumes_with_the_restored_adam_state(tmp_path):
     assert used == pytest.approx(by_hand, rel=1e-6)
 
 
-def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cli, tmp_path):
+@pytest.mark.parametrize(
+    "launcher",
+    [[], ["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu]"]],
+    ids=["basic", "gpu_pool"],
+)
+def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cli, tmp_path, launcher):
     sweep = tmp_path / "sweep"
     proc = run_cli(
         "-m",
+        *launcher,
         f"hydra.sweep.dir={sweep}",
         "trainer=ddp",
         "trainer.accelerator=cpu",

@@ -25,14 +25,15 @@ from fewmult.errors import UserError
 
 
 def stdlib_text(max_bytes: int) -> bytes:
-    """The standard library's top-level ``*.py`` sources, by file name, cut at ``max_bytes``.
+    """The standard library's public top-level modules (``[!_]*.py``), by file name, cut at ``max_bytes``.
 
-    Real text that ships with every Python: the offline default. It differs between Python
-    versions, so results on it compare only within one version.
+    Real text that ships with every Python: the offline default. Private modules are left out: some
+    are generated per platform (``_sysconfigdata_*``). The text differs between Python versions, so
+    results on it compare only within one version.
     """
     folder = Path(sysconfig.get_paths()["stdlib"])
     chunks, size = [], 0
-    for path in sorted(folder.glob("*.py")):
+    for path in sorted(folder.glob("[!_]*.py")):
         chunks.append(path.read_bytes())
         size += len(chunks[-1])
         if size >= max_bytes:
