@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fewmult.count import count_for_config, main
+from fewmult.nn.recurrent import GATES
 from tests.conftest import compose_config, only_run_dir
 
 
@@ -70,3 +71,21 @@ def test_training_writes_the_counts(run_cli, tmp_path):
     assert results["qbp"] is True
     assert results["multiplications"]["weight_gradient"] == 0
     assert 0 < results["multiplications"]["ratio"] < 0.01
+
+
+def test_lstm_counts_the_recurrent_and_softmax_products_at_every_step():
+    """One-hot inputs are lookups (no products); each step multiplies by the four W_h and the softmax."""
+    steps, hidden, batch = 20, 16, 8
+    cfg = ["dataset=text", "dataset.max_bytes=40000", "dataset.block_size=2000", f"dataset.seq_len={steps}"]
+    cfg += [f"model.hidden_size={hidden}", f"dataset.batch_size={batch}"]
+    rows, fp = count_for_config(compose_config(*cfg, "method=fp"))
+    vocab = rows[-1].weights // hidden
+    recurrent, softmax = steps * hidden * hidden, steps * hidden * vocab
+    assert [r.name for r in rows] == [*(f"{k}_{g}" for k in "xh" for g in GATES), "out"]
+    assert all(r.forward == r.backward == r.weight_gradient == 0 for r in rows[:4])
+    assert fp["forward"] == fp["backward"] == fp["weight_gradient"] == batch * (4 * recurrent + softmax)
+    assert fp["per_unit"] == 3 * batch * (4 * steps * hidden + steps * vocab)
+    _, lab = count_for_config(compose_config(*cfg, "method=lab"))
+    assert lab["forward"] == batch * (4 * steps * hidden + softmax)  # alpha once per gate output
+    _, tc = count_for_config(compose_config(*cfg, "method=tc", "qbp=true"))
+    assert tc["forward"] == batch * softmax and tc["weight_gradient"] == 0  # only the fp softmax multiplies

@@ -79,10 +79,11 @@ class CharLSTM(nn.Module):
 
     def layer_uses(self, input_shape: tuple[int, ...]) -> list[LayerUse]:
         """Per example of ``seq_len`` characters: input lookups (no products), the recurrent
-        products at every step and the softmax layer at every step."""
+        products at every step and the softmax layer at every step. A gate's units are counted
+        once, with its recurrent matrix (the lookup adds into the same units)."""
         (steps,) = input_shape
         hidden, vocab = self.lstm.hidden_size, self.out.out_features
-        uses = [LayerUse(f"x_{g}", self.lstm.input_weights[g], 0, steps * hidden) for g in GATES]
+        uses = [LayerUse(f"x_{g}", self.lstm.input_weights[g], 0, 0) for g in GATES]
         uses += [
             LayerUse(f"h_{g}", self.lstm.hidden_weights[g], steps * hidden * hidden, steps * hidden)
             for g in GATES

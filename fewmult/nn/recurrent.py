@@ -20,7 +20,6 @@ from torch import nn
 
 from fewmult.nn.layers import QuantLinear
 from fewmult.qbp import QBPLinearFunction, QBPSettings
-from fewmult.quant.rng import RandomStream
 
 GATES = ("input", "forget", "cell", "output")
 
@@ -73,19 +72,14 @@ class QuantLSTM(nn.Module):
     ) -> None:
         super().__init__()
 
-        def gate(n_in: int, bias: bool) -> QuantLinear:
-            return QuantLinear(
-                n_in,
-                hidden_size,
-                bias=bias,
-                weight_quantizer=weight_quantizer() if weight_quantizer else None,
-            )
+        def gate(n_in: int, bias: bool, qbp: QBPSettings | None = None) -> QuantLinear:
+            quantizer = weight_quantizer() if weight_quantizer else None
+            return QuantLinear(n_in, hidden_size, bias=bias, weight_quantizer=quantizer, qbp=qbp)
 
         self.input_weights = nn.ModuleDict({g: gate(vocab_size, bias=True) for g in GATES})
-        self.hidden_weights = nn.ModuleDict({g: gate(hidden_size, bias=False) for g in GATES})
+        self.hidden_weights = nn.ModuleDict({g: gate(hidden_size, bias=False, qbp=qbp) for g in GATES})
         self.cell_activation = cell_activation() if cell_activation else nn.Tanh()
         self.hidden_size, self.grad_clip, self.qbp = hidden_size, grad_clip, qbp
-        self.qbp_stream = RandomStream() if qbp is not None else None
         with torch.no_grad():
             for layer in (*self.input_weights.values(), *self.hidden_weights.values()):
                 layer.weight.uniform_(-init_range, init_range)
@@ -94,7 +88,9 @@ class QuantLSTM(nn.Module):
 
     def _recurrent(self, h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
-            return QBPLinearFunction.apply(h, w_h, None, self.qbp, self.qbp_stream.next_key())
+            # the four recurrent matrices multiply as one; the input gate's stream draws for them all
+            key = self.hidden_weights["input"].qbp_stream.next_key()
+            return QBPLinearFunction.apply(h, w_h, None, self.qbp, key)
         return h @ w_h.t()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
