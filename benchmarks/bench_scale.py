@@ -1,8 +1,9 @@
 """What the paper grids cost: jobs x epochs x measured time per epoch, spread over N devices.
 
 Times a few full-precision training steps of each paper setup (its network, batch size and
-optimizer, on random inputs of the dataset's shape) on this machine's device, scales them to an
-epoch (training split / batch; evaluation not included) and to each grid of ``conf/experiment``.
+optimizer, on random inputs of the dataset's shape; the character LSTM at each number of time
+steps) on this machine's device, scales them to an epoch (training split / batch; evaluation not
+included) and to each grid of ``conf/experiment``.
 With ``gpu_pool`` or ``submitit_slurm`` the jobs are independent, so N devices finish a grid in about
 max(total / N, longest job).
 
@@ -18,24 +19,46 @@ import torch
 from hydra.utils import instantiate
 
 from fewmult.build import build_module
+from fewmult.module import per_position
 from tests.conftest import compose_config
 
-TRAIN_SIZE = {"mnist": 50_000, "cifar10": 45_000, "svhn": 598_388}
+# training examples (characters for the texts) and the shape of one input
+TRAIN_SIZE = {"mnist": 50_000, "cifar10": 45_000, "svhn": 598_388, "warpeace": 2_600_000, "linux": 5_580_000}
 SHAPE = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "svhn": (3, 32, 32)}
-GRIDS = {"lin2016_table": ("lin2016", 3 * 2 * 3), "hou2017_table": ("hou2017", 7 * 3)}  # jobs per dataset
+VOCABULARY = {"warpeace": 87, "linux": 101}
+Setup = tuple[str, str, int | None]  # paper, dataset, time steps (texts)
+IMAGES = ("mnist", "cifar10", "svhn")
+SETUPS: list[Setup] = [(p, d, None) for p in ("lin2016", "hou2017") for d in IMAGES]
+SETUPS += [("hou2017", "warpeace", 100), ("hou2017", "linux", 100)]
+SETUPS += [("hou2017", "warpeace", t) for t in (10, 50, 150)]
+GRIDS: dict[str, list[tuple[Setup, int]]] = {  # setups and jobs per setup
+    "lin2016_table": [(("lin2016", d, None), 3 * 2 * 3) for d in IMAGES],
+    "hou2017_table": [(("hou2017", d, None), 7 * 3) for d in IMAGES],
+    "hou2017_lstm_table": [(("hou2017", d, 100), 7 * 3) for d in ("warpeace", "linux")],
+    "hou2017_timesteps_table": [(("hou2017", "warpeace", t), 4 * 3) for t in (10, 50, 100, 150)],
+}
 
 
-def seconds_per_step(paper: str, dataset: str, device: str, steps: int) -> tuple[float, int, int]:
-    cfg = compose_config(f"paper={paper}", f"dataset={dataset}")
-    module = build_module(cfg, SHAPE[dataset], 10).to(device).train()
+def seconds_per_step(setup: Setup, device: str, steps: int) -> tuple[float, int, int]:
+    paper, dataset, seq_len = setup
+    text = seq_len is not None
+    cfg = compose_config(
+        f"paper={paper}", f"dataset={dataset}", *([f"dataset.seq_len={seq_len}"] if text else [])
+    )
+    classes = VOCABULARY[dataset] if text else 10
+    module = build_module(cfg, (seq_len,) if text else SHAPE[dataset], classes).to(device).train()
     optimizer = instantiate(cfg.optim.optimizer)(module.parameters())
     batch = cfg.dataset.batch_size
-    x = torch.randn(batch, *SHAPE[dataset], device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    if text:
+        x = torch.randint(0, classes, (batch, seq_len), device=device)
+        y = torch.randint(0, classes, (batch, seq_len), device=device)
+    else:
+        x = torch.randn(batch, *SHAPE[dataset], device=device)
+        y = torch.randint(0, classes, (batch,), device=device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        module.loss(module.model(x), y).backward()
+        module.loss(*per_position(module.model(x), y)).backward()
         optimizer.step()
 
     step()
@@ -59,19 +82,25 @@ def main() -> None:
     print(f"device {args.device}, {torch.get_num_threads()} threads")
     print("| setup | step | epoch | epochs | one job |")
     print("|---|---|---|---|---|")
-    job_hours: dict[tuple[str, str], float] = {}
-    for paper in ("lin2016", "hou2017"):
-        for dataset in TRAIN_SIZE:
-            step, batch, epochs = seconds_per_step(paper, dataset, args.device, args.steps)
-            epoch = step * (TRAIN_SIZE[dataset] // batch)
-            job_hours[paper, dataset] = epoch * epochs / 3600
-            cells = [f"{paper} {dataset} (batch {batch})", f"{step * 1000:.0f} ms", f"{epoch / 60:.1f} min"]
-            cells += [str(epochs), f"{job_hours[paper, dataset]:.1f} h"]
-            print("| " + " | ".join(cells) + " |")
+    job_hours: dict[Setup, float] = {}
+    for setup in SETUPS:
+        paper, dataset, seq_len = setup
+        step, batch, epochs = seconds_per_step(setup, args.device, args.steps)
+        epoch = step * (TRAIN_SIZE[dataset] // (batch * (seq_len or 1)))
+        job_hours[setup] = epoch * epochs / 3600
+        name = f"{paper} {dataset} (batch {batch}" + (f" x {seq_len} steps)" if seq_len else ")")
+        cells = [
+            name,
+            f"{step * 1000:.0f} ms",
+            f"{epoch / 60:.1f} min",
+            str(epochs),
+            f"{job_hours[setup]:.1f} h",
+        ]
+        print("| " + " | ".join(cells) + " |")
     print("\n| grid | jobs | device-hours | on 1 | on 8 | on 64 |")
     print("|---|---|---|---|---|---|")
-    for grid, (paper, per_dataset) in GRIDS.items():
-        hours = [job_hours[paper, d] for d in TRAIN_SIZE for _ in range(per_dataset)]
+    for grid, setups in GRIDS.items():
+        hours = [job_hours[setup] for setup, jobs in setups for _ in range(jobs)]
         total, longest = sum(hours), max(hours)
         spread = " | ".join(f"{max(total / n, longest):.0f} h" for n in (1, 8, 64))
         print(f"| {grid} | {len(hours)} | {total:.0f} | {spread} |")

@@ -190,3 +190,19 @@ def test_a_bad_text_path_is_one_clear_message(run_cli, tmp_path):
     assert proc.returncode == 2
     assert f"no text file at dataset.path={tmp_path}/nothing.txt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_report_of_a_language_model_sweep_is_in_nats(run_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", f"hydra.sweep.dir={sweep}", *TINY_TEXT, "method=lab", "trainer.max_epochs=1", "seed=0,1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(str(sweep), module="fewmult.report")
+    assert proc.returncode == 0, proc.stderr
+    losses = [json.loads((sweep / job / "results.json").read_text())["test_loss"] for job in ("0", "1")]
+    mean = sum(losses) / 2
+    assert f"| hou2017 | text (20 steps) | lab | 0.002 | test nats/char | {mean:.3f} ± " in proc.stdout
+    for name in ("val_loss_curves.png", "loss_vs_lr.png"):
+        assert (sweep / name).stat().st_size > 0
+    assert not (sweep / "val_error_curves.png").exists()
