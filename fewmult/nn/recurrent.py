@@ -102,9 +102,8 @@ class QuantLSTM(nn.Module):
         h = inputs.new_zeros(len(tokens), self.hidden_size)
         c = torch.zeros_like(h)
         states = []
-        for x_t in inputs.unbind(
-            1
-        ):  # not inputs[:, t]: its backward would fill a full-size zero tensor per step
+        # unbind, not inputs[:, t]: the backward of each slice would fill a sequence-sized zero tensor
+        for x_t in inputs.unbind(1):
             gates = clip_gradient(x_t + self._recurrent(h, w_h), self.grad_clip)
             i, f, g, o = gates.chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
