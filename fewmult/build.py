@@ -6,6 +6,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.module import ClassifierModule
 from fewmult.qbp import QBPSettings
@@ -24,7 +25,7 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
     }
 
 
-def check_model_fits_data(cfg: DictConfig, datamodule) -> None:
+def check_model_fits_data(cfg: DictConfig, datamodule: TensorDataModule) -> None:
     """Refuse an image model on text or the LSTM on images, before any data is loaded."""
     reads = getattr(get_class(cfg.model._target_), "input_kind", "images")
     if reads != datamodule.input_kind:

@@ -87,11 +87,10 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _best_results(best: dict[str, float], metric: str, per_character_nats: bool) -> dict[str, Any]:
-    """The ``results.json`` fields of the selected epoch (lowest validation ``metric``)."""
+def _best_results(best: dict[str, float], per_character_nats: bool) -> dict[str, Any]:
+    """The ``results.json`` fields of the selected epoch."""
     fields = {
         "best_epoch": int(best["epoch"]),
-        "selected_by": f"val_{metric}",
         **{f"{split}_{m}": best[f"{split}/{m}"] for split in ("val", "test") for m in ("error", "loss")},
     }
     if per_character_nats:  # cross-entropy of a language model: also in bits per character
@@ -109,6 +108,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         check_config(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.dataset)
+        metric = datamodule.selection_metric
+        results["selected_by"] = f"val_{metric}"  # also in a failed run's results, for the report
         check_model_fits_data(cfg, datamodule)
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
@@ -125,7 +126,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
         ckpt_path = resume_point(cfg, checkpoints / "last.ckpt", metrics)
-        metric = datamodule.selection_metric
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
@@ -144,7 +144,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "training ended without a validation result; check trainer.check_val_every_n_epoch."
             )
         nats = datamodule.input_kind == "tokens" and isinstance(module.loss, torch.nn.CrossEntropyLoss)
-        results.update(_best_results(best, metric, nats), status="completed")
+        results.update(_best_results(best, nats), status="completed")
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(
                 {

@@ -190,6 +190,10 @@ def test_a_bad_text_path_is_one_clear_message(run_cli, tmp_path):
     assert proc.returncode == 2
     assert f"no text file at dataset.path={tmp_path}/nothing.txt" in proc.stderr
     assert "Traceback" not in proc.stderr
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    assert (
+        results["status"] == "failed" and results["selected_by"] == "val_loss"
+    )  # the report keeps its row in nats
 
 
 def test_report_of_a_language_model_sweep_is_in_nats(run_cli, tmp_path):
