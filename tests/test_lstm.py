@@ -210,3 +210,30 @@ def test_report_of_a_language_model_sweep_is_in_nats(run_cli, tmp_path):
     for name in ("val_loss_curves.png", "loss_vs_lr.png"):
         assert (sweep / name).stat().st_size > 0
     assert not (sweep / "val_error_curves.png").exists()
+
+
+def test_qbp_recurrent_weight_gradient_is_exact_in_expectation():
+    """Unclipped power-of-two rounding of h is unbiased, and only W_h's gradient uses it (papers.md A.5)."""
+    from fewmult.qbp import QBPSettings
+
+    exact_model = make(output_init_std=0.5)
+    qbp_model = make(output_init_std=0.5, qbp_dense=QBPSettings(None, None))
+    qbp_model.load_state_dict(exact_model.state_dict(), strict=False)  # without the QBP random streams
+    x, y = tokens(), tokens(1)
+
+    def grads(model):
+        model.zero_grad()
+        F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1)).backward()
+        hidden = torch.cat([model.lstm.hidden_weights[g].weight.grad for g in GATES])
+        return hidden.clone(), model.lstm.input_weights["cell"].weight.grad.clone()
+
+    w_exact, x_exact = grads(exact_model)
+    samples = [grads(qbp_model) for _ in range(1500)]
+    for _, x_grad in samples:  # the error signals, hence the input-matrix gradients, stay exact
+        assert torch.allclose(x_grad, x_exact, atol=1e-6)
+    w = torch.stack([s[0] for s in samples])
+    assert (w[0] - w_exact).abs().max() > 0.05 * w_exact.abs().max()  # a single draw is quantized
+    mean, std = w.mean(0), w.std(0)
+    live = std > 0  # h_0 = 0 gives exactly-zero terms
+    z = (mean - w_exact)[live] / (std[live] / len(samples) ** 0.5)
+    assert z.abs().max() < 6 and 0.7 < z.square().mean() < 1.3
