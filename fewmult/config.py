@@ -6,24 +6,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fewmult.errors import UserError
+from fewmult.errors import UserError, require_positive
 from fewmult.quant import create_quantizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _positive(value: object, key: str, integer: bool) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise UserError(f"{key} must be {what}, got {value!r}.")
-
-
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work, with the key to fix, before anything is loaded."""
-    _positive(cfg.optim.lr, "optim.lr", integer=False)
-    _positive(cfg.dataset.batch_size, "dataset.batch_size", integer=True)
-    _positive(cfg.trainer.max_epochs, "trainer.max_epochs", integer=True)
+    require_positive(cfg.optim.lr, "optim.lr", integer=False)
+    require_positive(cfg.dataset.batch_size, "dataset.batch_size")
+    require_positive(cfg.trainer.max_epochs, "trainer.max_epochs")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed must be an integer, got {cfg.seed!r}.")
     quantizer = cfg.method.weight_quantizer

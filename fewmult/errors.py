@@ -16,3 +16,11 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def require_positive(value: object, key: str, integer: bool = True) -> None:
+    """Raise a :class:`UserError` naming ``key`` unless ``value`` is a positive integer (or number)."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise UserError(f"{key} must be {what}, got {value!r}.")

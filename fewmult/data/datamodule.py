@@ -7,7 +7,7 @@ import torch
 
 from fewmult.data.loader import TensorBatches
 from fewmult.data.splits import Splits
-from fewmult.errors import UserError
+from fewmult.errors import UserError, require_positive
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -37,9 +37,8 @@ class TensorDataModule(L.LightningDataModule):
         data_device: str = "auto",
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"dataset.{key} must be a positive integer, got {value!r}.")
+        require_positive(batch_size, "dataset.batch_size")
+        require_positive(eval_batch_size, "dataset.eval_batch_size")
         if data_device not in ("auto", "cpu"):
             raise UserError(f"dataset.data_device must be 'auto' or 'cpu', got {data_device!r}.")
         self.name = name

@@ -21,11 +21,12 @@ import torch
 
 from fewmult.data.datamodule import TensorDataModule
 from fewmult.data.splits import Splits
-from fewmult.errors import UserError
+from fewmult.errors import UserError, require_positive
 
 
-def stdlib_text(max_bytes: int) -> bytes:
-    """The standard library's public top-level modules (``[!_]*.py``), by file name, cut at ``max_bytes``.
+def stdlib_text(max_bytes: int | None = None) -> bytes:
+    """The standard library's public top-level modules (``[!_]*.py``), by file name, cut at ``max_bytes``
+    (None: all of them).
 
     Real text that ships with every Python: the offline default. Private modules are left out: some
     are generated per platform (``_sysconfigdata_*``). The text differs between Python versions, so
@@ -36,7 +37,7 @@ def stdlib_text(max_bytes: int) -> bytes:
     for path in sorted(folder.glob("[!_]*.py")):
         chunks.append(path.read_bytes())
         size += len(chunks[-1])
-        if size >= max_bytes:
+        if max_bytes is not None and size >= max_bytes:
             break
     return b"".join(chunks)[:max_bytes]
 
@@ -87,14 +88,13 @@ class TextData(TensorDataModule):
         **kwargs,
     ) -> None:
         super().__init__(name=name, val_size=0, **kwargs)
-        for key, value in (("seq_len", seq_len), ("block_size", block_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"dataset.{key} must be a positive integer, got {value!r}.")
+        require_positive(seq_len, "dataset.seq_len")
+        require_positive(block_size, "dataset.block_size")
         split = tuple(split)
         if len(split) != 3 or any(f < 0 for f in split) or abs(sum(split) - 1) > 1e-6:
             raise UserError(f"dataset.split must be three non-negative fractions summing to 1, got {split}.")
-        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes <= 0):
-            raise UserError(f"dataset.max_bytes must be a positive integer or null, got {max_bytes!r}.")
+        if max_bytes is not None:
+            require_positive(max_bytes, "dataset.max_bytes")
         self.path = None if path is None else Path(root).expanduser() / Path(path).expanduser()
         self.seq_len, self.split, self.block_size = seq_len, split, block_size
         self.max_bytes, self.md5, self.how_to_get = max_bytes, md5, how_to_get
@@ -104,13 +104,16 @@ class TextData(TensorDataModule):
     def read(self) -> bytes:
         """The raw bytes, with one clear message for a missing, unreadable or damaged file."""
         if self.path is None:
-            return stdlib_text(self.max_bytes or 10**9)
+            return stdlib_text(self.max_bytes)
         if not self.path.is_file():
             raise UserError(
                 f"{self.name}: no text file at dataset.path={self.path}. {self.how_to_get} "
                 "Or point dataset.path at your copy."
             )
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{self.name}: cannot read {self.path}: {exc.strerror}.") from exc
         if self.md5 is not None and hashlib.md5(data).hexdigest() != self.md5:
             raise UserError(
                 f"{self.name}: {self.path} is not the paper's file (its MD5 is not {self.md5}): a "

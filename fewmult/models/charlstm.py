@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fewmult.count import LayerUse
-from fewmult.errors import UserError
+from fewmult.errors import UserError, require_positive
 from fewmult.nn.layers import QuantLinear
 from fewmult.nn.recurrent import GATES, QuantLSTM
 from fewmult.qbp import QBPSettings
@@ -57,8 +57,7 @@ class CharLSTM(nn.Module):
                 f"model=lstm reads windows of character codes, but the data gives inputs of shape "
                 f"{tuple(input_shape)}; use dataset=text, warpeace or linux."
             )
-        if not isinstance(hidden_size, int) or hidden_size <= 0:
-            raise UserError(f"model.hidden_size must be a positive integer, got {hidden_size!r}.")
+        require_positive(hidden_size, "model.hidden_size")
         self.lstm = QuantLSTM(
             num_classes,
             hidden_size,
