@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fewmult.nn.layers import QuantConv2d, QuantLinear
+
+if TYPE_CHECKING:
+    from fewmult.data import TensorDataModule
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 PER_UNIT = 3
@@ -153,22 +157,22 @@ def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: i
 
 
 def count_for_config(
-    cfg, model: nn.Module | None = None, num_classes: int | None = None
+    cfg, model: nn.Module | None = None, datamodule: TensorDataModule | None = None
 ) -> tuple[list[LayerCount], dict[str, float]]:
     """Counts for the model, method and QBP setting of a composed config, at its batch size.
 
-    ``model`` and ``num_classes``: the network already built from ``cfg`` and its number of classes
-    (training passes its own); else they come from the config (a text's vocabulary needs its file).
+    ``model`` and ``datamodule``: the network and the data already built from ``cfg`` (training
+    passes its own); else they are built here (a text's vocabulary needs its file).
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from fewmult.build import build_model, check_model_fits_data
 
-    datamodule = instantiate(cfg.dataset)
-    check_model_fits_data(cfg, datamodule)
-    input_shape = datamodule.image_shape
-    num_classes = num_classes or datamodule.num_classes
+    if datamodule is None:
+        datamodule = instantiate(cfg.dataset)
+        check_model_fits_data(cfg, datamodule)
+    input_shape, num_classes = datamodule.image_shape, datamodule.num_classes
     batch = cfg.dataset.batch_size
     rows = count_multiplications(model or build_model(cfg, input_shape, num_classes), input_shape, batch)
     fp_cfg = OmegaConf.merge(cfg, {"method": {"weight_quantizer": None, "activation": None}, "qbp": False})

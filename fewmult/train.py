@@ -114,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
-        results["multiplications"] = count_for_config(cfg, module.model, splits.num_classes)[1]
+        results["multiplications"] = count_for_config(cfg, module.model, datamodule)[1]
         identity = _run_identity(cfg)
         logger = make_logger(
             OmegaConf.to_container(cfg.logger, resolve=True),
