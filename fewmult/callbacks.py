@@ -39,9 +39,10 @@ class EpochMetricsCSV(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = _metrics(trainer)  # on every rank: reading them reduces sync_dist values across ranks
         if not trainer.is_global_zero:
             return
-        row = {"epoch": trainer.current_epoch, **_metrics(trainer)}
+        row = {"epoch": trainer.current_epoch, **metrics}
         if self._validated_epoch != trainer.current_epoch:  # keep stale val/test values out of this row
             row = {k: v for k, v in row.items() if not k.startswith(("val/", "test/"))}
         row["epoch_seconds"] = round(time.perf_counter() - self._start, 4)

@@ -9,6 +9,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from fewmult.atomic import atomic_write_text
 from fewmult.errors import UserError
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -70,7 +71,7 @@ def make_logger(
         mode=mode,
         config=run_config,
     )
-    id_file.write_text(logger.experiment.id)  # created here, so spawned DDP workers attach to this run
+    atomic_write_text(id_file, logger.experiment.id)  # created here, so spawned DDP workers attach to it
     return logger
 
 

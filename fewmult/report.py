@@ -63,16 +63,18 @@ def published_numbers() -> dict[GroupKey, tuple[str, float]]:
 
 
 def find_jobs(folders: list[Path]) -> tuple[list[dict], list[Path]]:
-    """Results of every job, and the job folders (with a .hydra folder) that have none yet."""
+    """Results of every job, and the job folders (with a .hydra folder) that have none yet, or whose
+    run was interrupted (SIGTERM, Ctrl-C) and waits for its relaunch."""
     results, unfinished = [], []
     for folder in folders:
         for hydra_dir in sorted(folder.rglob(".hydra")):
             job = hydra_dir.parent
             path = job / "results.json"
-            if path.is_file():
-                results.append({**json.loads(path.read_text()), "_dir": job})
-            else:
+            result = json.loads(path.read_text()) if path.is_file() else {"status": "interrupted"}
+            if result.get("status") == "interrupted":
                 unfinished.append(job)
+            else:
+                results.append({**result, "_dir": job})
     return results, unfinished
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from fewmult.atomic import atomic_write_text
 
 METRIC_COLUMNS = [
     "epoch",
@@ -22,15 +24,25 @@ METRIC_COLUMNS = [
 ]
 
 
+def _csv_text(rows: list[dict[str, str]], header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def append_metrics_row(path: Path, row: dict[str, float]) -> None:
-    """Append one epoch to ``metrics.csv`` (header on first write), flushed so a crash keeps it."""
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        cells = {k: _short(row[k]) if k in row else "" for k in METRIC_COLUMNS}
-        writer.writerow({**cells, "epoch": int(row["epoch"])})
+    """Add one epoch to ``metrics.csv`` (header on first write).
+
+    The file is replaced whole (atomically), so a kill leaves it with or without the new row,
+    never with half of it; at a few hundred bytes per epoch the rewrite costs nothing.
+    """
+    cells = {k: _short(row[k]) if k in row else "" for k in METRIC_COLUMNS}
+    cells["epoch"] = int(row["epoch"])
+    old = path.read_text() if path.exists() else ""
+    atomic_write_text(path, old + _csv_text([cells], header=not old))
 
 
 def _short(value: float) -> float:
@@ -54,11 +66,8 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     if not path.exists():
         return
     with path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < epochs_done]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+        rows = [row for row in csv.DictReader(f) if float(row["epoch"]) < epochs_done]
+    atomic_write_text(path, _csv_text(rows, header=True))
 
 
 def is_better(value: float, best: float | None) -> bool:
@@ -76,7 +85,5 @@ def best_epoch(rows: list[dict[str, float]], key: str = "val/error") -> dict[str
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write atomically, so a reader (or a kill) never sees half a file."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

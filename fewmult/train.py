@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
 import warnings
@@ -21,17 +22,20 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
+from fewmult.atomic import remove_stale_temporaries
 from fewmult.build import build_module, check_model_fits_data
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNorm
+from fewmult.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomStates, resume_point
 from fewmult.config import CONF_DIR, check_config
 from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
-from fewmult.results import best_epoch, read_metrics, truncate_metrics, write_json
+from fewmult.results import best_epoch, read_metrics, write_json
+from fewmult.rundir import claim_run_dir, prepare_run_dir, register_resolvers, task_config
 
 
 def quiet_lightning() -> None:
@@ -41,17 +45,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # fewmult logs once per epoch, so Lightning's per-step logging interval does not matter
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-
-
-def resume_point(cfg: DictConfig, last: Path, metrics: Path) -> str | None:
-    """With ``resume=true`` and a ``last.ckpt`` in the run folder, continue from it (an interrupted or
-    requeued job relaunched into its folder); metrics rows after that checkpoint are dropped."""
-    if not cfg.resume or not last.is_file():
-        return None
-    epochs_done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]  # completed epochs
-    truncate_metrics(metrics, epochs_done)
-    print(f"resuming from {last} ({epochs_done} epochs done)", flush=True)
-    return str(last)
 
 
 def _run_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -99,9 +92,29 @@ def _best_results(best: dict[str, float], per_character_nats: bool) -> dict[str,
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one model; return the ``results.json`` payload (also written to ``run_dir``)."""
+    """Train one model into ``run_dir``; return the ``results.json`` payload (also written there).
+
+    A relaunch into the same folder continues the run from ``checkpoints/last.ckpt`` (see
+    :mod:`fewmult.rundir` for what it checks first; nothing in the folder changes if it refuses).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_dir(run_dir)
+    try:
+        config = task_config(cfg)
+        prepare_run_dir(run_dir, config, resume=bool(cfg.resume))
+        checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
+        for folder in (run_dir, checkpoints):  # temporary files of writers killed in an earlier launch
+            remove_stale_temporaries(folder)
+        ckpt_path = resume_point(checkpoints / "last.ckpt", metrics)
+        return _fit(cfg, run_dir, config, ckpt_path)
+    finally:
+        lock.release()
+
+
+def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], ckpt_path: str | None) -> dict[str, Any]:
     results = {**_base_results(cfg), "started_at": time.time()}
     results_path = run_dir / "results.json"
+    checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
     logger = None
     start = time.perf_counter()
     try:
@@ -115,26 +128,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
         results["multiplications"] = count_for_config(cfg, module.model, datamodule)[1]
-        identity = _run_identity(cfg)
-        logger = make_logger(
-            OmegaConf.to_container(cfg.logger, resolve=True),
-            run_dir,
-            run_config=OmegaConf.to_container(
-                OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-            ),
-            **identity,
-        )
-        checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
-        ckpt_path = resume_point(cfg, checkpoints / "last.ckpt", metrics)
+        logger = make_logger(config["logger"], run_dir, run_config=config, **_run_identity(cfg))
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
             logger=logger if logger is not None else False,
+            plugins=[AtomicCheckpointIO()],
             callbacks=[
                 EpochMetricsCSV(metrics, shown=("train/loss", f"val/{metric}", f"test/{metric}")),
                 BestCheckpoint(checkpoints / "best.ckpt", monitor=f"val/{metric}"),
-                ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
+                LastCheckpoint(checkpoints / "last.ckpt"),
+                RandomStates(),
                 *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
+                *(instantiate(c) for c in cfg.callbacks),
             ],
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -154,7 +160,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 }
             )
     except BaseException as exc:
-        results.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        # Lightning ends fit with SystemExit on SIGTERM (preemption, scancel, time limit) and Ctrl-C:
+        # the run is not failed, it waits for its relaunch
+        status = "interrupted" if isinstance(exc, SystemExit) else "failed"
+        results.update(status=status, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         results["train_seconds"] = round(time.perf_counter() - start, 3)
@@ -164,12 +173,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
+register_resolvers()  # before Hydra composes: the default output folders use fewmult.new_dir
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     quiet_lightning()
     try:
         results = train(cfg, run_dir)
+    except SIGTERMException:  # a SystemExit with code 0: the job would look successful to its scheduler
+        print(
+            f"fewmult: stopped by SIGTERM (preempted, cancelled or at its time limit). Relaunch the same "
+            f"command to continue from {run_dir / 'checkpoints' / 'last.ckpt'}.",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(128 + signal.SIGTERM)
     except Exception as exc:
         user_error = find_user_error(exc)
         if user_error is None:

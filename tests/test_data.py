@@ -157,6 +157,7 @@ def test_training_batches_cover_a_new_permutation_each_epoch():
     x, y = torch.arange(100).float().unsqueeze(1), torch.arange(100)
     loader = TensorBatches(x, y, batch_size=10, shuffle=True, drop_last=True, seed=1)
     first = torch.cat([b[1] for b in loader])
+    loader.set_epoch(1)
     second = torch.cat([b[1] for b in loader])
     assert len(loader) == 10
     assert sorted(first.tolist()) == list(range(100)) == sorted(second.tolist())
@@ -165,11 +166,21 @@ def test_training_batches_cover_a_new_permutation_each_epoch():
     assert torch.equal(batch_x.squeeze(1).long(), batch_y)  # examples keep their labels
 
 
-def test_same_seed_same_order():
+def test_the_order_depends_only_on_seed_and_epoch():
+    """A resumed run (a fresh loader told the epoch) draws what the uninterrupted one drew."""
     x, y = torch.zeros(50, 1), torch.arange(50)
-    a = TensorBatches(x, y, 8, shuffle=True, drop_last=True, seed=3)
-    b = TensorBatches(x, y, 8, shuffle=True, drop_last=True, seed=3)
-    assert [t.tolist() for _, t in a] == [t.tolist() for _, t in b]
+    uninterrupted = TensorBatches(x, y, 8, shuffle=True, drop_last=True, seed=3)
+    orders = []
+    for epoch in range(4):
+        uninterrupted.sampler.set_epoch(epoch)  # as Lightning's fit loop does
+        orders.append([t.tolist() for _, t in uninterrupted])
+    resumed = TensorBatches(x, y, 8, shuffle=True, drop_last=True, seed=3)
+    resumed.sampler.set_epoch(2)
+    assert [t.tolist() for _, t in resumed] == orders[2]
+    assert [t.tolist() for _, t in resumed] == orders[2]  # iterating again does not advance the epoch
+    assert len({str(o) for o in orders}) == 4
+    other_seed = TensorBatches(x, y, 8, shuffle=True, drop_last=True, seed=4)
+    assert [t.tolist() for _, t in other_seed] != orders[0]
 
 
 def test_ddp_shards_are_disjoint_and_even():

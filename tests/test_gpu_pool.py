@@ -4,17 +4,23 @@ Hydra's own launcher conformance suites (run on CPU slots)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from itertools import pairwise
 
 import pytest
+import yaml
 from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 from hydra.version import VersionBase
 
-from hydra_plugins.fewmult_gpu_pool.launcher import GPUPoolLauncher
-from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env
+from fewmult.rundir import RECORD, task_config
+from hydra_plugins.fewmult_gpu_pool.launcher import OUTPUT_LOG, GPUPoolLauncher, _completed
+from hydra_plugins.fewmult_gpu_pool.slots import make_slots, physical_gpus, slot_env, usable_cpus
+from tests.conftest import compose_config
 
 POOL = ["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu,cpu]"]
 
@@ -23,13 +29,40 @@ def test_discovered_by_hydra():
     assert GPUPoolLauncher.__name__ in [p.__name__ for p in Plugins.instance().discover(Launcher)]
 
 
-def test_slots():
+def test_slots(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # ids are then the machine's own
     assert make_slots(["cpu", "cpu"], 1) == [("cpu",), ("cpu",)]
     assert make_slots(["0", "1", "2", "3"], 2) == [("0", "1"), ("2", "3")]
     assert make_slots(["0", "1", "cpu"], 1) == [("cpu",), ("0",), ("1",)]
     with pytest.raises(ValueError, match="gpus_per_job"):
         make_slots(["0", "1", "2"], 2)
     assert slot_env(("2", "3"), 4)["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_explicit_gpu_ids_are_indices_into_the_parents_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert make_slots(["0", "1"], 1) == [("4",), ("5",)]
+    assert make_slots(["2", "3"], 2) == [("6", "7")]
+    assert make_slots(None, 2) == [("4", "5"), ("6", "7")]  # every visible GPU
+    with pytest.raises(ValueError, match=r"indices 0\.\.3"):
+        make_slots(["4"], 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert physical_gpus(["4"]) == ["4"]
+
+
+def test_threads_come_from_the_cpus_this_process_may_use(monkeypatch, tmp_path):
+    # a real affinity mask: taskset gives the child one CPU of the machine's
+    code = "from hydra_plugins.fewmult_gpu_pool.slots import usable_cpus; print(usable_cpus())"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert usable_cpus(tmp_path) == affinity  # no quota in an empty cgroup folder
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # a container quota of one CPU
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert usable_cpus(tmp_path) == 1
     assert slot_env(("cpu",), 1) == {
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": "1",
@@ -51,13 +84,18 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
         "dataset=synthetic",
         "trainer.max_epochs=2",
         "logger=none",
+        "seed=0,1,2",
+        "optim.lr=0.3,-1",
     ]
-    proc = run_cli(*args, "seed=0,1,2", "optim.lr=0.3,-1")
+    proc = run_cli(*args)
     assert proc.returncode != 0, proc.stderr[-3000:]  # the lr=-1 jobs failed ...
     results = jobs(sweep)
     assert results, proc.stderr[-3000:]
     assert sorted(r["status"] for r in results.values()) == ["completed"] * 3 + ["failed"] * 3  # ... alone
     assert "3 of 6 jobs failed" in proc.stdout  # Hydra's log goes to stdout
+    failed = next(name for name, r in results.items() if r["status"] == "failed")
+    assert "optim.lr must be a positive number" in (sweep / failed / OUTPUT_LOG).read_text()
+    assert f"the end of {sweep / failed / OUTPUT_LOG}" in proc.stdout  # with the job's last lines
     # each job is a new interpreter that imports torch and Lightning (seconds) before train() starts;
     # one after another, no two jobs could start training within a second of each other
     starts = sorted(r["started_at"] for r in results.values())
@@ -67,14 +105,48 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
     keep, interrupted = completed[0], completed[1]
     stamp = (sweep / keep / "results.json").stat().st_mtime_ns
     (sweep / interrupted / "results.json").unlink()  # as if killed after its last checkpoint
-    proc = run_cli(*args, "seed=0,1,2", "optim.lr=0.3")
-    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(*args)  # the same sweep again, into its folder
+    assert proc.returncode != 0  # the lr=-1 jobs fail again
     assert (sweep / keep / "results.json").stat().st_mtime_ns == stamp  # skipped, untouched
     assert "already completed" in proc.stdout
-    assert "resuming from" in proc.stdout
+    log = (sweep / interrupted / OUTPUT_LOG).read_text()
+    assert log.count("=== gpu_pool: launched on cpu") == 2  # both launches, appended
+    assert "resuming from" in log
     rows = (sweep / interrupted / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # no epoch trained twice
     assert jobs(sweep)[interrupted]["status"] == "completed"
+
+
+def test_a_different_sweep_into_the_same_folder_does_not_reuse_finished_jobs(run_cli, tmp_path):
+    """Job folders are numbered; job 0 of another sweep is another run: neither skipped nor continued."""
+    sweep = tmp_path / "sweep"
+    common = [
+        "-m",
+        *POOL,
+        f"hydra.sweep.dir={sweep}",
+        "dataset=synthetic",
+        "trainer.max_epochs=1",
+        "logger=none",
+    ]
+    assert run_cli(*common, "optim.lr=0.3").returncode == 0
+    proc = run_cli(*common, "optim.lr=0.1")
+    assert proc.returncode != 0 and "already completed" not in proc.stdout
+    log = (sweep / "0" / OUTPUT_LOG).read_text()
+    assert "optim.lr: 0.3 when the run was started, 0.1 now" in log and "Traceback" not in log
+    assert json.loads((sweep / "0" / "results.json").read_text())["lr"] == 0.3  # the finished run is kept
+
+
+def test_skipped_jobs_return_their_own_selection_metric(tmp_path):
+    job = tmp_path / "0"
+    job.mkdir()
+    (job / "results.json").write_text(
+        json.dumps({"status": "completed", "selected_by": "val_loss", "val_loss": 1.5})
+    )
+    config = compose_config("dataset=text", "logger=none")
+    (job / RECORD).write_text(yaml.safe_dump(task_config(config)))
+    assert _completed(job, config)["val_loss"] == 1.5
+    other = compose_config("dataset=text", "logger=none", "optim.lr=0.5")
+    assert _completed(job, other) is None
 
 
 @pytest.fixture

@@ -12,13 +12,33 @@ from collections.abc import Iterator
 import torch
 
 
+class EpochShuffle:
+    """The order of the examples in one epoch: a permutation that depends only on (seed, epoch).
+
+    As with ``DistributedSampler``, the trainer says which epoch comes next through
+    :meth:`set_epoch` (Lightning calls it on ``loader.sampler`` before every training epoch), so a
+    run resumed at epoch k draws exactly the orders the uninterrupted run drew from epoch k on.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(n, generator=g)
+
+
 class TensorBatches:
-    """An iterable of ``(x, y)`` minibatches, reshuffled at every pass.
+    """An iterable of ``(x, y)`` minibatches.
 
     Args:
         x, y: the whole split, on the device where the batches are wanted.
         batch_size: examples per batch (per process under DDP).
-        shuffle: draw a new permutation at every pass (training) or keep file order (evaluation).
+        shuffle: training order from :class:`EpochShuffle` (``self.sampler``), or file order.
         drop_last: drop the last incomplete batch (training, as both papers do).
         seed: makes the sequence of permutations repeatable.
         rank, world_size: this process's share under data parallelism.
@@ -37,15 +57,20 @@ class TensorBatches:
     ) -> None:
         self.x, self.y = x, y
         self.batch_size = batch_size
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
+        self.sampler = EpochShuffle(seed) if shuffle else None
+        self.batch_sampler = None  # Lightning reads it beside ``sampler``, as on a DataLoader
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch`` (for loops other than Lightning's)."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def _indices(self) -> torch.Tensor | None:
         n = len(self.y)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
+        if self.sampler is not None:
+            order = self.sampler.permutation(n)
         elif self.world_size == 1:
             return None
         else:
@@ -66,7 +91,6 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
-        self.epoch += 1
         for i in range(len(self)):
             if order is None:
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torchvision
 
-from fewmult.data.files import open_dataset, verify_md5
+from fewmult.data.files import open_dataset
 from fewmult.data.splits import Splits, check_val_size, class_balanced_indices, complement
 from fewmult.data.vision import VisionDataModule
 from fewmult.errors import UserError
@@ -46,17 +46,14 @@ class SVHNData(VisionDataModule):
         return {"use_extra": self.use_extra}
 
     def raw(self) -> dict[str, torch.Tensor]:
-        def make(download: bool) -> dict:
-            if not download:
-                verify_md5(self.root, self._files_md5(), "SVHN")
-            return {
-                p: torchvision.datasets.SVHN(str(self.root), split=p, download=download) for p in self.parts
-            }
+        def make(root: Path, download: bool) -> dict:
+            return {p: torchvision.datasets.SVHN(str(root), split=p, download=download) for p in self.parts}
 
         sets = open_dataset(
             "SVHN",
             self.root,
-            [name for name, _ in self._files_md5()],
+            self.root,
+            self._files_md5(),
             self.download,
             "Get train_32x32.mat, test_32x32.mat and extra_32x32.mat from ufldl.stanford.edu/housenumbers "
             "(or set dataset.use_extra=false to do without extra_32x32.mat).",

@@ -8,7 +8,7 @@ import torch
 
 from fewmult.data.cache import cache_path, cached
 from fewmult.data.datamodule import TensorDataModule
-from fewmult.data.files import open_dataset, resolve_root, verify_md5
+from fewmult.data.files import open_dataset, resolve_root
 from fewmult.data.preprocess import EXPENSIVE, get_preprocessor, to_float
 from fewmult.data.splits import Splits, check_val_size, tail_split
 
@@ -54,16 +54,13 @@ class VisionDataModule(TensorDataModule):
     ) -> tuple:
         """The training and test objects of a torchvision class with a ``train`` flag (MNIST, CIFAR-10).
 
-        Files with an MD5 are verified first, so a damaged one is named rather than reported as missing.
+        Files with an MD5 are verified first, so a damaged one is named rather than reported as unreadable.
         """
 
-        def make(download: bool) -> tuple:
-            if not download:
-                verify_md5(self.folder, [(f, md5) for f, md5 in files_md5 if md5], display)
-            return tuple(tv_class(str(self.root), train=train, download=download) for train in (True, False))
+        def make(root: Path, download: bool) -> tuple:
+            return tuple(tv_class(str(root), train=train, download=download) for train in (True, False))
 
-        files = [name for name, _ in files_md5]
-        return open_dataset(display, self.folder, files, self.download, how_to_get, make)
+        return open_dataset(display, self.root, self.folder, files_md5, self.download, how_to_get, make)
 
     def split(self, data: dict[str, torch.Tensor]) -> Splits:
         check_val_size(self.val_size, len(data["train_y"]), self.name)

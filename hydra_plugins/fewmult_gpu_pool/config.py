@@ -9,11 +9,13 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class GPUPoolLauncherConf:
     _target_: str = "hydra_plugins.fewmult_gpu_pool.launcher.GPUPoolLauncher"
-    # slots: GPU ids ("0", "1", ...) or "cpu"; null = every visible GPU, or one CPU slot without GPUs
+    # slots: GPU ids ("0", "1", ...; indices into CUDA_VISIBLE_DEVICES when it is set) or "cpu";
+    # null = every visible GPU, or one CPU slot without GPUs
     devices: Optional[List[str]] = None  # noqa: UP006, UP045
     # GPUs per job (consecutive ids form one slot)
     gpus_per_job: int = 1
-    # torch threads per job; null = the machine's cores divided by the number of slots
+    # torch threads per job; null = the CPUs this process may use (affinity, cgroup quota,
+    # SLURM_CPUS_PER_TASK) divided by the number of slots
     threads_per_job: Optional[int] = None  # noqa: UP045
     # skip jobs whose folder holds a completed results.json (relaunching resumes a sweep)
     skip_completed: bool = True

@@ -8,8 +8,13 @@
 * A failing job is recorded (its ``JobReturn`` is FAILED; fewmult writes ``results.json`` with
   ``status: failed``) while the others go on; the failures are listed at the end, and Hydra's
   sweeper then exits non-zero.
-* Relaunching into the same ``hydra.sweep.dir`` skips jobs whose ``results.json`` says completed;
-  fewmult resumes interrupted ones from their ``checkpoints/last.ckpt``.
+* Each job's output (stdout and stderr) goes to ``output.log`` in its job folder, appended by
+  every launch; a failure is listed with that file and its last lines.
+* Threads per job: the CPUs this process may use (affinity, container quota, SLURM's
+  ``--cpus-per-task``) divided by the number of slots, unless ``threads_per_job`` is set.
+* Relaunching into the same ``hydra.sweep.dir`` skips jobs whose ``results.json`` says completed
+  and whose recorded config is the job's config; fewmult resumes interrupted ones from their
+  ``checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -26,15 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import yaml
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env, slot_queue
+from fewmult.rundir import RECORD, config_changes, task_config
+from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env, slot_queue, usable_cpus
 
 log = logging.getLogger(__name__)
+
+OUTPUT_LOG = "output.log"  # the job's stdout and stderr, in its folder
 
 
 class GPUPoolLauncher(Launcher):
@@ -64,7 +73,7 @@ class GPUPoolLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         slots = make_slots(self.devices, self.gpus_per_job)
-        threads = self.threads_per_job or max(1, (os.cpu_count() or 1) // len(slots))
+        threads = self.threads_per_job or max(1, usable_cpus() // len(slots))
         free = slot_queue(slots)
         log.info(f"gpu_pool: {len(job_overrides)} jobs on {len(slots)} slots {slots}, {threads} threads each")
         with ThreadPoolExecutor(max_workers=len(slots)) as pool:
@@ -91,9 +100,10 @@ class GPUPoolLauncher(Launcher):
     def _run(self, idx: int, overrides: list[str], free, threads: int) -> JobReturn:
         config = self._job_config(idx, overrides)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        if self.skip_completed and (done := _completed(job_dir)) is not None:
+        if self.skip_completed and (done := _completed(job_dir, config)) is not None:
             log.info(f"gpu_pool: #{idx} already completed in {job_dir}, skipped")
-            return _job_return(config, overrides, job_dir, JobStatus.COMPLETED, done.get("val_error"))
+            metric = done.get(done.get("selected_by", "val_error"))  # what the job itself returned
+            return _job_return(config, overrides, job_dir, JobStatus.COMPLETED, metric)
         slot = free.get()
         try:
             log.info(f"gpu_pool: #{idx} on {slot}: {' '.join(filter_overrides(overrides))}")
@@ -102,29 +112,49 @@ class GPUPoolLauncher(Launcher):
             free.put(slot)
 
     def _run_in_process(self, config, overrides, job_dir: Path, slot, threads: int) -> JobReturn:
-        with tempfile.TemporaryDirectory(prefix="gpu_pool_") as tmp:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        output = job_dir / OUTPUT_LOG
+        with tempfile.TemporaryDirectory(prefix="gpu_pool_") as tmp, output.open("ab") as log_file:
             payload, result = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
             state = Singleton.get_state()
             payload.write_bytes(cloudpickle.dumps((self.hydra_context, self.task_function, config, state)))
             env = {**os.environ, **slot_env(slot, threads)}
+            log_file.write(f"=== gpu_pool: launched on {env['FEWMULT_SLOT']}, {threads} threads\n".encode())
+            log_file.flush()
             proc = subprocess.run(
                 [sys.executable, "-m", "hydra_plugins.fewmult_gpu_pool.worker", str(payload), str(result)],
                 env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
                 check=False,
             )
             if result.is_file():
-                return cloudpickle.loads(result.read_bytes())
-        error = RuntimeError(f"job process exited with code {proc.returncode}; see the log in {job_dir}")
+                returned = cloudpickle.loads(result.read_bytes())
+                if returned.status == JobStatus.FAILED:
+                    log.error(f"gpu_pool: job in {job_dir} failed; the end of {output}:\n{_tail(output)}")
+                return returned
+        error = RuntimeError(f"job process exited with code {proc.returncode}; see {output}")
+        log.error(
+            f"gpu_pool: job in {job_dir} died (exit {proc.returncode}); the end of {output}:\n{_tail(output)}"
+        )
         return _job_return(config, overrides, job_dir, JobStatus.FAILED, error)
 
 
-def _completed(job_dir: Path) -> dict[str, Any] | None:
-    path = job_dir / "results.json"
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _completed(job_dir: Path, config: DictConfig) -> dict[str, Any] | None:
+    """The job's ``results.json`` if it completed with this job's config (else it runs, and fewmult
+    refuses a folder that holds a run of another config, naming the differences)."""
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
+        results = json.loads((job_dir / "results.json").read_text())
+        recorded = yaml.safe_load((job_dir / RECORD).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
         return None
-    return results if results.get("status") == "completed" else None
+    if results.get("status") != "completed" or config_changes(recorded or {}, task_config(config)):
+        return None
+    return results
 
 
 def _job_return(config: DictConfig, overrides, job_dir: Path, status: JobStatus, value: Any) -> JobReturn:

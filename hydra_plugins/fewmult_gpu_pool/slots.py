@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def visible_gpus() -> list[str]:
     """GPU ids this process may use, without initializing CUDA."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [d for d in visible.split(",") if d.strip()]
+        return [d.strip() for d in visible.split(",") if d.strip()]
     try:
         import torch
 
@@ -20,18 +21,69 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def physical_gpus(devices: Sequence[str]) -> list[str]:
+    """Explicit GPU ids, read as CUDA reads them: indices into this process's ``CUDA_VISIBLE_DEVICES``.
+
+    Under ``CUDA_VISIBLE_DEVICES=4,5,6,7`` (a SLURM allocation, say) ``devices=[0,1]`` are GPUs 4
+    and 5: the children get ``CUDA_VISIBLE_DEVICES=4`` and ``=5``, not the parent's own 0 and 1.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(devices)
+    table = [d.strip() for d in visible.split(",") if d.strip()]
+    physical = []
+    for device in devices:
+        if not device.isdigit() or int(device) >= len(table):
+            raise ValueError(
+                f"hydra.launcher.devices has GPU {device!r}, but this process sees "
+                f"CUDA_VISIBLE_DEVICES={visible!r}: use indices 0..{len(table) - 1} into that list"
+            )
+        physical.append(table[int(device)])
+    return physical
+
+
 def make_slots(devices: Sequence[str] | None, gpus_per_job: int) -> list[tuple[str, ...]]:
     """Group the devices into slots: ``cpu`` entries are slots of their own, GPUs in consecutive groups."""
     if gpus_per_job < 1:
         raise ValueError(f"hydra.launcher.gpus_per_job must be >= 1, got {gpus_per_job}")
-    devices = [str(d) for d in (devices if devices is not None else visible_gpus() or ["cpu"])]
+    if devices is None:
+        devices = visible_gpus() or ["cpu"]
+        gpus = [d for d in devices if d != "cpu"]
+    else:
+        devices = [str(d) for d in devices]
+        gpus = physical_gpus([d for d in devices if d != "cpu"])
     cpus = [("cpu",) for d in devices if d == "cpu"]
-    gpus = [d for d in devices if d != "cpu"]
     if len(gpus) % gpus_per_job:
         raise ValueError(
             f"{len(gpus)} GPUs cannot be split into slots of {gpus_per_job} (hydra.launcher.gpus_per_job)"
         )
     return cpus + [tuple(gpus[i : i + gpus_per_job]) for i in range(0, len(gpus), gpus_per_job)]
+
+
+def _cgroup_cpus(cgroup: Path) -> int | None:
+    """The CPU quota of this container (cgroup v2 ``cpu.max`` or v1 CFS quota), in whole CPUs."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else max(1, quota // period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity (taskset, cpusets), the container's CPU quota and
+    SLURM's ``--cpus-per-task``, whichever is smallest (``os.cpu_count()`` counts the whole machine)."""
+    counts = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1]
+    if (quota := _cgroup_cpus(cgroup)) is not None:
+        counts.append(quota)
+    if (slurm := os.environ.get("SLURM_CPUS_PER_TASK", "")).isdigit():
+        counts.append(int(slurm))
+    return max(1, min(counts))
 
 
 def slot_queue(slots: list[tuple[str, ...]]) -> queue.Queue:

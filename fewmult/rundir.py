@@ -1,0 +1,194 @@
+"""The run folder across launches: one live process, the config it follows, continuing or starting over.
+
+A run folder is relaunched when a job is requeued, preempted or killed and started again with the
+same command. Before anything is written into it:
+
+* :func:`claim_run_dir` takes the folder's lock (``run.lock``), held while the process lives, so
+  two processes never train into one folder; the second is refused with who holds it.
+* :func:`prepare_run_dir` compares the config with the one recorded at the last launch
+  (``run_config.yaml``). A change that would alter the result is refused with the differing keys;
+  changes listed in :data:`MAY_CHANGE` (and a larger ``trainer.max_epochs``) are allowed.
+  ``resume=false`` starts over, after moving the earlier run's files to ``previous/<time>/``.
+
+Auto-named folders (``outputs/<date>/<time>``) are made unique by the ``fewmult.new_dir`` resolver,
+so two jobs started within the same second (W&B agents, array jobs) get folders of their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from fewmult.atomic import atomic_write_text
+from fewmult.errors import UserError
+from fewmult.locks import FileLock
+
+LOCK = "run.lock"
+RECORD = "run_config.yaml"
+# what a run writes; all of it moves to previous/<time>/ when the folder starts over (resume=false)
+RUN_FILES = ("results.json", "metrics.csv", "checkpoints", "wandb", "wandb_run_id", "csv", RECORD)
+# keys whose value cannot change what is computed: where data and logs go, what is printed, metadata
+MAY_CHANGE = (
+    "logger",
+    "resume",
+    "dataset.root",
+    "dataset.download",
+    "dataset.data_device",
+    "dataset.how_to_get",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "published_test_error",
+    "published_test_loss",
+)
+MAY_GROW = ("trainer.max_epochs",)  # extending a finished or running job
+
+
+def new_dir(base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ...: the first that this call creates (atomic ``mkdir``).
+
+    Registered as the ``fewmult.new_dir`` resolver (cached per config by OmegaConf, as Hydra's
+    ``now``), it names the default output folders, so concurrent launches never share one.
+    """
+    Path(base).parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        candidate = base if n == 0 else f"{base}_{n}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"could not create a new folder next to {base}: 10,000 names are taken.")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("fewmult.new_dir"):
+        OmegaConf.register_new_resolver("fewmult.new_dir", new_dir, use_cache=True)
+
+
+def task_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own settings: what a run computes from, as recorded."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def claim_run_dir(run_dir: Path) -> FileLock:
+    """The run folder's lock, taken without waiting; a :class:`UserError` if another process holds it."""
+    lock = FileLock(run_dir / LOCK)
+    if not lock.acquire(blocking=False):
+        raise UserError(
+            f"another process is training in {run_dir} ({lock.holder()}). Wait for it to end, stop it, "
+            "or give this run its own folder (leave hydra.run.dir out, or set another one). The lock is "
+            "released when that process exits, however it ends."
+        )
+    return lock
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return both_nan or a == b
+
+
+def _as_override(value: Any) -> str:
+    """How ``value`` is written on Hydra's command line."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return "[" + ",".join(_as_override(v) for v in value) + "]"
+    return str(value)
+
+
+def _allowed(key: str, old: Any, new: Any) -> bool:
+    if any(key == k or key.startswith(k + ".") for k in MAY_CHANGE):
+        return True
+    return key in MAY_GROW and isinstance(old, int) and isinstance(new, int) and new >= old
+
+
+def config_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The keys whose change would alter the result: ``(key, recorded value, current value)``."""
+    old, new = flatten(recorded), flatten(current)
+    missing = object()
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if (a is missing or b is missing or not _same(a, b)) and not _allowed(key, a, b):
+            changes.append((key, None if a is missing else a, None if b is missing else b))
+    return changes
+
+
+def _refuse_changes(run_dir: Path, changes: list[tuple[str, Any, Any]]) -> None:
+    shown = changes[:20]
+    lines = [f"  {key}: {old!r} when the run was started, {new!r} now" for key, old, new in shown]
+    if len(changes) > len(shown):
+        lines.append(f"  ... and {len(changes) - len(shown)} more")
+    grow = [k for k, old, new in changes if k in MAY_GROW]
+    note = f" ({', '.join(grow)} may grow, to extend a run, but not shrink)" if grow else ""
+    put_back = " ".join(f"{k}={_as_override(old)}" for k, old, _ in shown[:4])
+    raise UserError(
+        f"{run_dir} holds a run started with another configuration; continuing it would mix the two"
+        f"{note}:\n" + "\n".join(lines) + "\nEither relaunch with the recorded values (e.g. "
+        f"{put_back}), or train in a new folder (leave hydra.run.dir out, or set another one), or start "
+        f"over in this folder with resume=false (the earlier run's files move to {run_dir}/previous/)."
+    )
+
+
+def start_over(run_dir: Path) -> Path | None:
+    """Move the earlier run's files to ``previous/<time>/`` (never deleted); return that folder."""
+    present = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    archive = Path(new_dir(str(run_dir / "previous" / stamp)))
+    for path in present:
+        os.replace(path, archive / path.name)
+    return archive
+
+
+def has_training_state(run_dir: Path) -> bool:
+    """Whether a relaunch would continue something: a checkpoint or epochs in ``metrics.csv``."""
+    return (run_dir / "checkpoints" / "last.ckpt").exists() or (run_dir / "metrics.csv").exists()
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """Check a relaunch against the recorded config (or start over), then record ``config``.
+
+    Raises :class:`UserError` before anything in the folder changes.
+    """
+    record = run_dir / RECORD
+    if not resume:
+        if (archive := start_over(run_dir)) is not None:
+            print(f"resume=false: the earlier run in this folder was moved to {archive}", flush=True)
+    elif has_training_state(run_dir):
+        if not record.is_file():
+            raise UserError(
+                f"{run_dir} holds training state but no {RECORD}, so it cannot be checked that this "
+                "launch continues the same run. Start over with resume=false (the earlier files move to "
+                f"{run_dir}/previous/), or train in a new folder."
+            )
+        try:
+            recorded = yaml.safe_load(record.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(
+                f"cannot read {record} ({exc}). Start over with resume=false (the earlier files move to "
+                f"{run_dir}/previous/), or train in a new folder."
+            ) from exc
+        if changes := config_changes(recorded or {}, config):
+            _refuse_changes(run_dir, changes)
+    atomic_write_text(record, yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,154 @@
+"""Exact resume: ``python -m fewmult.train`` killed with SIGKILL anywhere and relaunched with the very
+same command (as SLURM requeues a job) ends exactly as the run that was never killed.
+
+The kills come from :class:`tests.faults.KillAt`, an ordinary callback passed through the
+``callbacks`` config key; checkpointing is fewmult's own. Each setup is killed five times, at a
+different point each time, then completes; its ``metrics.csv`` (all columns but ``epoch_seconds``)
+and ``results.json`` (all but timings) must equal those of an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewmult.checkpointing import epochs_done
+from tests.conftest import REPO
+
+EPOCHS = 7
+# (point, epoch, signal): one kill per launch, in this order; the launch after the last completes
+KILLS = [
+    ("train_batch", 1, "KILL"),
+    ("validation", 2, "KILL"),
+    ("epoch_end", 3, "KILL"),
+    ("checkpoint_write", 4, "KILL"),
+    ("epoch_start", 5, "KILL"),
+]
+TINY_LSTM = [
+    "dataset=text",
+    "dataset.max_bytes=30000",
+    "dataset.block_size=2000",
+    "dataset.seq_len=20",
+    "dataset.batch_size=32",
+    "model.hidden_size=32",
+    "optim.lr=0.01",
+]
+SMALL_MLP = ["dataset=synthetic", "model.arch=256FC-256FC"]  # still BN after every layer
+SETUPS = {
+    "bc_det": [*SMALL_MLP, "method=bc_det"],
+    "tc+qbp": [*SMALL_MLP, "method=tc", "qbp=true"],
+    "lab": [*SMALL_MLP, "method=lab"],
+    "lstm+lab": [*TINY_LSTM, "method=lab"],
+}
+TIMINGS = {"train_seconds", "started_at", "finished_at"}
+
+
+def launch(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """One launch of the real entry point into ``run_dir``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fewmult.train",
+            f"hydra.run.dir={run_dir}",
+            f"trainer.max_epochs={EPOCHS}",
+            *args,
+        ],
+        cwd=run_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def kill_callbacks(markers: Path, kills: list[tuple[str, int, str]]) -> str:
+    items = [
+        f"{{_target_:tests.faults.KillAt,at:{at},epoch:{epoch},signal:{sig},marker:{markers / at}}}"
+        for at, epoch, sig in kills
+    ]
+    return f"callbacks=[{','.join(items)}]"
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(f)]
+
+
+def results(run_dir: Path) -> dict:
+    return {k: v for k, v in json.loads((run_dir / "results.json").read_text()).items() if k not in TIMINGS}
+
+
+def partial_checkpoints(run_dir: Path) -> list[Path]:
+    return list((run_dir / "checkpoints").glob(".last.ckpt.*.tmp"))
+
+
+def kill_and_relaunch(tmp_path: Path, args: list[str], kills: list[tuple[str, int, str]]) -> Path:
+    """Launch with the kills armed until a launch completes; check what each kill left behind."""
+    run_dir, markers = tmp_path / "killed", tmp_path / "markers"
+    markers.mkdir()
+    callbacks = kill_callbacks(markers, kills)
+    for at, epoch, sig in kills:
+        proc = launch(run_dir, *args, "logger=none", callbacks)
+        assert (markers / at).is_file(), f"the launch died before reaching {at}: {proc.stderr[-3000:]}"
+        if sig == "KILL":
+            assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        else:  # SIGTERM: Lightning stops after the batch; the job says so and does not exit 0
+            assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+            assert "stopped by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
+            assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        done = epochs_done(torch.load(last, weights_only=True)) if last.is_file() else 0
+        # killed before epoch `epoch` ended, so the newest checkpoint is the previous epoch's
+        assert done == epoch, (at, done)
+        if at == "checkpoint_write":  # the kill really landed inside the write
+            (partial,) = partial_checkpoints(run_dir)
+            assert partial.stat().st_size > 1 << 20
+    proc = launch(run_dir, *args, "logger=none", callbacks)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'} ({kills[-1][1]} epochs done)" in proc.stdout
+    )
+    assert not partial_checkpoints(run_dir)  # the relaunch cleared the killed writer's leftovers
+    return run_dir
+
+
+def check_same_as_uninterrupted(tmp_path: Path, args: list[str], kills: list[tuple[str, int, str]]) -> None:
+    reference = tmp_path / "reference"
+    proc = launch(reference, *args, "logger=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed = kill_and_relaunch(tmp_path, args, kills)
+    assert [int(r["epoch"]) for r in metric_rows(killed)] == list(range(EPOCHS))
+    assert metric_rows(killed) == metric_rows(reference)  # bit-identical to the printed digits
+    assert results(killed) == results(reference)
+    assert results(killed)["status"] == "completed"
+
+
+def test_stochastic_qbp_run_killed_at_every_point_ends_as_if_never_killed(tmp_path):
+    """Random streams (quantizer and QBP), SGD with its schedule, data order: all five kill points."""
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp"], KILLS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["bc_det", "lab", "lstm+lab"])
+def test_every_setup_killed_at_every_point_ends_as_if_never_killed(tmp_path, setup):
+    check_same_as_uninterrupted(tmp_path, SETUPS[setup], KILLS)
+
+
+@pytest.mark.parametrize(
+    "setup, kill",
+    [("lab", ("train_batch", 3, "TERM")), ("lstm+lab", ("epoch_end", 2, "KILL"))],
+    ids=["lab-sigterm", "lstm+lab"],
+)
+def test_lab_and_the_lstm_resume_exactly(tmp_path, setup, kill):
+    """Adam's state and LAB's scale, after a SIGTERM as SLURM sends it; the LSTM (fast tier)."""
+    check_same_as_uninterrupted(tmp_path, SETUPS[setup], [kill])
