@@ -84,15 +84,15 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
         "dataset=synthetic",
         "trainer.max_epochs=2",
         "logger=none",
-        "seed=0,1,2",
+        "seed=0,1",
         "optim.lr=0.3,-1",
     ]
     proc = run_cli(*args)
     assert proc.returncode != 0, proc.stderr[-3000:]  # the lr=-1 jobs failed ...
     results = jobs(sweep)
     assert results, proc.stderr[-3000:]
-    assert sorted(r["status"] for r in results.values()) == ["completed"] * 3 + ["failed"] * 3  # ... alone
-    assert "3 of 6 jobs failed" in proc.stdout  # Hydra's log goes to stdout
+    assert sorted(r["status"] for r in results.values()) == ["completed"] * 2 + ["failed"] * 2  # ... alone
+    assert "2 of 4 jobs failed" in proc.stdout  # Hydra's log goes to stdout
     failed = next(name for name, r in results.items() if r["status"] == "failed")
     assert "optim.lr must be a positive number" in (sweep / failed / OUTPUT_LOG).read_text()
     assert f"the end of {sweep / failed / OUTPUT_LOG}" in proc.stdout  # with the job's last lines
@@ -117,6 +117,7 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
     assert jobs(sweep)[interrupted]["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_different_sweep_into_the_same_folder_does_not_reuse_finished_jobs(run_cli, tmp_path):
     """Job folders are numbered; job 0 of another sweep is another run: neither skipped nor continued."""
     sweep = tmp_path / "sweep"
@@ -173,6 +174,7 @@ class TestGPUPoolLauncherIntegration(IntegrationTestSuite):
     """Hydra's integration suite: real apps launched through gpu_pool in subprocesses."""
 
 
+@pytest.mark.slow
 def test_slurm_preset_requeues_and_submitit_local_runs_jobs(run_cli, tmp_path):
     from tests.conftest import compose_config
 

@@ -80,6 +80,7 @@ def test_a_relaunch_that_would_change_the_result_is_refused_and_changes_nothing(
     assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_a_run_is_extended_by_more_epochs_when_its_schedule_allows(tmp_path):
     run = tmp_path / "run"
     hou = [f"hydra.run.dir={run}", *SMALL, "method=lab"]  # Hou's step schedule does not use max_epochs

@@ -65,6 +65,7 @@ def test_synthetic_run_writes_the_whole_contract(run_cli, tmp_path):
     assert "wandb sync" in proc.stdout
 
 
+@pytest.mark.slow  # 50 epochs; the fast tier trains every method on mnist_mini in-process
 def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
     proc = run_cli()  # exactly what a new user types
     assert proc.returncode == 0, proc.stderr
@@ -79,14 +80,20 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
     "args, message",
     [
         (["dataset=imagenet"], "Available options in 'dataset'"),
-        (["method=ternary"], "Available options in 'method'"),
+        pytest.param(["method=ternary"], "Available options in 'method'", marks=pytest.mark.slow),
         (["optim.lr=0"], "optim.lr must be a positive number"),
-        (["optim.lr=-0.1"], "optim.lr must be a positive number"),
-        (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
+        pytest.param(["optim.lr=-0.1"], "optim.lr must be a positive number", marks=pytest.mark.slow),
+        pytest.param(
+            ["dataset.batch_size=0"], "dataset.batch_size must be a positive integer", marks=pytest.mark.slow
+        ),
         (["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller"),
         (["dataset=mnist", "dataset.download=false"], "missing train-images-idx3-ubyte"),
-        (["dataset=cifar10", "dataset.download=false"], "missing data_batch_1"),
-        (["dataset=svhn", "dataset.download=false"], "missing train_32x32.mat"),
+        pytest.param(
+            ["dataset=cifar10", "dataset.download=false"], "missing data_batch_1", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            ["dataset=svhn", "dataset.download=false"], "missing train_32x32.mat", marks=pytest.mark.slow
+        ),
         (["dataset=mnist"], "could not download"),
     ],
 )

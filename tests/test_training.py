@@ -60,7 +60,7 @@ def test_validation_every_two_epochs_leaves_gaps_not_stale_values(tmp_path):
     assert results["best_epoch"] in (1, 3)
 
 
-@pytest.mark.parametrize("method", ["fp", "lab"])
+@pytest.mark.parametrize("method", ["fp", pytest.param("lab", marks=pytest.mark.slow)])
 def test_ddp_spawn_two_processes_one_run_correct_metrics(run_cli, tmp_path, method):
     proc = run_cli(
         f"method={method}",
@@ -166,6 +166,7 @@ def test_lab_resumes_with_the_restored_adam_state(tmp_path):
     assert used == pytest.approx(by_hand, rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher",
     [[], ["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu]"]],
