@@ -196,6 +196,7 @@ def test_a_bad_text_path_is_one_clear_message(run_cli, tmp_path):
     )  # the report keeps its row in nats
 
 
+@pytest.mark.slow
 def test_report_of_a_language_model_sweep_is_in_nats(run_cli, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(

@@ -81,12 +81,14 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
     [
         (["dataset=imagenet"], "Available options in 'dataset'"),
         pytest.param(["method=ternary"], "Available options in 'method'", marks=pytest.mark.slow),
-        (["optim.lr=0"], "optim.lr must be a positive number"),
+        pytest.param(["optim.lr=0"], "optim.lr must be a positive number", marks=pytest.mark.slow),
         pytest.param(["optim.lr=-0.1"], "optim.lr must be a positive number", marks=pytest.mark.slow),
         pytest.param(
             ["dataset.batch_size=0"], "dataset.batch_size must be a positive integer", marks=pytest.mark.slow
         ),
-        (["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller"),
+        pytest.param(
+            ["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller", marks=pytest.mark.slow
+        ),
         (["dataset=mnist", "dataset.download=false"], "missing train-images-idx3-ubyte"),
         pytest.param(
             ["dataset=cifar10", "dataset.download=false"], "missing data_batch_1", marks=pytest.mark.slow
