@@ -10,6 +10,7 @@ from fewmult.errors import UserError, require_positive
 from fewmult.quant import create_quantizer
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+HALF_LATENT_WEIGHTS = ("16-true", "bf16-true")  # Lightning precisions that cast the model's parameters
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -19,6 +20,13 @@ def check_config(cfg: DictConfig) -> None:
     require_positive(cfg.trainer.max_epochs, "trainer.max_epochs")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed must be an integer, got {cfg.seed!r}.")
+    if str(cfg.trainer.precision) in HALF_LATENT_WEIGHTS:
+        raise UserError(
+            f"trainer.precision={cfg.trainer.precision} would store the latent weights and the optimizer "
+            "state in 16 bits, where the small updates that binarized and ternarized training add up "
+            "are rounded away. Use trainer.precision=bf16-mixed (or 16-mixed on a GPU): the products "
+            "run in 16 bits while the weights stay float32."
+        )
     quantizer = cfg.method.weight_quantizer
     if quantizer and hasattr(create_quantizer(quantizer.name), "bind_curvature") and cfg.optim.name != "adam":
         raise UserError(

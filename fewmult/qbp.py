@@ -5,11 +5,16 @@ rounded to a signed power of two, so that its products become shifts. The error 
 (``dL/dx = delta W``), the bias and batch-norm gradients stay full precision, as in the authors'
 code. The rounded input is what the layer saves for its backward pass, either as a float tensor or,
 with ``compact=True``, as one small signed integer per element (sign and exponent), 4x smaller.
+
+Under autocast (``trainer.precision=bf16-mixed`` or ``16-mixed``) the forward products run in the
+autocast dtype as any layer's do, and the backward products run in the dtype of the incoming
+gradient; the gradients are returned to the dtypes of the float32 weights and inputs by autograd.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +88,16 @@ class QBPSettings:
         return -152, torch.int16  # float32 exponents of powers of two: -149 ... 128
 
     def round(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-        """Power-of-two rounding; with a stream ``key`` the fused hashed-uniform kernel is used."""
+        """Power-of-two rounding; with a stream ``key`` the fused hashed-uniform kernel is used.
+
+        Half-precision inputs are rounded through float32, which holds them exactly, so the
+        rounding is the same exact, unbiased one; every power of two in the result is one that the
+        input's dtype holds (for float16 the exponent is capped so that rounding up stays finite).
+        """
+        if x.dtype in (torch.float16, torch.bfloat16):
+            top = int(math.log2(torch.finfo(x.dtype).max))  # the largest power of two is 2^top
+            capped = replace(self, exp_max=top - 1 if self.exp_max is None else min(self.exp_max, top - 1))
+            return capped.round(x.float(), key).to(x.dtype)
         q = None
         if self.stochastic and key is not None and x.dtype == torch.float32:
             q = run_fused(_pow2_from_bits, x, key, self.exp_min, self.exp_max)
@@ -99,8 +113,9 @@ class QBPSettings:
         return torch.sign(q).mul_(exponent.sub_(1 + offset)).to(dtype)
 
     def decode(self, saved: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The rounded input in ``dtype`` (that of the gradient it is multiplied with)."""
         if not self.compact:
-            return saved
+            return saved.to(dtype)
         offset, _ = self._offset_and_dtype()
         code = saved.to(torch.int32)
         return torch.ldexp(torch.sign(code).to(dtype), code.abs().add_(offset))
@@ -111,17 +126,17 @@ class QBPLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, settings: QBPSettings, key=None):
-        ctx.settings, ctx.x_dtype, ctx.has_bias = settings, x.dtype, bias is not None
+        ctx.settings, ctx.has_bias = settings, bias is not None
         ctx.save_for_backward(settings.encode(x.detach(), key), weight)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         saved, weight = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
         grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            qx = ctx.settings.decode(saved, ctx.x_dtype)
+            qx = ctx.settings.decode(saved, grad.dtype)
             grad_w = grad.reshape(-1, grad.shape[-1]).T @ qx.reshape(-1, qx.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
@@ -133,7 +148,7 @@ class QBPConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int, settings: QBPSettings, key=None):
-        ctx.settings, ctx.x_dtype, ctx.padding = settings, x.dtype, padding
+        ctx.settings, ctx.padding = settings, padding
         ctx.bias_shape = None if bias is None else list(bias.shape)
         ctx.save_for_backward(settings.encode(x.detach(), key), weight)
         return F.conv2d(x, weight, bias, padding=padding)
@@ -141,13 +156,13 @@ class QBPConv2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         saved, weight = ctx.saved_tensors
-        qx = ctx.settings.decode(saved, ctx.x_dtype)
+        qx = ctx.settings.decode(saved, grad.dtype)
         # One fused call: the input gradient depends on the weight only, so computing it "at" q(x)
         # is exact, and the weight gradient comes from q(x) as QBP wants.
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad,
             qx,
-            weight,
+            weight.to(grad.dtype),
             ctx.bias_shape,
             [1, 1],
             [ctx.padding] * 2,

@@ -1,0 +1,108 @@
+"""Mixed precision: every method (with and without QBP) and the LSTM train under ``bf16-mixed`` on
+the CPU, with float32 latent weights and optimizer state; 16-bit latent weights are refused; QBP
+rounds 16-bit inputs exactly and without bias."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewmult.config import check_config
+from fewmult.errors import UserError
+from fewmult.qbp import QBPSettings
+from fewmult.quant.rng import RandomStream
+from fewmult.train import train
+from tests.conftest import compose_config
+from tests.test_lstm import TINY_TEXT
+from tests.test_methods_train import IDS, VARIANTS
+
+FEW_STEPS = ["trainer.precision=bf16-mixed", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
+
+
+def float_tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree] if tree.is_floating_point() else []
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in float_tensors(v)]
+    if isinstance(tree, list | tuple):
+        return [t for v in tree for t in float_tensors(v)]
+    return []
+
+
+def train_bf16(tmp_path, *overrides: str) -> dict:
+    results = train(compose_config("logger=none", *FEW_STEPS, *overrides), tmp_path)
+    assert results["status"] == "completed"
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    weights, optimizer = (
+        float_tensors(checkpoint["state_dict"]),
+        float_tensors(checkpoint["optimizer_states"]),
+    )
+    assert weights and all(t.dtype == torch.float32 for t in weights)
+    assert all(t.dtype == torch.float32 for t in optimizer)  # Adam's moments (LAB reads them), SGD's buffers
+    assert all(torch.isfinite(t).all() for t in weights)
+    return results
+
+
+@pytest.mark.parametrize("method, qbp", VARIANTS, ids=IDS)
+def test_every_method_trains_in_bf16_mixed(tmp_path, method, qbp):
+    # an MLP: this CPU has no bfloat16 instructions, and emulated bf16 convolutions take seconds a
+    # step; the QBP convolution under autocast is checked against float32 below
+    results = train_bf16(tmp_path, "dataset=synthetic", "model.arch=64FC", f"method={method}", f"qbp={qbp}")
+    assert results["test_error"] < 0.9  # learned something in three steps (chance: 0.9)
+
+
+@pytest.mark.parametrize("method, qbp", [("lab", False), ("tc", True)], ids=["lab", "tc+qbp"])
+def test_the_lstm_trains_in_bf16_mixed(tmp_path, method, qbp):
+    results = train_bf16(tmp_path, *TINY_TEXT, f"method={method}", f"qbp={qbp}", "optim.lr=0.01")
+    assert results["val_loss"] < 10
+
+
+@pytest.mark.parametrize("precision", ["16-true", "bf16-true"])
+def test_16_bit_latent_weights_are_refused(precision):
+    with pytest.raises(UserError, match=f"trainer.precision={precision} would store the latent weights"):
+        check_config(compose_config(f"trainer.precision={precision}"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_qbp_rounds_16_bit_inputs_to_powers_of_two_without_bias(dtype):
+    n = 40_000
+    values = torch.tensor([0.3, -1.7, 5.5, 1e-3], dtype=dtype)
+    x = values.repeat_interleave(n)
+    torch.manual_seed(3)  # the stream's seed
+    q = QBPSettings(exp_min=None, exp_max=None).round(x, RandomStream().next_key())
+    assert q.dtype == dtype
+    mantissa, _ = torch.frexp(q.float())
+    assert set(mantissa.abs().unique().tolist()) == {0.5}  # every value a signed power of two
+    means = q.float().reshape(len(values), n).mean(1)
+    # q is one of two powers 2^e < |x| < 2^(e+1): its standard deviation is below |x| / 2
+    tolerance = 6 * values.float().abs() / 2 / n**0.5
+    assert torch.all((means - values.float()).abs() < tolerance)
+
+
+def test_qbp_keeps_float16_rounding_finite():
+    x = torch.tensor([60000.0, -40000.0], dtype=torch.float16)
+    q = QBPSettings(exp_min=None, exp_max=None).round(x, RandomStream().next_key())
+    assert torch.isfinite(q).all() and set(q.abs().tolist()) <= {2.0**14, 2.0**15}
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_qbp_layers_under_autocast_give_float32_gradients_close_to_float32_training(layer):
+    from fewmult.nn.layers import QuantConv2d, QuantLinear
+
+    torch.manual_seed(0)
+    if layer == "linear":
+        module, x = QuantLinear(16, 8, qbp=QBPSettings()), torch.randn(32, 16)
+    else:
+        module, x = QuantConv2d(3, 4, 3, padding=1, qbp=QBPSettings()), torch.randn(4, 3, 8, 8)
+    grads = {}
+    for precision in ("32", "bf16"):
+        module.weight.grad, xi = None, x.clone().requires_grad_()
+        module.qbp_stream.rng_counter.zero_()  # the same random numbers in both runs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = module(xi)
+        assert out.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        out.float().square().sum().backward()
+        assert module.weight.grad.dtype == xi.grad.dtype == torch.float32
+        grads[precision] = (module.weight.grad.clone(), xi.grad.clone())
+    for full, half in zip(grads["32"], grads["bf16"], strict=True):
+        assert torch.allclose(full, half, rtol=0.05, atol=0.05 * full.abs().max().item())
