@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from fewmult.atomic import atomic_open
 from fewmult.errors import UserError
 from fewmult.results import read_metrics, truncate_metrics
+from fewmult.rundir import start_over_advice
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -106,9 +107,8 @@ def _epochs_done(last: Path) -> int:
         return epochs_done(torch.load(last, map_location="cpu", weights_only=True))
     except Exception as exc:
         raise UserError(
-            f"cannot resume from {last}: it is unreadable ({type(exc).__name__}: {exc}). Start over with "
-            f"resume=false (this folder's files move to {last.parent.parent}/previous/, nothing is "
-            "deleted), or put a readable last.ckpt there (e.g. a backup copy) and relaunch."
+            f"cannot resume from {last}: it is unreadable ({type(exc).__name__}: {exc}). Put a readable "
+            f"last.ckpt there (e.g. a backup copy) and relaunch, or {start_over_advice(last.parent.parent)}."
         ) from exc
 
 
@@ -123,14 +123,13 @@ def resume_point(last: Path, metrics: Path) -> str | None:
     try:
         rows = read_metrics(metrics)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot read {metrics} ({exc}); start over with resume=false.") from exc
+        raise UserError(f"cannot read {metrics} ({exc}); {start_over_advice(metrics.parent)}.") from exc
     kept = [row for row in rows if row["epoch"] < done]
     if [int(row["epoch"]) for row in kept] != list(range(done)):
         have = sorted({int(row["epoch"]) for row in rows})
         raise UserError(
-            f"{last} has {done} epochs done, but {metrics} has rows for epochs {have}: the two "
-            "files are not from the same run. Start over with resume=false (the files move to "
-            f"{last.parent.parent}/previous/), or restore the matching pair."
+            f"{last} has {done} epochs done, but {metrics} has rows for epochs {have}: the two files "
+            f"are not from the same run. Restore the matching pair, or {start_over_advice(metrics.parent)}."
         )
     if len(kept) < len(rows):
         truncate_metrics(metrics, done)

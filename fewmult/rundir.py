@@ -77,6 +77,14 @@ def task_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
+def start_over_advice(run_dir: Path) -> str:
+    """The way out of a run folder that cannot be continued, for the end of an error message."""
+    return (
+        f"start over in it with resume=false (the earlier run's files move to {run_dir}/previous/, "
+        "nothing is deleted)"
+    )
+
+
 def claim_run_dir(run_dir: Path) -> FileLock:
     """The run folder's lock, taken without waiting; a :class:`UserError` if another process holds it."""
     lock = FileLock(run_dir / LOCK)
@@ -144,8 +152,8 @@ def _refuse_changes(run_dir: Path, changes: list[tuple[str, Any, Any]]) -> None:
     raise UserError(
         f"{run_dir} holds a run started with another configuration; continuing it would mix the two"
         f"{note}:\n" + "\n".join(lines) + "\nEither relaunch with the recorded values (e.g. "
-        f"{put_back}), or train in a new folder (leave hydra.run.dir out, or set another one), or start "
-        f"over in this folder with resume=false (the earlier run's files move to {run_dir}/previous/)."
+        f"{put_back}), or train in a new folder (leave hydra.run.dir out, or set another one), or "
+        f"{start_over_advice(run_dir)}."
     )
 
 
@@ -179,15 +187,13 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> None
         if not record.is_file():
             raise UserError(
                 f"{run_dir} holds training state but no {RECORD}, so it cannot be checked that this "
-                "launch continues the same run. Start over with resume=false (the earlier files move to "
-                f"{run_dir}/previous/), or train in a new folder."
+                f"launch continues the same run. Train in a new folder, or {start_over_advice(run_dir)}."
             )
         try:
             recorded = yaml.safe_load(record.read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(
-                f"cannot read {record} ({exc}). Start over with resume=false (the earlier files move to "
-                f"{run_dir}/previous/), or train in a new folder."
+                f"cannot read {record} ({exc}). Train in a new folder, or {start_over_advice(run_dir)}."
             ) from exc
         if changes := config_changes(recorded or {}, config):
             _refuse_changes(run_dir, changes)

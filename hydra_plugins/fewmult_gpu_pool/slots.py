@@ -8,11 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _listed(visible: str) -> list[str]:
+    """The entries of a ``CUDA_VISIBLE_DEVICES`` value."""
+    return [d.strip() for d in visible.split(",") if d.strip()]
+
+
 def visible_gpus() -> list[str]:
     """GPU ids this process may use, without initializing CUDA."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip()]
+        return _listed(visible)
     try:
         import torch
 
@@ -30,7 +35,7 @@ def physical_gpus(devices: Sequence[str]) -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return list(devices)
-    table = [d.strip() for d in visible.split(",") if d.strip()]
+    table = _listed(visible)
     physical = []
     for device in devices:
         if not device.isdigit() or int(device) >= len(table):
