@@ -37,6 +37,12 @@ def test_slots(monkeypatch):
     with pytest.raises(ValueError, match="gpus_per_job"):
         make_slots(["0", "1", "2"], 2)
     assert slot_env(("2", "3"), 4)["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert slot_env(("cpu",), 1) == {
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "FEWMULT_SLOT": "cpu",
+    }
 
 
 def test_explicit_gpu_ids_are_indices_into_the_parents_visible_devices(monkeypatch):
@@ -63,12 +69,6 @@ def test_threads_come_from_the_cpus_this_process_may_use(monkeypatch, tmp_path):
     (tmp_path / "cpu.max").write_text("max 100000\n")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     assert usable_cpus(tmp_path) == 1
-    assert slot_env(("cpu",), 1) == {
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "FEWMULT_SLOT": "cpu",
-    }
 
 
 def jobs(sweep):
