@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from itertools import pairwise
+from datetime import datetime
+from itertools import combinations
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,6 +74,12 @@ def test_threads_come_from_the_cpus_this_process_may_use(monkeypatch, tmp_path):
     assert usable_cpus(tmp_path) == 1
 
 
+def launch_times(log: Path) -> list[float]:
+    """When gpu_pool launched the job, from each header of its ``output.log``."""
+    found = re.findall(r"^=== gpu_pool: launched on \S+ at ([\d-]+ [\d:.]+),", log.read_text(), re.MULTILINE)
+    return [datetime.fromisoformat(t).timestamp() for t in found]
+
+
 def jobs(sweep):
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
 
@@ -95,10 +104,13 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
     failed = next(name for name, r in results.items() if r["status"] == "failed")
     assert "optim.lr must be a positive number" in (sweep / failed / OUTPUT_LOG).read_text()
     assert f"the end of {sweep / failed / OUTPUT_LOG}" in proc.stdout  # with the job's last lines
-    # each job is a new interpreter that imports torch and Lightning (seconds) before train() starts;
-    # one after another, no two jobs could start training within a second of each other
-    starts = sorted(r["started_at"] for r in results.values())
-    assert any(b - a < 1.0 for a, b in pairwise(starts)), "two jobs ran side by side"
+    # side by side: some job was launched before another one had finished (one after another, every
+    # launch would come after the previous job's finished_at)
+    launches = {name: launch_times(sweep / name / OUTPUT_LOG)[0] for name in results}
+    assert any(
+        launches[a] < results[b]["finished_at"] and launches[b] < results[a]["finished_at"]
+        for a, b in combinations(results, 2)
+    ), "two jobs ran side by side"
 
     completed = [name for name, r in results.items() if r["status"] == "completed"]
     keep, interrupted = completed[0], completed[1]
@@ -109,7 +121,7 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
     assert (sweep / keep / "results.json").stat().st_mtime_ns == stamp  # skipped, untouched
     assert "already completed" in proc.stdout
     log = (sweep / interrupted / OUTPUT_LOG).read_text()
-    assert log.count("=== gpu_pool: launched on cpu") == 2  # both launches, appended
+    assert len(launch_times(sweep / interrupted / OUTPUT_LOG)) == 2  # both launches, appended
     assert "resuming from" in log
     rows = (sweep / interrupted / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # no epoch trained twice

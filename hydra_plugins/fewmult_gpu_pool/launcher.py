@@ -9,7 +9,8 @@
   ``status: failed``) while the others go on; the failures are listed at the end, and Hydra's
   sweeper then exits non-zero.
 * Each job's output (stdout and stderr) goes to ``output.log`` in its job folder, appended by
-  every launch; a failure is listed with that file and its last lines.
+  every launch under a header with the slot and the launch time; a failure is listed with that
+  file and its last lines.
 * Threads per job: the CPUs this process may use (affinity, container quota, SLURM's
   ``--cpus-per-task``) divided by the number of slots, unless ``threads_per_job`` is set.
 * Relaunching into the same ``hydra.sweep.dir`` skips jobs whose ``results.json`` says completed
@@ -27,6 +28,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +121,9 @@ class GPUPoolLauncher(Launcher):
             state = Singleton.get_state()
             payload.write_bytes(cloudpickle.dumps((self.hydra_context, self.task_function, config, state)))
             env = {**os.environ, **slot_env(slot, threads)}
-            log_file.write(f"=== gpu_pool: launched on {env['FEWMULT_SLOT']}, {threads} threads\n".encode())
+            started = datetime.now().isoformat(sep=" ", timespec="milliseconds")
+            header = f"=== gpu_pool: launched on {env['FEWMULT_SLOT']} at {started}, {threads} threads\n"
+            log_file.write(header.encode())
             log_file.flush()
             proc = subprocess.run(
                 [sys.executable, "-m", "hydra_plugins.fewmult_gpu_pool.worker", str(payload), str(result)],
