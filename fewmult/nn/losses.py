@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,7 +21,8 @@ class SquaredHingeLoss(nn.Module):
         self.class_reduction = class_reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        signs = F.one_hot(target, logits.shape[1]).to(logits.dtype).mul_(2).sub_(1)
+        # scatter, not F.one_hot: one_hot reads the labels' min and max back to the host (a sync)
+        signs = torch.full_like(logits, -1).scatter_(1, target.unsqueeze(1), 1)
         per_unit = (1 - signs * logits).clamp_min(0).square()
         if self.class_reduction == "sum":
             return per_unit.sum(dim=1).mean()

@@ -52,7 +52,19 @@ class _ScaledByW0(WeightQuantizer):
         if scale not in SCALES:
             raise UserError(f"method.weight_quantizer.scale must be one of {SCALES}, got {scale!r}.")
         self.scale = scale
+        # s also as a tensor on the weights' device: a Python number would be copied there every step
+        self.register_buffer("level", torch.tensor(1.0), persistent=False)
         self.s = 1.0
+
+    @property
+    def s(self) -> float:
+        """The value ``s`` of the quantized weights (``level`` holds it as a tensor)."""
+        return self._s
+
+    @s.setter
+    def s(self, value: float) -> None:
+        self._s = float(value)
+        self.level.fill_(self._s)
 
     def setup(self, layer) -> None:
         self.s = layer.w0 if self.scale == "w0" else 1.0
@@ -82,7 +94,7 @@ class BinaryConnect(_ScaledByW0):
     multiplies = "sign"
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return fused_or_eager(_scaled_sign, w.detach(), torch.tensor(self.s, dtype=w.dtype, device=w.device))
+        return fused_or_eager(_scaled_sign, w.detach(), self.level.to(w.dtype))
 
 
 def _stochastic_binary(w: torch.Tensor, s: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -112,8 +124,7 @@ class _Stochastic(_ScaledByW0):
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         if self.rng == "hash":
-            s = torch.tensor(self.s, dtype=w.dtype, device=w.device)
-            q = run_fused(type(self).kernel, w.detach(), s, self.stream.next_key())
+            q = run_fused(type(self).kernel, w.detach(), self.level.to(w.dtype), self.stream.next_key())
             if q is not None:
                 return q
         return self.quantize_with_torch_rng(w)
@@ -220,7 +231,8 @@ class LossAwareBinarization(_ScaledSign):
     def alpha(self, w: torch.Tensor) -> torch.Tensor:
         v = self._curvature()
         if v is None:
-            return w.abs().mean() if self.alpha_last.isnan() else self.alpha_last
+            # torch.where, not `if`: a Python branch on a tensor waits for the device
+            return torch.where(self.alpha_last.isnan(), w.abs().mean(), self.alpha_last)
         alpha = fused_or_eager(_lab_alpha, w.detach(), v, self.eps)
         self.alpha_last.copy_(alpha)
         return alpha
