@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
 from fewmult.quant import create_quantizer
+from fewmult.rundir import new_dir
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 HALF_LATENT_WEIGHTS = ("16-true", "bf16-true")  # Lightning precisions that cast the model's parameters
+
+
+def register_resolvers() -> None:
+    """The ``fewmult.*`` resolvers the configs use; before Hydra composes."""
+    resolvers = {
+        "fewmult.new_dir": (new_dir, True),  # cached per config, as Hydra's ``now``
+        "fewmult.visible_accelerator": (visible_accelerator, False),
+        "fewmult.deterministic_on": (deterministic_on, False),
+    }
+    for name, (resolver, cached) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cached)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -184,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from fewmult.config import CONF_DIR
+    from fewmult.config import CONF_DIR, register_resolvers
     from fewmult.errors import find_user_error
 
+    register_resolvers()
     overrides = sys.argv[1:] if argv is None else argv
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

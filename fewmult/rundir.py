@@ -67,11 +67,6 @@ def new_dir(base: str) -> str:
     raise UserError(f"could not create a new folder next to {base}: 10,000 names are taken.")
 
 
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("fewmult.new_dir"):
-        OmegaConf.register_new_resolver("fewmult.new_dir", new_dir, use_cache=True)
-
-
 def task_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without Hydra's own settings: what a run computes from, as recorded."""
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)

@@ -30,12 +30,13 @@ from fewmult.atomic import remove_stale_temporaries
 from fewmult.build import build_module, check_model_fits_data
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNorm
 from fewmult.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomStates, resume_point
-from fewmult.config import CONF_DIR, check_config
+from fewmult.config import CONF_DIR, check_config, register_resolvers
 from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
+from fewmult.provenance import setup_line
 from fewmult.results import best_epoch, read_metrics, write_json
-from fewmult.rundir import claim_run_dir, prepare_run_dir, register_resolvers, task_config
+from fewmult.rundir import claim_run_dir, prepare_run_dir, task_config
 
 
 def quiet_lightning() -> None:
@@ -97,6 +98,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     A relaunch into the same folder continues the run from ``checkpoints/last.ckpt`` (see
     :mod:`fewmult.rundir` for what it checks first; nothing in the folder changes if it refuses).
     """
+    print(setup_line(cfg), flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = claim_run_dir(run_dir)
     try:
@@ -173,7 +175,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], ckpt_path: str 
     return results
 
 
-register_resolvers()  # before Hydra composes: the default output folders use fewmult.new_dir
+register_resolvers()  # before Hydra composes: output folders and the default device use them
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

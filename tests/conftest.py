@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fewmult.config import CONF_DIR
+from fewmult.config import CONF_DIR, register_resolvers
 
 REPO = CONF_DIR.parent
 
@@ -30,6 +30,7 @@ def _isolated_env(monkeypatch, tmp_path):
 
 def compose_config(*overrides: str) -> DictConfig:
     """Compose ``conf/train.yaml`` as the CLI would, and make it the current Hydra config."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)

@@ -37,6 +37,11 @@ def test_slots(monkeypatch):
     assert make_slots(["cpu", "cpu"], 1) == [("cpu",), ("cpu",)]
     assert make_slots(["0", "1", "2", "3"], 2) == [("0", "1"), ("2", "3")]
     assert make_slots(["0", "1", "cpu"], 1) == [("cpu",), ("0",), ("1",)]
+    # k jobs per GPU: each GPU slot k times, interleaved so that the first jobs spread over the GPUs
+    assert make_slots(["0", "1"], 1, jobs_per_gpu=2) == [("0",), ("1",), ("0",), ("1",)]
+    assert make_slots(["0", "1", "cpu"], 2, jobs_per_gpu=3) == [("cpu",)] + [("0", "1")] * 3
+    with pytest.raises(ValueError, match="jobs_per_gpu"):
+        make_slots(["0"], 1, jobs_per_gpu=0)
     with pytest.raises(ValueError, match="gpus_per_job"):
         make_slots(["0", "1", "2"], 2)
     assert slot_env(("2", "3"), 4)["CUDA_VISIBLE_DEVICES"] == "2,3"
@@ -85,10 +90,14 @@ def jobs(sweep):
 
 
 def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
+    # two jobs share GPU slot 0: on this CPU machine CUDA_VISIBLE_DEVICES=0 shows no GPU, so
+    # trainer=auto trains them on the CPU, side by side
     sweep = tmp_path / "sweep"
     args = [
         "-m",
-        *POOL,
+        "hydra/launcher=gpu_pool",
+        "hydra.launcher.devices=[0]",
+        "hydra.launcher.jobs_per_gpu=2",
         f"hydra.sweep.dir={sweep}",
         "dataset=synthetic",
         "trainer.max_epochs=2",
@@ -107,10 +116,16 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
     # side by side: some job was launched before another one had finished (one after another, every
     # launch would come after the previous job's finished_at)
     launches = {name: launch_times(sweep / name / OUTPUT_LOG)[0] for name in results}
-    assert any(
+    assert all("launched on gpu:0 at" in (sweep / name / OUTPUT_LOG).read_text() for name in results), (
+        "every job on the one GPU slot"
+    )
+    overlap = [
         launches[a] < results[b]["finished_at"] and launches[b] < results[a]["finished_at"]
         for a, b in combinations(results, 2)
-    ), "two jobs ran side by side"
+    ]
+    assert any(overlap), "two jobs ran side by side"
+    # ... but never three: intervals that overlap pairwise share a moment (three jobs at once)
+    assert not all(overlap), "at most jobs_per_gpu=2 jobs on the GPU at a time"
 
     completed = [name for name, r in results.items() if r["status"] == "completed"]
     keep, interrupted = completed[0], completed[1]
@@ -159,6 +174,12 @@ def test_skipped_jobs_return_their_own_selection_metric(tmp_path):
     assert _completed(job, config)["val_loss"] == 1.5
     other = compose_config("dataset=text", "logger=none", "optim.lr=0.5")
     assert _completed(job, other) is None
+    # the device is resolved in the job, on its slot: a job done on a CPU slot is done for a parent
+    # that sees a GPU
+    on_gpu = compose_config(
+        "dataset=text", "logger=none", "trainer.accelerator=cuda", "trainer.deterministic=false"
+    )
+    assert _completed(job, on_gpu)["val_loss"] == 1.5
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ class GPUPoolLauncherConf:
     devices: Optional[List[str]] = None  # noqa: UP006, UP045
     # GPUs per job (consecutive ids form one slot)
     gpus_per_job: int = 1
+    # jobs sharing one GPU slot at a time (MNIST MLPs and LSTMs leave an H100 mostly idle)
+    jobs_per_gpu: int = 1
     # torch threads per job; null = the CPUs this process may use (affinity, cgroup quota,
     # SLURM_CPUS_PER_TASK) divided by the number of slots
     threads_per_job: Optional[int] = None  # noqa: UP045

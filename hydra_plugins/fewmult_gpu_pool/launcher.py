@@ -1,8 +1,8 @@
 """The ``gpu_pool`` launcher: every job in a fresh process on a free slot, failures isolated.
 
 * Slots come from ``hydra.launcher.devices`` (default: every visible GPU; ``[cpu,cpu]`` runs two CPU
-  jobs side by side) grouped by ``gpus_per_job``; a queue hands them out, so a short job frees its
-  slot for the next one at once.
+  jobs side by side) grouped by ``gpus_per_job``, each GPU slot taken by up to ``jobs_per_gpu``
+  jobs at once; a queue hands them out, so a short job frees its place for the next one at once.
 * Each job runs ``hydra_plugins.fewmult_gpu_pool.worker`` in a new interpreter whose environment
   pins its devices (``CUDA_VISIBLE_DEVICES``) and its threads before torch loads.
 * A failing job is recorded (its ``JobReturn`` is FAILED; fewmult writes ``results.json`` with
@@ -46,6 +46,9 @@ from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env, slot_queu
 log = logging.getLogger(__name__)
 
 OUTPUT_LOG = "output.log"  # the job's stdout and stderr, in its folder
+# resolved in the job's own process from the devices of its slot (trainer=auto): a completed job
+# is completed whichever slot it had
+SLOT_DEPENDENT = ("trainer.accelerator", "trainer.deterministic")
 
 
 class GPUPoolLauncher(Launcher):
@@ -53,11 +56,13 @@ class GPUPoolLauncher(Launcher):
         self,
         devices: Sequence[str] | None = None,
         gpus_per_job: int = 1,
+        jobs_per_gpu: int = 1,
         threads_per_job: int | None = None,
         skip_completed: bool = True,
     ) -> None:
         self.devices = None if devices is None else [str(d) for d in devices]
         self.gpus_per_job = gpus_per_job
+        self.jobs_per_gpu = jobs_per_gpu
         self.threads_per_job = threads_per_job
         self.skip_completed = skip_completed
         self.config: DictConfig | None = None
@@ -74,7 +79,7 @@ class GPUPoolLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        slots = make_slots(self.devices, self.gpus_per_job)
+        slots = make_slots(self.devices, self.gpus_per_job, self.jobs_per_gpu)
         threads = self.threads_per_job or max(1, usable_cpus() // len(slots))
         free = slot_queue(slots)
         log.info(f"gpu_pool: {len(job_overrides)} jobs on {len(slots)} slots {slots}, {threads} threads each")
@@ -156,7 +161,8 @@ def _completed(job_dir: Path, config: DictConfig) -> dict[str, Any] | None:
         recorded = yaml.safe_load((job_dir / RECORD).read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    if results.get("status") != "completed" or config_changes(recorded or {}, task_config(config)):
+    changes = [key for key, *_ in config_changes(recorded or {}, task_config(config))]
+    if results.get("status") != "completed" or set(changes) - set(SLOT_DEPENDENT):
         return None
     return results
 

@@ -47,10 +47,17 @@ def physical_gpus(devices: Sequence[str]) -> list[str]:
     return physical
 
 
-def make_slots(devices: Sequence[str] | None, gpus_per_job: int) -> list[tuple[str, ...]]:
-    """Group the devices into slots: ``cpu`` entries are slots of their own, GPUs in consecutive groups."""
-    if gpus_per_job < 1:
-        raise ValueError(f"hydra.launcher.gpus_per_job must be >= 1, got {gpus_per_job}")
+def make_slots(
+    devices: Sequence[str] | None, gpus_per_job: int, jobs_per_gpu: int = 1
+) -> list[tuple[str, ...]]:
+    """Group the devices into slots: ``cpu`` entries are slots of their own, GPUs in consecutive groups.
+
+    With ``jobs_per_gpu=k`` every GPU slot is listed k times, so k jobs share it (small models that
+    leave a GPU mostly idle); the copies are interleaved, so the first jobs spread over all GPUs.
+    """
+    for key, value in (("gpus_per_job", gpus_per_job), ("jobs_per_gpu", jobs_per_gpu)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"hydra.launcher.{key} must be an integer >= 1, got {value!r}")
     if devices is None:
         devices = visible_gpus() or ["cpu"]
         gpus = [d for d in devices if d != "cpu"]
@@ -62,7 +69,8 @@ def make_slots(devices: Sequence[str] | None, gpus_per_job: int) -> list[tuple[s
         raise ValueError(
             f"{len(gpus)} GPUs cannot be split into slots of {gpus_per_job} (hydra.launcher.gpus_per_job)"
         )
-    return cpus + [tuple(gpus[i : i + gpus_per_job]) for i in range(0, len(gpus), gpus_per_job)]
+    gpu_slots = [tuple(gpus[i : i + gpus_per_job]) for i in range(0, len(gpus), gpus_per_job)]
+    return cpus + [slot for _ in range(jobs_per_gpu) for slot in gpu_slots]
 
 
 def _cgroup_cpus(cgroup: Path) -> int | None:

@@ -1,0 +1,71 @@
+"""The device by default (trainer=auto), the first line of a run, and where its setup came from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fewmult.provenance import setup_line
+from fewmult.rundir import config_changes, task_config
+from tests.conftest import compose_config
+
+
+def resolved_trainer(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose_config(*overrides).trainer, resolve=True)
+
+
+def test_without_a_trainer_choice_a_visible_gpu_is_used(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu = resolved_trainer()
+    assert (on_cpu["accelerator"], on_cpu["deterministic"]) == ("cpu", True)  # CPU runs repeat exactly
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = resolved_trainer()
+    assert (on_gpu["accelerator"], on_gpu["deterministic"]) == ("cuda", False)  # the fastest kernels
+    assert resolved_trainer("trainer=cpu")["accelerator"] == "cpu"  # an explicit choice stays
+    ddp = resolved_trainer("trainer=ddp")
+    assert (ddp["accelerator"], ddp["strategy"], ddp["devices"]) == ("cuda", "ddp_spawn", 2)
+
+
+def test_a_cpu_run_is_not_continued_on_a_gpu_unasked(monkeypatch):
+    # run_config.yaml records the device actually used, so the relaunch check names the change
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recorded = task_config(compose_config("dataset=synthetic"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    changes = config_changes(recorded, task_config(compose_config("dataset=synthetic")))
+    assert changes == [("trainer.accelerator", "cpu", "cuda"), ("trainer.deterministic", True, False)]
+
+
+@pytest.mark.parametrize(
+    "overrides, parts",
+    [
+        (
+            ["method=lab2", "dataset=svhn"],
+            [
+                "fewmult: lab2 on svhn | cpu, precision 32-true",
+                "paper hou2017 (method/lab2)",
+                "recipe hou2017_svhn",
+                "model hou2017_cnn_svhn = model/auto/hou2017_svhn (train.yaml)",
+                "optimizer adam (paper/hou2017)",
+                # the method lowers the lr for binary activations, to the recipe's value
+                "lr 0.0005 (method/lab2 = recipe.lr_binary_activations of recipe/hou2017_svhn)",
+                "batch 50 (recipe/hou2017_svhn)",
+                "epochs 50 (recipe/hou2017_svhn)",
+            ],
+        ),
+        (
+            ["method=lab", "dataset=svhn", "optim.lr=0.01", "model=mlp", "trainer.precision=bf16-mixed"],
+            ["precision bf16-mixed", "model mlp (command line)", "lr 0.01 (command line)"],
+        ),
+        (
+            ["+experiment=lin2016_cifar10_tc_qbp", "trainer=ddp"],
+            ["fewmult: tc+qbp on cifar10 | 2 x cpu", "paper lin2016 (experiment/lin2016_cifar10_tc_qbp)"],
+        ),
+    ],
+    ids=["recipe", "command-line", "preset"],
+)
+def test_the_first_line_says_where_the_setup_came_from(monkeypatch, overrides, parts):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = setup_line(compose_config(*overrides))
+    missing = [p for p in parts if p not in line]
+    assert not missing, line
