@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from fewmult.data.cifar10 import CIFAR10Data
 from fewmult.data.loader import TensorBatches
@@ -15,6 +18,7 @@ from fewmult.data.svhn import SVHNData
 from fewmult.data.synthetic import SyntheticData
 from fewmult.errors import UserError
 from tests import fakedata
+from tests.conftest import compose_config
 
 COMMON = {"batch_size": 10, "eval_batch_size": 7, "seed": 0}
 
@@ -234,3 +238,15 @@ def test_lcn_normalizes_local_contrast():
     out = lecun_lcn(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert out.mean().abs() < 0.1 and out.std() < x.std()
+
+
+def test_a_datamodule_travels_to_ddp_ranks_without_its_data():
+    # ddp_spawn pickles the datamodule for every rank; each rank loads the data in setup()
+    datamodule = instantiate(compose_config("dataset=synthetic").dataset)
+    splits = datamodule.load()
+    data_bytes = sum(t.numel() * t.element_size() for t in (splits.train_x, splits.val_x, splits.test_x))
+    blob = pickle.dumps(datamodule)
+    assert len(blob) < data_bytes / 100
+    copy = pickle.loads(blob)
+    copy.setup("fit")
+    assert torch.equal(copy.load().train_x, splits.train_x) and torch.equal(copy.load().test_y, splits.test_y)

@@ -32,7 +32,8 @@ def _load(path: Path) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
+        # mapped, not read: DDP ranks and side-by-side jobs on one machine share the pages
+        return torch.load(path, weights_only=True, mmap=True)
     except Exception as exc:  # damaged by something other than fewmult (fewmult writes atomically)
         warnings.warn(f"ignoring unreadable preprocessing cache {path} ({exc}); recomputing", stacklevel=3)
         return None

@@ -78,7 +78,15 @@ class TensorDataModule(L.LightningDataModule):
         return self.load().input_shape
 
     def setup(self, stage: str | None = None) -> None:
+        """Every DDP rank loads (from the preprocessing cache, memory-mapped) in its own process."""
         self.load()
+
+    def __getstate__(self) -> dict:
+        # ddp_spawn pickles the datamodule to every rank: the tensors stay behind (SVHN would be
+        # ~7.7 GB through shared memory), each rank loads them in setup()
+        state = self.__dict__.copy()
+        state["_splits"] = state["_on_device"] = None
+        return state
 
     def _device(self) -> torch.device:
         if self.trainer is None or self.data_device == "cpu":
