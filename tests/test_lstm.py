@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fewmult.data.text import TextData
 from fewmult.models.charlstm import CharLSTM
 from fewmult.module import ClassifierModule
-from fewmult.nn.recurrent import GATES, clip_gradient
+from fewmult.nn.recurrent import GATES, QuantLSTM, clip_gradient
 from fewmult.quant import SignActivation, create_quantizer, list_quantizers
 from fewmult.train import train
 from tests.conftest import compose_config, only_run_dir
@@ -118,6 +118,40 @@ def test_gate_gradients_are_clipped_at_every_step():
 
     # the bias gradient is a sum of BATCH * STEPS gate gradients, each at most 5 once clipped
     assert bias_grad(5.0) <= 5.0 * BATCH * STEPS < bias_grad(None)
+
+
+def test_the_fused_step_has_the_gradients_of_torch_lstm():
+    model = make(grad_clip=1e9)  # the fused step, its clipping never active
+    twin = torch_lstm_twin(model)
+    x = tokens()
+    model.lstm(x).square().sum().backward()
+    twin(F.one_hot(x, VOCAB).float())[0].square().sum().backward()
+    lstm = model.lstm
+    ours = [
+        torch.cat([lstm.hidden_weights[g].weight.grad for g in GATES]),
+        torch.cat([lstm.input_weights[g].weight.grad for g in GATES]),
+        torch.cat([lstm.input_weights[g].bias.grad for g in GATES]),
+    ]
+    theirs = (twin.weight_hh_l0.grad, twin.weight_ih_l0.grad, twin.bias_ih_l0.grad)
+    for got, expected in zip(ours, theirs, strict=True):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", [None, SignActivation], ids=["tanh", "sign"])
+def test_the_fused_step_equals_the_step_written_out(monkeypatch, activation):
+    # with active clipping (a large loss) and the sign cell of LAB2; torch.compile's fused kernels
+    # round differently from eager ones: equal to float32 rounding
+    def run(fused: bool):
+        monkeypatch.setattr(QuantLSTM, "_fusable", lambda self: fused)
+        model = make("bc_det", activation=activation)
+        out = model(tokens())
+        (1e7 * F.cross_entropy(out.reshape(-1, VOCAB), tokens(1).reshape(-1))).backward()
+        return out.detach(), [p.grad for p in model.parameters()]
+
+    (out, grads), (fused_out, fused_grads) = run(False), run(True)
+    assert torch.allclose(fused_out, out, atol=1e-6)
+    for got, expected in zip(fused_grads, grads, strict=True):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
 
 
 def test_initialization_is_the_authors():

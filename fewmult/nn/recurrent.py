@@ -20,8 +20,14 @@ from torch import nn
 
 from fewmult.nn.layers import QuantLinear
 from fewmult.qbp import QBPLinearFunction, QBPSettings
+from fewmult.quant.activations import SignActivation
+from fewmult.quant.base import sign_plus
+from fewmult.quant.rng import fused_or_eager
 
 GATES = ("input", "forget", "cell", "output")
+# the order of the gates in the concatenated matrices: the three sigmoid gates first, so that one
+# sigmoid and one tanh cover all four (the parameters stay one module per gate, in GATES order)
+STACKED = ("input", "forget", "output", "cell")
 
 
 class _ClipGradient(torch.autograd.Function):
@@ -39,6 +45,55 @@ class _ClipGradient(torch.autograd.Function):
 
 def clip_gradient(x: torch.Tensor, bound: float | None) -> torch.Tensor:
     return x if bound is None else _ClipGradient.apply(x, bound)
+
+
+def _cell_forward(pre: torch.Tensor, c_prev: torch.Tensor, sign_cell: bool):
+    """Gates ``(i, f, o, g)`` from the pre-activations in STACKED order, the new cell and hidden state."""
+    n = c_prev.shape[1]
+    ifo, g = pre[:, : 3 * n].sigmoid(), pre[:, 3 * n :].tanh()
+    i, f, o = ifo[:, :n], ifo[:, n : 2 * n], ifo[:, 2 * n :]
+    c = f * c_prev + i * g
+    act = sign_plus(c) if sign_cell else c.tanh()
+    return o * act, c, ifo, g, act
+
+
+def _cell_backward(dh, dc, ifo, g, act, c, c_prev, bound: float, sign_cell: bool):
+    """Gradients of the pre-activations (clipped to [-bound, bound]) and of the previous cell state."""
+    n = c_prev.shape[1]
+    i, f, o = ifo[:, :n], ifo[:, n : 2 * n], ifo[:, 2 * n :]
+    da = dh * o
+    # sign: hard tanh's straight-through gradient (SignActivation); tanh: 1 - tanh^2
+    dc = dc + (da * (c.abs() <= 1) if sign_cell else da * (1 - act * act))
+    difo = torch.cat([dc * g, dc * c_prev, dh * act], dim=1) * ifo * (1 - ifo)
+    dpre = torch.cat([difo, dc * i * (1 - g * g)], dim=1)
+    return dpre.clamp(-bound, bound), dc * f
+
+
+class _FusedCell(torch.autograd.Function):
+    """One LSTM time step after the recurrent product, with Lasagne's gradient clipping.
+
+    The same arithmetic as the unfused step (sigmoid and tanh gates, ``c = f c + i g``, ``h = o
+    act(c)``, the gate pre-activation gradient clamped), written as one forward and one backward
+    function that torch.compile fuses into a few kernels (eager where it cannot compile): ~30
+    autograd nodes and kernels per time step become a handful.
+    """
+
+    @staticmethod
+    def forward(ctx, pre, c_prev, bound: float, sign_cell: bool):
+        h, c, ifo, g, act = fused_or_eager(_cell_forward, pre, c_prev, sign_cell)
+        ctx.save_for_backward(ifo, g, act, c, c_prev)
+        ctx.bound, ctx.sign_cell = bound, sign_cell
+        return h, c
+
+    @staticmethod
+    def backward(ctx, dh, dc):
+        ifo, g, act, c, c_prev = ctx.saved_tensors
+        dh = torch.zeros_like(c) if dh is None else dh
+        dc = torch.zeros_like(c) if dc is None else dc
+        dpre, dc_prev = fused_or_eager(
+            _cell_backward, dh, dc, ifo, g, act, c, c_prev, ctx.bound, ctx.sign_cell
+        )
+        return dpre, dc_prev, None, None
 
 
 class QuantLSTM(nn.Module):
@@ -93,20 +148,30 @@ class QuantLSTM(nn.Module):
             return QBPLinearFunction.apply(h, w_h, None, self.qbp, key)
         return h @ w_h.t()
 
+    def _fusable(self) -> bool:
+        """The fused step knows the two cell activations of the methods (tanh, sign) and needs a bound."""
+        return self.grad_clip is not None and type(self.cell_activation) in (nn.Tanh, SignActivation)
+
+    def _step(self, pre: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._fusable():
+            return _FusedCell.apply(pre, c, self.grad_clip, isinstance(self.cell_activation, SignActivation))
+        n = self.hidden_size
+        pre = clip_gradient(pre, self.grad_clip)
+        i, f, o, g = pre[:, :n], pre[:, n : 2 * n], pre[:, 2 * n : 3 * n], pre[:, 3 * n :]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * self.cell_activation(c), c
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` (batch, time) int64 -> hidden states (batch, time, hidden)."""
-        w_x = torch.cat([m.effective_weight() for m in self.input_weights.values()])  # (4H, V)
-        w_h = torch.cat([m.effective_weight() for m in self.hidden_weights.values()])  # (4H, H)
-        bias = torch.cat([m.bias for m in self.input_weights.values()])
+        w_x = torch.cat([self.input_weights[g].effective_weight() for g in STACKED])  # (4H, V)
+        w_h = torch.cat([self.hidden_weights[g].effective_weight() for g in STACKED])  # (4H, H)
+        bias = torch.cat([self.input_weights[g].bias for g in STACKED])
         inputs = F.embedding(tokens, w_x.t().contiguous()) + bias  # W_x x_t + b for every t at once
         h = inputs.new_zeros(len(tokens), self.hidden_size)
         c = torch.zeros_like(h)
         states = []
         # unbind, not inputs[:, t]: the backward of each slice would fill a sequence-sized zero tensor
         for x_t in inputs.unbind(1):
-            gates = clip_gradient(x_t + self._recurrent(h, w_h), self.grad_clip)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * self.cell_activation(c)
+            h, c = self._step(x_t + self._recurrent(h, w_h), c)
             states.append(h)
         return torch.stack(states, dim=1)
