@@ -79,13 +79,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    print(f"device {args.device}, {torch.get_num_threads()} threads")
+    print_scale_tables(args.device, args.steps)
+
+
+def print_scale_tables(device: str, steps: int) -> None:
+    """The time per epoch of every paper setup on ``device``, and what each grid costs."""
+    print(f"device {device}, {torch.get_num_threads()} threads")
     print("| setup | step | epoch | epochs | one job |")
     print("|---|---|---|---|---|")
     job_hours: dict[Setup, float] = {}
     for setup in SETUPS:
         paper, dataset, seq_len = setup
-        step, batch, epochs = seconds_per_step(setup, args.device, args.steps)
+        step, batch, epochs = seconds_per_step(setup, device, steps)
         epoch = step * (TRAIN_SIZE[dataset] // (batch * (seq_len or 1)))
         job_hours[setup] = epoch * epochs / 3600
         name = f"{paper} {dataset} (batch {batch}" + (f" x {seq_len} steps)" if seq_len else ")")

@@ -16,7 +16,7 @@ from tests.conftest import compose_config
 from tests.test_lstm import TINY_TEXT
 from tests.test_methods_train import IDS, VARIANTS
 
-FEW_STEPS = ["trainer.precision=bf16-mixed", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
+FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
 
 
 def float_tensors(tree) -> list[torch.Tensor]:
@@ -29,8 +29,9 @@ def float_tensors(tree) -> list[torch.Tensor]:
     return []
 
 
-def train_bf16(tmp_path, *overrides: str) -> dict:
-    results = train(compose_config("logger=none", *FEW_STEPS, *overrides), tmp_path)
+def train_mixed(tmp_path, precision: str, *overrides: str) -> dict:
+    cfg = compose_config("logger=none", f"trainer.precision={precision}", *FEW_STEPS, *overrides)
+    results = train(cfg, tmp_path)
     assert results["status"] == "completed"
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     weights, optimizer = (
@@ -47,14 +48,32 @@ def train_bf16(tmp_path, *overrides: str) -> dict:
 def test_every_method_trains_in_bf16_mixed(tmp_path, method, qbp):
     # an MLP: this CPU has no bfloat16 instructions, and emulated bf16 convolutions take seconds a
     # step; the QBP convolution under autocast is checked against float32 below
-    results = train_bf16(tmp_path, "dataset=synthetic", "model.arch=64FC", f"method={method}", f"qbp={qbp}")
+    results = train_mixed(
+        tmp_path, "bf16-mixed", "dataset=synthetic", "model.arch=64FC", f"method={method}", f"qbp={qbp}"
+    )
     assert results["test_error"] < 0.9  # learned something in three steps (chance: 0.9)
 
 
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: 16-mixed is GPU-only")
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", pytest.param("16-mixed", marks=NEEDS_CUDA)])
 @pytest.mark.parametrize("method, qbp", [("lab", False), ("tc", True)], ids=["lab", "tc+qbp"])
-def test_the_lstm_trains_in_bf16_mixed(tmp_path, method, qbp):
-    results = train_bf16(tmp_path, *TINY_TEXT, f"method={method}", f"qbp={qbp}", "optim.lr=0.01")
+def test_the_lstm_trains_in_mixed_precision(tmp_path, precision, method, qbp):
+    results = train_mixed(tmp_path, precision, *TINY_TEXT, f"method={method}", f"qbp={qbp}", "optim.lr=0.01")
     assert results["val_loss"] < 10
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: 16-mixed (float16 with GradScaler) is GPU-only"
+)
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+@pytest.mark.parametrize("method, qbp", VARIANTS, ids=IDS)
+def test_every_method_trains_in_mixed_precision_on_a_gpu(tmp_path, precision, method, qbp):
+    # on the GPU (trainer=auto); with 16-mixed the GradScaler unscales the gradients before Adam's
+    # step, so LAB's second moment is that of the true gradients
+    results = train_mixed(tmp_path, precision, "dataset=synthetic", f"method={method}", f"qbp={qbp}")
+    assert results["test_error"] < 0.9
 
 
 @pytest.mark.parametrize("precision", ["16-true", "bf16-true"])

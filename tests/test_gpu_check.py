@@ -1,0 +1,34 @@
+"""``python -m benchmarks.gpu_check`` passes on this machine, as a user would run it before a sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow  # about two minutes: bf16 is emulated on this CPU
+def test_the_machine_check_passes_here(tmp_path):
+    env = {**os.environ, "FEWMULT_DATA": str(tmp_path / "data"), "WANDB_MODE": "offline"}
+    args = ["--methods", "fp,tc", "--no-scale", "--steps", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.rstrip().endswith("all checks passed")
+    precisions = 3 if torch.cuda.is_available() else 2
+    for label in ("fp", "tc", "tc+qbp", "lstm fp"):
+        rows = [line for line in proc.stdout.splitlines() if line.startswith(f"| {label} |")]
+        assert len(rows) == precisions, proc.stdout
+    compiled = next(line for line in proc.stdout.splitlines() if line.startswith("torch.compile: compiled"))
+    assert "_stochastic_ternary" in compiled and "_pow2_from_bits" in compiled and "_cell_forward" in compiled
