@@ -219,6 +219,7 @@ def test_end_to_end_on_python_sources_with_bits_per_character(run_cli, tmp_path)
     assert results["multiplications"]["forward"] > 0 and results["seq_len"] == 20
 
 
+@pytest.mark.slow  # a CLI error path; the fast tier has others
 def test_a_bad_text_path_is_one_clear_message(run_cli, tmp_path):
     proc = run_cli("dataset=text", f"dataset.path={tmp_path}/nothing.txt", "logger=none")
     assert proc.returncode == 2

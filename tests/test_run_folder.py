@@ -118,6 +118,7 @@ def test_allowed_and_refused_changes():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
 
 
+@pytest.mark.slow  # two training processes; the lock itself is tested fast (released by SIGKILL)
 def test_two_processes_never_train_in_one_folder(tmp_path):
     run = tmp_path / "run"
     first = train_cli(tmp_path, f"hydra.run.dir={run}", *SMALL, "trainer.max_epochs=100000")

@@ -237,6 +237,7 @@ def downloader(server: MirrorServer, root: Path) -> Child:
     return Child(DOWNLOAD_CHILD, server.url, json.dumps(resources), str(root))
 
 
+@pytest.mark.slow  # three processes and a local HTTP server; the cache tests stay fast
 def test_three_jobs_on_an_empty_data_folder_download_each_file_once(tmp_path, mirror):
     root = tmp_path / "data"
     mirror.release.clear()  # hold the first file until both other jobs wait on the lock
@@ -253,6 +254,7 @@ def test_three_jobs_on_an_empty_data_folder_download_each_file_once(tmp_path, mi
     assert not list(root.glob(STAGING_PREFIX + "*"))
 
 
+@pytest.mark.slow  # three processes and a local HTTP server; the cache tests stay fast
 def test_a_killed_download_leaves_no_file_under_its_final_name(tmp_path, mirror):
     root = tmp_path / "data"
     torn = "train-labels-idx1-ubyte.gz"

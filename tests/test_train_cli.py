@@ -96,7 +96,11 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
         pytest.param(
             ["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller", marks=pytest.mark.slow
         ),
-        (["dataset=mnist", "dataset.download=false"], "missing train-images-idx3-ubyte"),
+        pytest.param(
+            ["dataset=mnist", "dataset.download=false"],
+            "missing train-images-idx3-ubyte",
+            marks=pytest.mark.slow,  # "could not download" and the corrupt-file test stay fast
+        ),
         pytest.param(
             ["dataset=cifar10", "dataset.download=false"], "missing data_batch_1", marks=pytest.mark.slow
         ),
