@@ -13,7 +13,13 @@ from fewmult.data.cifar10 import CIFAR10Data
 from fewmult.data.loader import TensorBatches
 from fewmult.data.mnist import MNISTData
 from fewmult.data.mnist_mini import MNISTMiniData
-from fewmult.data.preprocess import gaussian_kernel, global_contrast_normalize, lecun_lcn, zca
+from fewmult.data.preprocess import (
+    gaussian_kernel,
+    get_preprocessor,
+    global_contrast_normalize,
+    lecun_lcn,
+    zca,
+)
 from fewmult.data.svhn import SVHNData
 from fewmult.data.synthetic import SyntheticData
 from fewmult.errors import UserError
@@ -250,3 +256,72 @@ def test_a_datamodule_travels_to_ddp_ranks_without_its_data():
     copy = pickle.loads(blob)
     copy.setup("fit")
     assert torch.equal(copy.load().train_x, splits.train_x) and torch.equal(copy.load().test_y, splits.test_y)
+
+
+def _pylearn2_reference(images_b01c: np.ndarray) -> np.ndarray:
+    """pylearn2's svhn_preprocessing.py transcribed to NumPy: GlobalContrastNormalization() with its
+    defaults, then LeCunLCN((32, 32)), whose transform returns after channel 0."""
+    x = images_b01c.astype(np.float64)
+    flat = x.reshape(len(x), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.sqrt((flat**2).sum(axis=1))
+    norms[norms < 1e-8] = 1.0
+    x = (flat / norms[:, None]).reshape(x.shape)
+    size, mid = 7, 3
+    kernel = np.zeros((size, size))
+    for i in range(size):  # gaussian_filter: sigma 2, 1/(2 pi sigma^2), then normalized
+        for j in range(size):
+            kernel[i, j] = np.exp(-((i - mid) ** 2 + (j - mid) ** 2) / 8.0) / (2 * np.pi * 4.0)
+    kernel /= kernel.sum()
+
+    def full_conv_cropped(plane: np.ndarray) -> np.ndarray:  # Theano conv2d 'full', then [mid:-mid]
+        h, w = plane.shape
+        full = np.zeros((h + size - 1, w + size - 1))
+        for i in range(size):
+            for j in range(size):
+                full[i : i + h, j : j + w] += kernel[i, j] * plane
+        return full[mid:-mid, mid:-mid]
+
+    out = x.copy()
+    for b in range(len(x)):
+        plane = x[b, :, :, 0]
+        centered = plane - full_conv_cropped(plane)
+        denom = np.sqrt(full_conv_cropped(plane**2))
+        divisor = np.maximum(np.maximum(denom.mean(), denom), 1e-4)
+        out[b, :, :, 0] = centered / divisor
+    return out
+
+
+def test_the_papers_svhn_preprocessing_is_pylearn2s():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+    images[1, 8:20, 8:20] = 200  # a flat patch: the divisor's floors take effect
+    expected = _pylearn2_reference(images)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    (got,) = get_preprocessor("pylearn2_gcn_lcn")(x, [])
+    got = got.permute(0, 2, 3, 1).double().numpy()
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # green and blue keep their GCN values: only the red channel is locally normalized
+    gcn = global_contrast_normalize(x, scale=1.0).permute(0, 2, 3, 1).numpy()
+    assert np.allclose(got[..., 1:], gcn[..., 1:], atol=1e-6)
+    assert not np.allclose(got[..., 0], gcn[..., 0], atol=1e-2)
+
+
+def test_the_two_svhn_preprocessings_have_their_own_caches(tmp_path, monkeypatch):
+    fakedata.register_svhn_md5(monkeypatch, fakedata.write_svhn(tmp_path, {"train": 60, "test": 20}))
+
+    def load(preprocess: str):
+        return SVHNData(
+            name="svhn",
+            root=str(tmp_path),
+            download=False,
+            val_size=20,
+            use_extra=False,
+            preprocess=preprocess,
+            **COMMON,
+        ).load()
+
+    papers, all_channels = load("pylearn2_gcn_lcn"), load("gcn_lcn")
+    assert len(list((tmp_path / "fewmult-cache").glob("svhn-*.pt"))) == 2
+    assert not torch.allclose(papers.train_x, all_channels.train_x)
+    assert torch.equal(load("pylearn2_gcn_lcn").train_x, papers.train_x)  # read back from its cache

@@ -3,8 +3,13 @@
 * ``center``: subtract the per-pixel training mean (MNIST, pylearn2 ``center=True``).
 * ``gcn_zca``: global contrast normalization, then ZCA whitening (CIFAR-10, pylearn2
   ``make_cifar10_gcn_whitened.py``: GCN scale 55, ZCA filter_bias 0.1).
-* ``gcn_lcn``: global contrast normalization, then LeCun local contrast normalization with a
-  7x7 Gaussian window on every channel (SVHN, Lin et al.'s ``svhn_preprocessing.py``).
+* ``pylearn2_gcn_lcn``: what both papers' SVHN inputs went through, pylearn2's
+  ``svhn_preprocessing.py`` as it runs: global contrast normalization at pylearn2's default scale 1,
+  then ``LeCunLCN((32, 32))``, which normalizes channel 0 (red) only (its ``transform`` returns
+  inside the loop over channels) and divides by ``sqrt(G * x^2)`` of the uncentred image, floored
+  by that map's per-image mean and 1e-4 (:func:`pylearn2_lcn`).
+* ``gcn_lcn``: GCN at scale 55, then local contrast normalization of every channel with the
+  divisor computed from the centred image (what the LCN is usually taken to be; not the papers').
 * ``none``: pixels scaled to [0, 1].
 
 Every statistic is fit on the whole training file set, before the validation split is carved,
@@ -74,6 +79,26 @@ def lecun_lcn(x: torch.Tensor, size: int = 7, threshold: float = 1e-4, chunk: in
     return out
 
 
+def pylearn2_lcn(x: torch.Tensor, channel: int = 0, size: int = 7, threshold: float = 1e-4) -> torch.Tensor:
+    """pylearn2's ``lecun_lcn`` on one channel (the others are returned unchanged).
+
+    ``y = (x - G * x) / max(sqrt(G * x^2), mean over the image of sqrt(G * x^2), threshold)``, ``G``
+    the 7x7 Gaussian of :func:`gaussian_kernel`, zero padding (Theano's full convolution, cropped).
+    """
+    out = x.clone()
+    plane = x[:, channel : channel + 1]
+    kernel = gaussian_kernel(size)[None, None].to(x.dtype)
+    centered = plane - F.conv2d(plane, kernel, padding=size // 2)
+    denom = F.conv2d(plane.square(), kernel, padding=size // 2).sqrt()
+    divisor = torch.maximum(denom, denom.mean(dim=(2, 3), keepdim=True)).clamp_min(threshold)
+    out[:, channel : channel + 1] = centered / divisor
+    return out
+
+
+def pylearn2_gcn_lcn(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [pylearn2_lcn(global_contrast_normalize(x, scale=1.0)) for x in [train, *others]]
+
+
 def gcn_zca(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor]:
     return zca(global_contrast_normalize(train), [global_contrast_normalize(x) for x in others])
 
@@ -86,8 +111,14 @@ def identity(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tens
     return [train, *others]
 
 
-PREPROCESSORS = {"none": identity, "center": center, "gcn_zca": gcn_zca, "gcn_lcn": gcn_lcn}
-EXPENSIVE = {"gcn_zca", "gcn_lcn"}
+PREPROCESSORS = {
+    "none": identity,
+    "center": center,
+    "gcn_zca": gcn_zca,
+    "gcn_lcn": gcn_lcn,
+    "pylearn2_gcn_lcn": pylearn2_gcn_lcn,
+}
+EXPENSIVE = {"gcn_zca", "gcn_lcn", "pylearn2_gcn_lcn"}
 
 
 def get_preprocessor(name: str):
