@@ -20,7 +20,9 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
         return {"qbp_dense": None, "qbp_conv": None}
     s = cfg.qbp_settings
     return {
-        f"qbp_{kind}": QBPSettings(s[kind].exp_min, s[kind].exp_max, s.stochastic, s.compact)
+        f"qbp_{kind}": QBPSettings(
+            s[kind].exp_min, s[kind].exp_max, s.stochastic, s.compact, s[kind].zero_to_min
+        )
         for kind in ("dense", "conv")
     }
 

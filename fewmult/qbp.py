@@ -81,6 +81,9 @@ class QBPSettings:
     exp_max: int | None = 3
     stochastic: bool = True
     compact: bool = False
+    # Lin et al.'s code: log2(0) = -inf is clipped to exp_min and sign(0) taken as -1, so a zero
+    # input rounds to -2^exp_min (papers.md A.5); False keeps zero
+    zero_to_min: bool = False
 
     def _offset_and_dtype(self) -> tuple[int, torch.dtype]:
         if self.exp_min is not None and self.exp_max is not None and self.exp_max - self.exp_min + 2 <= 127:
@@ -101,7 +104,11 @@ class QBPSettings:
         q = None
         if self.stochastic and key is not None and x.dtype == torch.float32:
             q = run_fused(_pow2_from_bits, x, key, self.exp_min, self.exp_max)
-        return q if q is not None else pow2_quantize(x, self.exp_min, self.exp_max, self.stochastic)
+        if q is None:
+            q = pow2_quantize(x, self.exp_min, self.exp_max, self.stochastic)
+        if self.zero_to_min and self.exp_min is not None:
+            q = torch.where(x == 0, torch.full_like(q, -(2.0**self.exp_min)), q)
+        return q
 
     def encode(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
         """The rounded input as saved for backward (a float tensor, or sign * (exponent - offset))."""

@@ -6,8 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewmult.build import qbp_settings
 from fewmult.nn import QuantConv2d, QuantLinear
 from fewmult.qbp import QBPSettings, pow2_quantize
+from fewmult.quant.rng import RandomStream
+from tests.conftest import compose_config
 
 
 def is_signed_power_of_two_or_zero(q: torch.Tensor) -> bool:
@@ -132,3 +135,21 @@ def test_fused_bit_kernel_matches_the_reference_rounding(exp_range):
         assert draws[:, i].mean().item() == pytest.approx(
             reference.mean().item(), abs=0.02 * max(abs(value), 0.1)
         )
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["hashed-fused", "torch-rand"])
+def test_the_authors_conv_rounding_turns_zero_into_minus_a_sixteenth(fused):
+    # Lin et al.'s code: log2(0) = -inf clipped to -4, sign(0) = -1 (papers.md A.5)
+    x = torch.tensor([0.0, 0.0, 0.25, -3.0])
+    key = RandomStream().next_key() if fused else None
+    authors = QBPSettings(exp_min=-4, exp_max=3, zero_to_min=True).round(x, key)
+    assert authors[:2].tolist() == [-1 / 16, -1 / 16]
+    assert authors[2].item() == 0.25 and authors[3].item() in (-2.0, -4.0)
+    assert QBPSettings(exp_min=-4, exp_max=3).round(x, key)[:2].tolist() == [0.0, 0.0]  # the paper's form
+
+
+def test_authors_code_settings_are_those_of_lin_et_al():
+    settings = qbp_settings(compose_config("qbp=true", "qbp_settings=authors_code"))
+    conv, dense = settings["qbp_conv"], settings["qbp_dense"]
+    assert (conv.exp_min, conv.exp_max, conv.zero_to_min) == (-4, 3, True)
+    assert (dense.exp_min, dense.exp_max, dense.zero_to_min) == (None, None, False)
