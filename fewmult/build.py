@@ -21,7 +21,12 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
     s = cfg.qbp_settings
     return {
         f"qbp_{kind}": QBPSettings(
-            s[kind].exp_min, s[kind].exp_max, s.stochastic, s.compact, s[kind].zero_to_min
+            s[kind].exp_min,
+            s[kind].exp_max,
+            s.stochastic,
+            s.compact,
+            s[kind].zero_to_min,
+            s.dense.error if kind == "dense" else "exact",  # a conv's error is always exact (papers.md A.5)
         )
         for kind in ("dense", "conv")
     }

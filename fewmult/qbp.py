@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from fewmult.errors import UserError
 from fewmult.quant.rng import hashed_uniform, run_fused
 
 
@@ -73,6 +74,64 @@ def _pow2_from_bits(
     return torch.where(biased == 0, torch.zeros_like(x), rounded)
 
 
+QBP_ERRORS = ("exact", "after_bn")
+
+
+class _ErrorBox:
+    """The error at one forward pass's BN output, kept for that pass's weight gradient."""
+
+    grad: torch.Tensor | None = None
+
+
+class ErrorAfterBN:
+    """Links a dense layer with the :class:`TapError` after its batch norm (Lin et al.'s dense QBP).
+
+    Every training forward of the layer opens a new box, the tap that follows takes it, and the
+    tap's backward fills it with the error at the BN output before the layer's backward reads it.
+    A box per forward pass lives exactly as long as that pass's graph, so repeated forwards before
+    one backward (several losses, gradient accumulation) each get their own error.
+    """
+
+    def __init__(self) -> None:
+        self._open: _ErrorBox | None = None
+
+    def open(self) -> _ErrorBox:
+        self._open = _ErrorBox()
+        return self._open
+
+    def take(self) -> _ErrorBox:
+        box, self._open = self._open, None
+        if box is None:
+            raise RuntimeError(
+                "fewmult.qbp.TapError ran without a forward of its QBP layer just before it: place it "
+                "right after the batch norm that follows that layer (PaperNet does)."
+            )
+        return box
+
+
+class _Tap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, box: _ErrorBox) -> torch.Tensor:
+        ctx.box = box
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.box.grad = grad
+        return grad, None
+
+
+class TapError(torch.nn.Module):
+    """Identity placed after a dense layer's BN; in training, its backward keeps the error it passes."""
+
+    def __init__(self, link: ErrorAfterBN) -> None:
+        super().__init__()
+        self.link = link
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Tap.apply(x, self.link.take()) if self.training else x
+
+
 @dataclass(frozen=True)
 class QBPSettings:
     """How a layer rounds its saved input: exponent range, stochastic rounding, compact storage."""
@@ -84,6 +143,13 @@ class QBPSettings:
     # Lin et al.'s code: log2(0) = -inf is clipped to exp_min and sign(0) taken as -1, so a zero
     # input rounds to -2^exp_min (papers.md A.5); False keeps zero
     zero_to_min: bool = False
+    # which error multiplies q(x) in a dense layer's weight gradient: "exact" (dL/d(x W^T), the
+    # paper's form) or "after_bn" (dL/d(BN output), Lin et al.'s code, which ignores BN's Jacobian)
+    error: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.error not in QBP_ERRORS:
+            raise UserError(f"qbp_settings.*.error must be one of {QBP_ERRORS}, got {self.error!r}.")
 
     def _offset_and_dtype(self) -> tuple[int, torch.dtype]:
         if self.exp_min is not None and self.exp_max is not None and self.exp_max - self.exp_min + 2 <= 127:
@@ -129,11 +195,15 @@ class QBPSettings:
 
 
 class QBPLinearFunction(torch.autograd.Function):
-    """``y = x W^T + b``; backward: ``dL/dx = g W`` (exact), ``dL/dW = g^T q(x)``, ``dL/db = sum g``."""
+    """``y = x W^T + b``; backward: ``dL/dx = g W`` (exact), ``dL/dW = e^T q(x)``, ``dL/db = sum g``.
+
+    ``e = g``, or with ``after_bn`` (the box of :meth:`ErrorAfterBN.open`, filled by the tap after the
+    layer's BN) the error at the BN output, as Lin et al.'s code computes dense weight gradients.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, settings: QBPSettings, key=None):
-        ctx.settings, ctx.has_bias = settings, bias is not None
+    def forward(ctx, x, weight, bias, settings: QBPSettings, key=None, after_bn: _ErrorBox | None = None):
+        ctx.settings, ctx.has_bias, ctx.after_bn = settings, bias is not None, after_bn
         ctx.save_for_backward(settings.encode(x.detach(), key), weight)
         return F.linear(x, weight, bias)
 
@@ -144,10 +214,18 @@ class QBPLinearFunction(torch.autograd.Function):
         grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             qx = ctx.settings.decode(saved, grad.dtype)
-            grad_w = grad.reshape(-1, grad.shape[-1]).T @ qx.reshape(-1, qx.shape[-1])
+            error = grad
+            if ctx.after_bn is not None:
+                if ctx.after_bn.grad is None:
+                    raise RuntimeError(
+                        "QBP with error='after_bn' found no error after the layer's batch norm: put a "
+                        "fewmult.qbp.TapError(layer.error_after_bn) right after that BN (PaperNet does)."
+                    )
+                error = ctx.after_bn.grad.to(grad.dtype)
+            grad_w = error.reshape(-1, error.shape[-1]).T @ qx.reshape(-1, qx.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class QBPConv2dFunction(torch.autograd.Function):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fewmult.build import qbp_settings
+from fewmult.errors import UserError
+from fewmult.models import PaperNet
+from fewmult.models.charlstm import CharLSTM
 from fewmult.nn import QuantConv2d, QuantLinear
 from fewmult.qbp import QBPSettings, pow2_quantize
 from fewmult.quant.rng import RandomStream
@@ -153,3 +158,63 @@ def test_authors_code_settings_are_those_of_lin_et_al():
     conv, dense = settings["qbp_conv"], settings["qbp_dense"]
     assert (conv.exp_min, conv.exp_max, conv.zero_to_min) == (-4, 3, True)
     assert (dense.exp_min, dense.exp_max, dense.zero_to_min) == (None, None, False)
+    assert (dense.error, conv.error) == ("after_bn", "exact")
+    paper = qbp_settings(compose_config("qbp=true"))
+    assert (paper["qbp_dense"].error, paper["qbp_conv"].error) == ("exact", "exact")
+
+
+def test_the_authors_dense_weight_gradient_uses_the_error_after_batch_norm():
+    # Lin et al.'s code (papers.md A.5): dL/dW = e^T q(x) with e = dL/d(BN output), BN's Jacobian
+    # ignored; the error propagated to the layer input stays exact. Deterministic rounding here.
+    settings = QBPSettings(exp_min=None, exp_max=None, stochastic=False, error="after_bn")
+    torch.manual_seed(0)
+    net = PaperNet("3FC", (5,), 2, qbp_dense=settings).train()
+    x = torch.randn(8, 5, requires_grad=True)
+    y = torch.randint(0, 2, (8,))
+    F.cross_entropy(net(x), y).backward()
+
+    # by hand: the same network without QBP, the errors after each BN kept
+    plain = PaperNet("3FC", (5,), 2).train()
+    plain.load_state_dict(net.state_dict(), strict=False)  # all but the QBP layers' random streams
+    x_plain = x.detach().clone().requires_grad_()
+    fc1_in = torch.flatten(x_plain, 1)
+    bn1 = plain.fc1[2](plain.fc1[1](fc1_in))
+    bn1.retain_grad()
+    fc2_in = plain.fc1[3](bn1)
+    bn2 = plain.out[1](plain.out[0](fc2_in))
+    bn2.retain_grad()
+    F.cross_entropy(bn2, y).backward()
+    for layer, error, inputs in ((net.fc1[1], bn1.grad, fc1_in), (net.out[0], bn2.grad, fc2_in)):
+        expected = error.T @ pow2_quantize(inputs.detach(), None, None, stochastic=False)
+        assert torch.allclose(layer.weight.grad, expected, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(x.grad, x_plain.grad, rtol=1e-5, atol=1e-7)  # the exact input error
+    # the paper's form differs: its error is the one before BN
+    exact = PaperNet("3FC", (5,), 2, qbp_dense=replace(settings, error="exact")).train()
+    exact.load_state_dict(net.state_dict())
+    F.cross_entropy(exact(x.detach()), y).backward()
+    assert not torch.allclose(exact.out[0].weight.grad, net.out[0].weight.grad, rtol=1e-2)
+
+
+def test_each_forward_pass_keeps_its_own_error_after_batch_norm():
+    # two forwards before one backward (two losses, one step) give the sum of the two gradients
+    settings = QBPSettings(exp_min=None, exp_max=None, stochastic=False, error="after_bn")
+    torch.manual_seed(1)
+    net = PaperNet("4FC", (6,), 3, qbp_dense=settings).train()
+    xs, ys = torch.randn(2, 8, 6), torch.randint(0, 3, (2, 8))
+    separate = []
+    for x, y in zip(xs, ys, strict=True):
+        net.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        separate.append(net.fc1[1].weight.grad.clone())
+    net.zero_grad()
+    (F.cross_entropy(net(xs[0]), ys[0]) + F.cross_entropy(net(xs[1]), ys[1])).backward()
+    assert torch.allclose(net.fc1[1].weight.grad, separate[0] + separate[1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_error_after_batch_norm_needs_batch_norm():
+    with pytest.raises(UserError, match=r"needs model\.batch_norm=true"):
+        PaperNet("3FC", (5,), 2, batch_norm=False, qbp_dense=QBPSettings(error="after_bn"))
+    with pytest.raises(UserError, match=r"model=lstm has none"):
+        CharLSTM((10,), 7, hidden_size=4, qbp_dense=QBPSettings(error="after_bn"))
+    with pytest.raises(UserError, match=r"qbp_settings\.\*\.error must be one of"):
+        QBPSettings(error="before")

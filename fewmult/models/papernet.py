@@ -25,7 +25,7 @@ from torch import nn
 
 from fewmult.errors import UserError
 from fewmult.nn.layers import QuantConv2d, QuantLinear
-from fewmult.qbp import QBPSettings
+from fewmult.qbp import QBPSettings, TapError
 
 ModuleFactory = Callable[[], nn.Module]
 
@@ -105,6 +105,10 @@ class PaperNet(nn.Sequential):
         name: str = "",
     ) -> None:
         activation = activation or nn.ReLU
+        if qbp_dense is not None and qbp_dense.error == "after_bn" and not batch_norm:
+            raise UserError(
+                "qbp_settings.dense.error=after_bn needs model.batch_norm=true (the error after BN)."
+            )
         channels, height, width_px = (*tuple(input_shape), 1, 1)[:3]
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
         flat = False
@@ -142,17 +146,18 @@ class PaperNet(nn.Sequential):
                 if not flat:
                     parts.insert(0, nn.Flatten())
                     channels, flat = channels * height * width_px, True
-                parts.append(
-                    QuantLinear(
-                        channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer, qbp=qbp_dense
-                    )
+                linear = QuantLinear(
+                    channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer, qbp=qbp_dense
                 )
+                parts.append(linear)
                 channels = spec.units
                 bn = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
                 n_fc += not is_output
                 name = "out" if is_output else f"fc{n_fc}"
             if batch_norm:
                 parts.append(bn)
+            if spec.kind == "fc" and linear.error_after_bn is not None:
+                parts.append(TapError(linear.error_after_bn))  # Lin et al.'s dense QBP: the error after BN
             if not is_output:
                 parts.append(activation())
             blocks[name] = nn.Sequential(*parts)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewmult.qbp import QBPConv2dFunction, QBPLinearFunction, QBPSettings
+from fewmult.qbp import ErrorAfterBN, QBPConv2dFunction, QBPLinearFunction, QBPSettings
 from fewmult.quant.rng import RandomStream
 
 
@@ -74,11 +74,14 @@ class QuantLinear(QuantMixin, nn.Linear):
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
         self._attach(in_features, out_features, weight_quantizer, qbp)
+        # with qbp.error="after_bn", the model places a TapError after this layer's BN that fills it
+        self.error_after_bn = ErrorAfterBN() if qbp is not None and qbp.error == "after_bn" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
             key = self.qbp_stream.next_key()
-            return QBPLinearFunction.apply(x, self.effective_weight(), self.bias, self.qbp, key)
+            box = self.error_after_bn.open() if self.error_after_bn is not None else None
+            return QBPLinearFunction.apply(x, self.effective_weight(), self.bias, self.qbp, key, box)
         return F.linear(x, self.effective_weight(), self.bias)
 
 
