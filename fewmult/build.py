@@ -26,7 +26,8 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
             s.stochastic,
             s.compact,
             s[kind].zero_to_min,
-            s.dense.error if kind == "dense" else "exact",  # a conv's error is always exact (papers.md A.5)
+            # a convolution's weight gradient always takes the exact error (docs/papers.md A.5)
+            s.dense.error if kind == "dense" else "exact",
         )
         for kind in ("dense", "conv")
     }

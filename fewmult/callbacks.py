@@ -77,7 +77,7 @@ class BestCheckpoint(L.Callback):
 
 
 class RecomputeBatchNorm(L.Callback):
-    """Before every validation, recompute BN statistics from scratch (Lin et al.'s code, papers.md B.1).
+    """Before every validation, recompute BN statistics from scratch (Lin et al.'s code, docs/papers.md B.1).
 
     The running mean and variance of every BN layer are replaced by the plain average of the
     minibatch statistics over the whole training and validation sets, computed with the weights

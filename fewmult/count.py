@@ -1,6 +1,6 @@
 """Multiplications of one training minibatch, per layer: ``python -m fewmult.count [overrides]``.
 
-The papers' headline (Lin et al. 2016, papers.md C.2). For a layer with ``M`` multiply-accumulates
+The papers' headline (Lin et al. 2016, docs/papers.md C.2). For a layer with ``M`` multiply-accumulates
 per example (weights x output positions), ``u`` output units per example and minibatch ``B``:
 
 * forward ``B*M`` with full-precision weights; 0 with binary/ternary weights (sign changes and
@@ -8,7 +8,7 @@ per example (weights x output positions), ``u`` output units per example and min
 * error back-propagation: the same rules (counted for every layer, the first included, as the paper);
 * weight gradient ``B*M``, or 0 with QBP (products with powers of two are shifts);
 * ``3*B*u`` per-unit products (nonlinearity derivative and update terms; the paper's figures imply
-  three per unit and example, their exact breakdown is not stated, papers.md C.2);
+  three per unit and example, their exact breakdown is not stated, docs/papers.md C.2);
 * batch norm ``9*(B+1)`` per normalized unit.
 
 For the MNIST MLP at B = 200 this gives the paper's 1.7480e9 (full precision) and 1.8492e6

@@ -1,4 +1,4 @@
-"""Quantized back propagation (Lin et al. 2016, Algorithm 1; papers.md A.5).
+"""Quantized back propagation (Lin et al. 2016, Algorithm 1; docs/papers.md A.5).
 
 The weight gradient of a layer, ``dL/dW = delta^T x``, is computed with the layer input ``x``
 rounded to a signed power of two, so that its products become shifts. The error signals
@@ -141,7 +141,7 @@ class QBPSettings:
     stochastic: bool = True
     compact: bool = False
     # Lin et al.'s code: log2(0) = -inf is clipped to exp_min and sign(0) taken as -1, so a zero
-    # input rounds to -2^exp_min (papers.md A.5); False keeps zero
+    # input rounds to -2^exp_min (docs/papers.md A.5); False keeps zero
     zero_to_min: bool = False
     # which error multiplies q(x) in a dense layer's weight gradient: "exact" (dL/d(x W^T), the
     # paper's form) or "after_bn" (dL/d(BN output), Lin et al.'s code, which ignores BN's Jacobian)

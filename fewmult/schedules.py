@@ -38,7 +38,7 @@ def _delayed_factor(epoch: int, gamma: float, start: int) -> float:
 def delayed_exponential(optimizer: Optimizer, gamma: float, start: int) -> LRScheduler:
     """Hou et al. (LSTM): ``lr <- gamma * lr`` at the end of every epoch after the first ``start``.
 
-    After ``k`` epochs the learning rate is ``lr_0 * gamma ** max(0, k - start)`` (papers.md B.3:
+    After ``k`` epochs the learning rate is ``lr_0 * gamma ** max(0, k - start)`` (docs/papers.md B.3:
     0.002, times 0.98 after every epoch once 10 have passed).
     """
     if not 0 < gamma <= 1 or start < 0:

@@ -73,6 +73,21 @@ def test_every_model_option_builds(model):
     assert net(x).shape == out_shape
 
 
+@pytest.mark.parametrize(
+    ("paper", "pooled_fan_out"), [("lin2016", 128 * 9 // 4), ("hou2017", 128 * 9)], ids=["lin", "hou"]
+)
+def test_a_pooled_convolution_has_the_fan_out_of_its_papers_code(paper, pooled_fan_out):
+    # docs/papers.md A.0 and D.25: Lin et al.'s code divides the fan-out by the pool area, Hou et al.'s not
+    cfg = compose_config(f"paper={paper}", "dataset=cifar10")
+    net = build_model(cfg, (3, 32, 32), 10)
+    first, pooled = net.conv1[0], net.conv2[0]
+    assert isinstance(net.conv2[1], torch.nn.MaxPool2d)
+    assert (first.fan_in, first.fan_out) == (3 * 9, 128 * 9)
+    assert (pooled.fan_in, pooled.fan_out) == (128 * 9, pooled_fan_out)
+    bound = 2 * (1.5 / (128 * 9 + pooled_fan_out)) ** 0.5  # fp: Glorot uniform, U(-2 W0, 2 W0)
+    assert bound * 0.98 < pooled.weight.abs().max().item() <= bound
+
+
 @pytest.mark.parametrize("overrides", [["dataset=text", "model=mlp"], ["dataset=mnist", "model=lstm"]])
 def test_a_model_that_cannot_read_the_data_is_refused(overrides):
     cfg = compose_config(*overrides)

@@ -1,4 +1,4 @@
-"""Multiplication counts against Lin et al.'s table (papers.md C.2)."""
+"""Multiplication counts against Lin et al.'s table (docs/papers.md C.2)."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_lab2_cell_output_is_o_times_sign_c():
         h = o.sigmoid() * torch.where(c >= 0, 1.0, -1.0)
     out = lstm(x)
     assert torch.allclose(out[:, -1], h, atol=1e-6)
-    assert not torch.all(out.abs() == 1)  # o is a sigmoid: h is not binary (papers.md D.21)
+    assert not torch.all(out.abs() == 1)  # o is a sigmoid: h is not binary (docs/papers.md D.21)
 
 
 def test_gate_gradients_are_clipped_at_every_step():
@@ -249,7 +249,7 @@ def test_report_of_a_language_model_sweep_is_in_nats(run_cli, tmp_path):
 
 
 def test_qbp_recurrent_weight_gradient_is_exact_in_expectation():
-    """Unclipped power-of-two rounding of h is unbiased, and only W_h's gradient uses it (papers.md A.5)."""
+    """Unclipped power-of-two rounding of h is unbiased; only W_h's gradient uses it (docs/papers.md A.5)."""
     from fewmult.qbp import QBPSettings
 
     exact_model = make(output_init_std=0.5)

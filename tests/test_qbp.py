@@ -144,7 +144,7 @@ def test_fused_bit_kernel_matches_the_reference_rounding(exp_range):
 
 @pytest.mark.parametrize("fused", [True, False], ids=["hashed-fused", "torch-rand"])
 def test_the_authors_conv_rounding_turns_zero_into_minus_a_sixteenth(fused):
-    # Lin et al.'s code: log2(0) = -inf clipped to -4, sign(0) = -1 (papers.md A.5)
+    # Lin et al.'s code: log2(0) = -inf clipped to -4, sign(0) = -1 (docs/papers.md A.5)
     x = torch.tensor([0.0, 0.0, 0.25, -3.0])
     key = RandomStream().next_key() if fused else None
     authors = QBPSettings(exp_min=-4, exp_max=3, zero_to_min=True).round(x, key)
@@ -164,7 +164,7 @@ def test_authors_code_settings_are_those_of_lin_et_al():
 
 
 def test_the_authors_dense_weight_gradient_uses_the_error_after_batch_norm():
-    # Lin et al.'s code (papers.md A.5): dL/dW = e^T q(x) with e = dL/d(BN output), BN's Jacobian
+    # Lin et al.'s code (docs/papers.md A.5): dL/dW = e^T q(x) with e = dL/d(BN output), BN's Jacobian
     # ignored; the error propagated to the layer input stays exact. Deterministic rounding here.
     settings = QBPSettings(exp_min=None, exp_max=None, stochastic=False, error="after_bn")
     torch.manual_seed(0)

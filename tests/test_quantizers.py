@@ -50,7 +50,7 @@ def test_docstring_states_rule_and_source(name):
     doc = type(create_quantizer(name)).__doc__
     assert doc and "q(w)" in doc
     if name != "fp":
-        assert "Pseudo-gradient" in doc and "papers.md" in doc
+        assert "Pseudo-gradient" in doc and "docs/papers.md" in doc
 
 
 @pytest.mark.parametrize("name", QUANTIZING)
@@ -163,7 +163,7 @@ def test_sign_of_zero_is_plus(name):
 
 def test_lin_scale_is_the_layers_w0_and_unit_is_one():
     layer = QuantLinear(784, 1024, weight_quantizer=create_quantizer("bc_det"))
-    assert layer.weight_quantizer.clip_bound == pytest.approx(0.02880, abs=1e-5)  # papers.md A.0
+    assert layer.weight_quantizer.clip_bound == pytest.approx(0.02880, abs=1e-5)  # docs/papers.md A.0
     assert layer.effective_weight().abs().unique().tolist() == [pytest.approx(layer.w0)]
     unit = QuantLinear(784, 1024, weight_quantizer=create_quantizer("bc_det", scale="unit"))
     assert set(unit.effective_weight().abs().unique().tolist()) == {1.0}
@@ -198,7 +198,7 @@ def test_lab_alpha_from_a_real_adam_state():
     layer, optimizer = lab_layer_after_adam_steps(5)
     w = layer.weight.detach()
     v = optimizer.state[layer.weight]["exp_avg_sq"]
-    d = v.sqrt() + 1e-8  # Hou et al., Proposition 3.1 with the code's d (papers.md A.7, D.17)
+    d = v.sqrt() + 1e-8  # Hou et al., Proposition 3.1 with the code's d (docs/papers.md A.7, D.17)
     alpha = (d * w.abs()).sum() / d.sum()
     assert torch.allclose(layer.effective_weight(), alpha * torch.where(w >= 0, 1.0, -1.0), rtol=1e-6)
     assert not torch.allclose(alpha, w.abs().mean(), rtol=1e-3)  # curvature matters

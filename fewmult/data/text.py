@@ -1,7 +1,7 @@
 """Character-level language modelling on a byte string (Hou et al. 2017, sections 4.3-4.4).
 
 The text is read as **bytes**, as the authors' Python 2 code did: War and Peace then has 3,258,246
-symbols and 87 of them (papers.md B.3, D.22). The vocabulary is the set of byte values of the whole
+symbols and 87 of them (docs/papers.md B.3, D.22). The vocabulary is the set of byte values of the whole
 file. The file is cut into blocks of ``block_size`` characters, the first ``split[0]`` of the blocks
 train, the next ``split[1]`` validate, the rest test (80/10/10 gives 260/32/33 blocks of 10,000 on
 War and Peace; 90/5/5 gives 558/31/31 on the Linux kernel, as the authors' code). Each split is cut
@@ -72,7 +72,7 @@ class TextData(TensorDataModule):
     """
 
     input_kind = "tokens"
-    selection_metric = "loss"  # the epoch of best validation cross-entropy (papers.md B.3)
+    selection_metric = "loss"  # the epoch of best validation cross-entropy (docs/papers.md B.3)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from fewmult.qbp import QBPSettings
 class CharLSTM(nn.Module):
     """Token codes (batch, time) -> next-character scores (batch, time, vocabulary).
 
-    The LSTM's eight gate matrices are quantized by the method (papers.md A.11); the output layer
+    The LSTM's eight gate matrices are quantized by the method (docs/papers.md A.11); the output layer
     (hidden -> vocabulary, initialized Normal(0, 0.01)) stays in full precision, as in the authors'
     code. ``num_classes`` is the vocabulary size: the input is one-hot over the same symbols.
 

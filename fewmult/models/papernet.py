@@ -78,6 +78,9 @@ class PaperNet(nn.Sequential):
         num_classes: units of the output layer.
         width: K, for archs written with ``KCk`` tokens.
         padding: convolution padding (0 = "valid" as Lin et al.; 1 = "same" for 3x3 as Hou et al.).
+        pool_in_fan_out: a convolution followed by max-pooling has ``fan_out = C_out k^2 / pool area``
+            (Lin et al.'s code), or ``C_out k^2`` (False: Hou et al.'s code, Lasagne's Glorot
+            init). It sets the initialization and Lin et al.'s W0 (docs/papers.md A.0, D.25).
         batch_norm: BN after every layer (both papers); without it, layers get biases.
         bn_eps, bn_momentum: BN constants (the authors' code uses 1e-4 and 0.1).
         activation: builds each hidden activation (default ReLU).
@@ -95,6 +98,7 @@ class PaperNet(nn.Sequential):
         num_classes: int,
         width: int | None = None,
         padding: int = 0,
+        pool_in_fan_out: bool = True,
         batch_norm: bool = True,
         bn_eps: float = 1e-4,
         bn_momentum: float = 0.1,
@@ -127,7 +131,7 @@ class PaperNet(nn.Sequential):
                         spec.kernel,
                         padding=padding,
                         bias=not batch_norm,
-                        pool_area=spec.pool**2,
+                        pool_area=spec.pool**2 if pool_in_fan_out else 1,
                         weight_quantizer=quantizer,
                         qbp=qbp_conv,
                     )

@@ -5,7 +5,7 @@ updates and the checkpoint stores. ``forward`` computes with ``weight_quantizer(
 weight the papers use in forward and backward propagation. Each layer owns its quantizer
 instance, so quantizers with per-layer state (LAB's scale, RNG streams) never share it.
 
-``fan_in`` / ``fan_out`` follow Lin et al.'s code (papers.md A.0): a convolution followed by
+``fan_in`` / ``fan_out`` follow Lin et al.'s code (docs/papers.md A.0): a convolution followed by
 max-pooling has ``fan_out = C_out * k * k / pool_area``. They fix the Glorot-uniform
 initialization and the weight scale W0 = sqrt(1.5 / (fan_in + fan_out)) of the binary methods.
 """

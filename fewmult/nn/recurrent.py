@@ -1,7 +1,7 @@
 """An LSTM layer whose eight gate matrices pass through their own weight quantizers.
 
 Hou et al. 2017 binarize the input-to-hidden and hidden-to-hidden matrices of each of the four
-gates with its own scale (papers.md A.11): eight :class:`QuantLinear` layers, so LAB keeps eight
+gates with its own scale (docs/papers.md A.11): eight :class:`QuantLinear` layers, so LAB keeps eight
 curvature vectors and eight alphas, and every quantizer of the registry works unchanged. The
 weights are quantized once per forward pass and shared over time steps, as in the paper.
 
@@ -101,7 +101,7 @@ class QuantLSTM(nn.Module):
 
     ``i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (W_x[gate] x_t + b[gate] + W_h[gate] h_{t-1})``,
     ``c_t = f c_{t-1} + i g``, ``h_t = o * act(c_t)`` with ``act = tanh``, or ``sign`` for the
-    weight-and-activation methods (LAB2: ``h = o * sign(c)``, papers.md A.11).
+    weight-and-activation methods (LAB2: ``h = o * sign(c)``, docs/papers.md A.11).
 
     Args:
         vocab_size: one-hot input size. ``W_x x_t`` is a column lookup, so it costs no multiplication.

@@ -23,7 +23,7 @@ class _SignHardTanh(torch.autograd.Function):
 class SignActivation(nn.Module):
     """``sign(x)`` with sign(0) = +1; pseudo-gradient of hard tanh: ``dL/dx = dL/dy * 1{|x| <= 1}``.
 
-    The authors' ``binary_tanh_unit`` (Hou et al. 2017 code, papers.md A.8), also BNN's activation.
+    The authors' ``binary_tanh_unit`` (Hou et al. 2017 code, docs/papers.md A.8), also BNN's activation.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ class AdamSecondMoment:
     """Reads ``exp_avg_sq`` of one parameter from an Adam-family optimizer.
 
     ``torch.optim.Adam``'s ``exp_avg_sq`` is ``v_t = beta2 v_{t-1} + (1 - beta2) g_t^2`` without bias
-    correction, exactly the authors' ``acc`` (papers.md D.17). The state lives in the optimizer, so
+    correction, exactly the authors' ``acc`` (docs/papers.md D.17). The state lives in the optimizer, so
     it is restored with the optimizer on resume and is identical on every DDP rank (the gradient
     is all-reduced before the step).
     """

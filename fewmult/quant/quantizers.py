@@ -1,7 +1,7 @@
 """The weight quantizers of Lin et al. 2016 and Hou et al. 2017, one small class each.
 
-Each docstring gives the forward rule, the pseudo-gradient and the source (papers.md section).
-``W0 = sqrt(1.5 / (fan_in + fan_out))`` is the layer's scale in Lin et al.'s code (papers.md A.0).
+Each docstring gives the forward rule, the pseudo-gradient and the source (docs/papers.md section).
+``W0 = sqrt(1.5 / (fan_in + fan_out))`` is the layer's scale in Lin et al.'s code (docs/papers.md A.0).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _ScaledByW0(WeightQuantizer):
     ``scale="w0"`` (default): ``s = W0`` of the layer, as the authors' code. ``scale="unit"``:
     ``s = 1``, as the paper writes it. With batch norm after every layer the two are the same
     network, but the latent weights live on a ~30x larger range with ``unit``, so SGD needs a ~30x
-    larger learning rate to move them the same relative amount (papers.md A.0, D.2).
+    larger learning rate to move them the same relative amount (docs/papers.md A.0, D.2).
     """
 
     def __init__(self, scale: str = "w0", eval_policy: str | None = None) -> None:
@@ -85,7 +85,7 @@ class BinaryConnect(_ScaledByW0):
     """Deterministic BinaryConnect: ``q(w) = +s if w >= 0 else -s``.
 
     Pseudo-gradient: straight through, ``dL/dw = dL/dq``; ``w`` is clipped to ``[-s, s]`` after
-    each step. Evaluated with ``q(w)``. Courbariaux et al. 2015 as used by Lin et al. (papers.md
+    each step. Evaluated with ``q(w)``. Courbariaux et al. 2015 as used by Lin et al. (docs/papers.md
     A.2); with ``scale="unit"`` it is the ``sign(w)`` BinaryConnect of Hou et al.'s Table 1 and the
     weight part of BNN (A.9).
     """
@@ -139,7 +139,7 @@ class StochasticBinaryConnect(_Stochastic):
 
     A new sample at every forward pass; ``E[q(w)] = w`` for ``|w| <= s``. Pseudo-gradient: straight
     through; ``w`` clipped to ``[-s, s]``. Evaluated with the real-valued ``w`` (the authors'
-    ``binary_test=False``). Lin et al. 2016, papers.md A.3.
+    ``binary_test=False``). Lin et al. 2016, docs/papers.md A.3.
     """
 
     bits = 1
@@ -157,7 +157,7 @@ class TernaryConnect(_Stochastic):
 
     A weight in (0, s] becomes +s with probability w/s, else 0; one in [-s, 0] becomes -s with
     probability -w/s, else 0; ``E[q(w)] = w`` for ``|w| <= s``. Pseudo-gradient: straight through;
-    ``w`` clipped to ``[-s, s]``. Evaluated with the real-valued ``w``. Lin et al. 2016, papers.md A.4.
+    ``w`` clipped to ``[-s, s]``. Evaluated with the real-valued ``w``. Lin et al. 2016, docs/papers.md A.4.
     """
 
     bits = 2
@@ -193,7 +193,7 @@ class BinaryWeightNetwork(_ScaledSign):
     """BWN: ``q(w) = alpha * sign(w)`` with ``alpha = ||w||_1 / n`` per layer.
 
     Pseudo-gradient: straight through; ``w`` clipped to [-1, 1]. Rastegari et al. 2016 as defined
-    in Hou et al. 2017 eq. 2 (papers.md A.6); also the weight part of XNOR-Net (A.10).
+    in Hou et al. 2017 eq. 2 (docs/papers.md A.6); also the weight part of XNOR-Net (A.10).
     """
 
     def alpha(self, w: torch.Tensor) -> torch.Tensor:
@@ -215,7 +215,7 @@ class LossAwareBinarization(_ScaledSign):
     and LAB is exactly BWN (as in the authors' code). The last ``alpha`` is kept in the buffer
     ``alpha_last`` (saved with the model), so a checkpoint evaluated without its optimizer uses it.
     Pseudo-gradient: straight through (Adam receives ``dL/dq``); ``w`` clipped to [-1, 1].
-    Hou et al. 2017, Proposition 3.1 and Algorithm 1 (papers.md A.7); the weight part of LAB2 (A.8).
+    Hou et al. 2017, Proposition 3.1 and Algorithm 1 (docs/papers.md A.7); the weight part of LAB2 (A.8).
     """
 
     def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
