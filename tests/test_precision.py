@@ -64,6 +64,13 @@ def test_the_lstm_trains_in_mixed_precision(tmp_path, precision, method, qbp):
     assert results["val_loss"] < 10
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", pytest.param("16-mixed", marks=NEEDS_CUDA)])
+def test_the_authors_qbp_trains_in_mixed_precision(tmp_path, precision):
+    # the error after a dense layer's BN (float32 under autocast) times the 16-bit rounded input
+    overrides = ["dataset=synthetic", "model.arch=64FC", "method=tc", "qbp=true", "qbp_settings=authors_code"]
+    assert train_mixed(tmp_path, precision, *overrides)["test_error"] < 0.9
+
+
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA: 16-mixed (float16 with GradScaler) is GPU-only"
 )

@@ -195,6 +195,53 @@ def test_the_authors_dense_weight_gradient_uses_the_error_after_batch_norm():
     assert not torch.allclose(exact.out[0].weight.grad, net.out[0].weight.grad, rtol=1e-2)
 
 
+def test_authors_code_gives_every_layer_lin_et_als_weight_gradient():
+    # Lin et al.'s code (docs/papers.md A.5): a conv's gradient is corr(q(x), exact error) with
+    # exponents in [-4, 3] and 0 -> -1/16; a dense layer's is (error after its BN)^T q(x), unclipped
+    authors = qbp_settings(compose_config("qbp=true", "qbp_settings=authors_code"))
+    settings = {kind: replace(s, stochastic=False) for kind, s in authors.items()}
+    torch.manual_seed(2)
+    net = PaperNet("2C3-2C3-MP2-3FC", (1, 6, 6), 3, **settings).train()
+    x = torch.randn(4, 1, 6, 6) * 8
+    x[:, :, 0, :] = 0.0  # zero inputs: -1/16 in the conv's rounding
+    y = torch.randint(0, 3, (4,))
+    x_qbp = x.clone().requires_grad_()
+    F.cross_entropy(net(x_qbp), y).backward()
+
+    plain = PaperNet("2C3-2C3-MP2-3FC", (1, 6, 6), 3).train()
+    plain.load_state_dict(net.state_dict(), strict=False)  # all but the QBP layers' random streams
+    x_plain = x.clone().requires_grad_()
+    c1 = plain.conv1[0](x_plain)
+    a1 = plain.conv1[2](plain.conv1[1](c1))
+    c2 = plain.conv2[0](a1)
+    a2 = plain.conv2[3](plain.conv2[2](plain.conv2[1](c2)))
+    f_in = torch.flatten(a2, 1)
+    z = plain.fc1[2](plain.fc1[1](f_in))
+    a3 = plain.fc1[3](z)
+    o = plain.out[1](plain.out[0](a3))
+    for t in (c1, c2, z, o):
+        t.retain_grad()
+    F.cross_entropy(o, y).backward()
+
+    def conv_q(t):
+        q = pow2_quantize(t.detach(), -4, 3, stochastic=False)
+        return torch.where(t == 0, torch.full_like(q, -1 / 16), q)
+
+    def dense_q(t):
+        return pow2_quantize(t.detach(), None, None, stochastic=False)
+
+    assert (a1 == 0).any() and (f_in == 0).any()  # ReLU zeros reach both kinds of layer
+    expected = {
+        net.conv1[0]: torch.nn.grad.conv2d_weight(conv_q(x), net.conv1[0].weight.shape, c1.grad),
+        net.conv2[0]: torch.nn.grad.conv2d_weight(conv_q(a1), net.conv2[0].weight.shape, c2.grad),
+        net.fc1[1]: z.grad.T @ dense_q(f_in),
+        net.out[0]: o.grad.T @ dense_q(a3),
+    }
+    for layer, grad in expected.items():
+        assert torch.allclose(layer.weight.grad, grad, rtol=1e-4, atol=1e-6), layer
+    assert torch.allclose(x_qbp.grad, x_plain.grad, rtol=1e-4, atol=1e-7)  # errors stay exact
+
+
 def test_each_forward_pass_keeps_its_own_error_after_batch_norm():
     # two forwards before one backward (two losses, one step) give the sum of the two gradients
     settings = QBPSettings(exp_min=None, exp_max=None, stochastic=False, error="after_bn")
