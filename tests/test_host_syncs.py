@@ -57,13 +57,22 @@ def test_a_training_step_reads_back_what_a_plain_pytorch_step_reads(tmp_path, me
     "overrides",
     [
         [*CNN, "method=tc", "qbp=true"],
+        [*CNN, "method=tc", "qbp=true", "qbp_settings=authors_code"],
         [*CNN, "method=lab2"],
         [*TINY_TEXT, "method=lab", "optim.lr=0.01"],
         [*TINY_TEXT, "method=bc_stoch", "qbp=true", "optim.lr=0.01"],
         [*MLP, "method=lab", "trainer.precision=bf16-mixed"],
         [*MLP, "method=tc", "qbp=true", "trainer.precision=bf16-mixed"],
     ],
-    ids=["cnn-tc+qbp", "cnn-lab2", "lstm-lab", "lstm-bc_stoch+qbp", "bf16-lab", "bf16-tc+qbp"],
+    ids=[
+        "cnn-tc+qbp",
+        "cnn-tc+authors-qbp",
+        "cnn-lab2",
+        "lstm-lab",
+        "lstm-bc_stoch+qbp",
+        "bf16-lab",
+        "bf16-tc+qbp",
+    ],
 )
 def test_convolutions_the_lstm_and_mixed_precision_make_no_extra_reads(tmp_path, overrides):
     counts = scalar_reads(tmp_path, *overrides)
