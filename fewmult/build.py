@@ -8,6 +8,7 @@ from torch import nn
 
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
+from fewmult.models.base import input_kind_of
 from fewmult.module import ClassifierModule
 from fewmult.qbp import QBPSettings
 
@@ -35,7 +36,7 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
 
 def check_model_fits_data(cfg: DictConfig, datamodule: TensorDataModule) -> None:
     """Refuse an image model on text or the LSTM on images, before any data is loaded."""
-    reads = getattr(get_class(cfg.model._target_), "input_kind", "images")
+    reads = input_kind_of(get_class(cfg.model._target_))
     if reads != datamodule.input_kind:
         fitting = "dataset=text, warpeace or linux" if reads == "tokens" else "an image dataset"
         raise UserError(

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
-from fewmult.quant import create_quantizer
+from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 HALF_LATENT_WEIGHTS = ("16-true", "bf16-true")  # Lightning precisions that cast the model's parameters
+
+
+def data_root() -> str:
+    """The data folder of every dataset: ``$FEWMULT_DATA``, else ``~/.cache/fewmult/data``."""
+    return os.environ.get("FEWMULT_DATA") or str(Path(os.environ.get("HOME", ".")) / ".cache/fewmult/data")
 
 
 def register_resolvers() -> None:
@@ -21,6 +27,7 @@ def register_resolvers() -> None:
         "fewmult.new_dir": (new_dir, True),  # cached per config, as Hydra's ``now``
         "fewmult.visible_accelerator": (visible_accelerator, False),
         "fewmult.deterministic_on": (deterministic_on, False),
+        "fewmult.data_root": (data_root, False),
     }
     for name, (resolver, cached) in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -30,7 +37,6 @@ def register_resolvers() -> None:
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work, with the key to fix, before anything is loaded."""
     require_positive(cfg.optim.lr, "optim.lr", integer=False)
-    require_positive(cfg.dataset.batch_size, "dataset.batch_size")
     require_positive(cfg.trainer.max_epochs, "trainer.max_epochs")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed must be an integer, got {cfg.seed!r}.")
@@ -42,7 +48,7 @@ def check_config(cfg: DictConfig) -> None:
             "run in 16 bits while the weights stay float32."
         )
     quantizer = cfg.method.weight_quantizer
-    if quantizer and hasattr(create_quantizer(quantizer.name), "bind_curvature") and cfg.optim.name != "adam":
+    if quantizer and quantizer_class(quantizer.name).needs_optimizer_state and cfg.optim.name != "adam":
         raise UserError(
             f"method={cfg.method.name} reads Adam's second moment, but optim={cfg.optim.name}; "
             "use optim=adam (the paper's optimizer)."

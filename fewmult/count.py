@@ -21,15 +21,13 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
-from fewmult.nn.layers import QuantConv2d, QuantLinear
+from fewmult.models.base import QuantModel, feedforward_uses
 
 if TYPE_CHECKING:
     from fewmult.data import TensorDataModule
 
-BatchNorm = nn.modules.batchnorm._BatchNorm
 PER_UNIT = 3
 PER_BN_UNIT = 9
 
@@ -53,58 +51,22 @@ class LayerCount:
         return self.without_bn + self.batch_norm
 
 
-@dataclass(frozen=True)
-class LayerUse:
-    """What one quantizable layer does per example: multiply-accumulates with full-precision
-    weights (0 for a lookup of one-hot inputs), output units, and units batch-normalized after it."""
-
-    name: str
-    layer: nn.Module
-    macs: int
-    units: int
-    bn_units: int = 0
-
-
-def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
-    """Layer uses of a feed-forward net, from the output shapes of one forward pass."""
-    shapes: dict[nn.Module, torch.Size] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(mod, out.shape[1:]))
-        for m in model.modules()
-        if isinstance(m, (BatchNorm, QuantLinear, QuantConv2d))
-    ]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    uses = []
-    for block_name, block in model.named_children():
-        norms = [m for m in block.modules() if isinstance(m, BatchNorm)]
-        bn_units = sum(int(torch.Size(shapes[n]).numel()) for n in norms)
-        for layer in (m for m in block.modules() if isinstance(m, (QuantLinear, QuantConv2d))):
-            out = shapes[layer]
-            units = int(torch.Size(out).numel())
-            macs = layer.weight.numel() * (units // out[0])  # weights x output positions
-            uses.append(LayerUse(block_name, layer, macs, units, bn_units))
-    return uses
-
-
 def count_multiplications(
     model: nn.Module, input_shape: tuple[int, ...], batch_size: int
 ) -> list[LayerCount]:
     """Per-layer counts for one training minibatch of ``batch_size`` (see the module docstring).
 
-    A model that is not a plain feed-forward stack (the LSTM) lists its layer uses itself
-    (``model.layer_uses(input_shape)``).
+    fewmult's models list their layer uses (:class:`~fewmult.models.base.QuantModel`); any other
+    module is read as a feed-forward stack of blocks.
     """
-    layer_uses = getattr(model, "layer_uses", None)
-    uses = layer_uses(input_shape) if layer_uses else feedforward_uses(model, input_shape)
+    if isinstance(model, QuantModel):
+        uses = model.layer_uses(input_shape)
+    else:
+        uses = feedforward_uses(model, input_shape)
     rows = []
     for use in uses:
-        kind = getattr(use.layer.weight_quantizer, "multiplies", "full")
+        quantizer = use.layer.weight_quantizer
+        kind = "full" if quantizer is None else quantizer.multiplies
         propagate = {"full": use.macs, "scaled_sign": use.units if use.macs else 0}.get(kind, 0)
         rows.append(
             LayerCount(

@@ -173,7 +173,7 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         for layer in quant_layers(self.model):  # LAB reads Adam's second moment of its weight
-            if hasattr(layer.weight_quantizer, "bind_curvature"):
+            if layer.weight_quantizer is not None and layer.weight_quantizer.needs_optimizer_state:
                 layer.weight_quantizer.bind_curvature(AdamSecondMoment(optimizer, layer.weight))
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         if scheduler is None:

@@ -7,7 +7,7 @@ from functools import partial
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ExponentialLR, LambdaLR, LRScheduler, MultiStepLR, StepLR
 
-from fewmult.errors import UserError
+from fewmult.errors import UserError, require_positive
 
 
 def exponential_decay(optimizer: Optimizer, lr_final: float, epochs: int) -> LRScheduler:
@@ -21,14 +21,20 @@ def exponential_decay(optimizer: Optimizer, lr_final: float, epochs: int) -> LRS
     return ExponentialLR(optimizer, gamma=(lr_final / lr0) ** (1.0 / epochs))
 
 
-def step_decay(optimizer: Optimizer, milestones: list[int], gamma: float) -> LRScheduler:
-    """Hou et al. (MNIST, SVHN): multiply by ``gamma`` at each epoch in ``milestones``."""
+def step_decay(
+    optimizer: Optimizer, gamma: float, milestones: list[int] | None = None, every: int | None = None
+) -> LRScheduler:
+    """Hou et al.: multiply by ``gamma`` at each epoch in ``milestones`` (MNIST, SVHN: 15 and 25), or
+    every ``every`` epochs (CIFAR-10: every 15; docs/papers.md B.2). Exactly one of the two is set."""
+    if (milestones is None) == (every is None):
+        raise UserError(
+            "the step schedule needs exactly one of recipe.milestones (epochs) and recipe.every "
+            f"(a period), got milestones={milestones} and every={every}."
+        )
+    if every is not None:
+        require_positive(every, "recipe.every")
+        return StepLR(optimizer, step_size=every, gamma=gamma)
     return MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
-
-
-def periodic_decay(optimizer: Optimizer, every: int, gamma: float) -> LRScheduler:
-    """Hou et al. (CIFAR-10): multiply by ``gamma`` every ``every`` epochs."""
-    return StepLR(optimizer, step_size=every, gamma=gamma)
 
 
 def _delayed_factor(epoch: int, gamma: float, start: int) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -9,10 +11,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fewmult import schedules
 from fewmult.build import build_model, check_model_fits_data
 from fewmult.config import CONF_DIR
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
+from fewmult.models import QuantModel
 from tests.conftest import compose_config
 
 
@@ -71,6 +75,15 @@ def test_every_model_option_builds(model):
     x, out_shape = example_batch(datamodule)
     net = instantiate(cfg.model, input_shape=datamodule.image_shape, num_classes=10).eval()
     assert net(x).shape == out_shape
+    assert net.name == cfg.model.name  # the architecture's own name (PaperNet's once became "out")
+    assert isinstance(net, QuantModel) and net.input_kind == datamodule.input_kind
+    assert net.layer_uses(datamodule.image_shape)  # what fewmult.count reads
+
+
+def test_models_depend_on_layers_not_on_the_tools_that_read_them():
+    tools = re.compile(r"^(from|import) fewmult\.(count|build|train|report)", re.MULTILINE)
+    for path in (CONF_DIR.parent / "fewmult" / "models").glob("*.py"):
+        assert not tools.search(path.read_text()), path
 
 
 @pytest.mark.parametrize(
@@ -228,6 +241,23 @@ def test_schedules_follow_the_papers():
         lrs[14] == pytest.approx(1e-3) and lrs[15] == pytest.approx(1e-4) and lrs[25] == pytest.approx(1e-5)
     )
 
+    cifar = compose_config("paper=hou2017", "dataset=cifar10")  # x0.5 every 15 epochs, 200 epochs
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cifar.optim.lr)
+    sched = instantiate(cifar.schedule)(opt)
+    lrs = []
+    for _ in range(cifar.trainer.max_epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [pytest.approx(0.03 * 0.5 ** (epoch // 15)) for epoch in range(200)]
+
+
+@pytest.mark.parametrize("recipe", [{"gamma": 0.5}, {"gamma": 0.5, "milestones": [3], "every": 5}])
+def test_the_step_schedule_needs_milestones_or_a_period(recipe):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(UserError, match=r"exactly one of recipe\.milestones"):
+        schedules.step_decay(optimizer, **recipe)
+
     lstm = compose_config("dataset=warpeace", "method=lab")
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lstm.optim.lr)
     sched = instantiate(lstm.schedule)(opt)
@@ -241,6 +271,10 @@ def test_schedules_follow_the_papers():
     assert lrs[199] == pytest.approx(0.002 * 0.98**189)
 
 
-def test_data_root_defaults_to_fewmult_data(monkeypatch, tmp_path):
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "svhn", "text", "warpeace", "linux"])
+def test_data_root_defaults_to_fewmult_data(monkeypatch, tmp_path, dataset):
     monkeypatch.setenv("FEWMULT_DATA", str(tmp_path / "somewhere"))
-    assert compose_config("dataset=mnist").dataset.root == str(tmp_path / "somewhere")
+    assert compose_config(f"dataset={dataset}").dataset.root == str(tmp_path / "somewhere")
+    monkeypatch.delenv("FEWMULT_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compose_config(f"dataset={dataset}").dataset.root == str(tmp_path / "home/.cache/fewmult/data")

@@ -21,8 +21,8 @@ from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, Launche
 from hydra.version import VersionBase
 
 from fewmult.rundir import RECORD, task_config
+from hydra_plugins.fewmult_gpu_pool._slots import make_slots, physical_gpus, slot_env, usable_cpus
 from hydra_plugins.fewmult_gpu_pool.launcher import OUTPUT_LOG, GPUPoolLauncher, _completed
-from hydra_plugins.fewmult_gpu_pool.slots import make_slots, physical_gpus, slot_env, usable_cpus
 from tests.conftest import compose_config
 
 POOL = ["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu,cpu]"]
@@ -64,9 +64,21 @@ def test_explicit_gpu_ids_are_indices_into_the_parents_visible_devices(monkeypat
     assert physical_gpus(["4"]) == ["4"]
 
 
+def test_hydra_plugin_discovery_leaves_the_job_worker_alone():
+    # Hydra's scan imports (and re-executes) every module of hydra_plugins not named _*
+    code = (
+        "import json, sys; from hydra.core.plugins import Plugins; Plugins.instance(); "
+        "print(json.dumps([m for m in sys.modules if m.startswith('hydra_plugins.fewmult_gpu_pool')]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout)
+    assert "hydra_plugins.fewmult_gpu_pool.launcher" in loaded  # the plugin itself is found
+    assert "hydra_plugins.fewmult_gpu_pool._worker" not in loaded
+
+
 def test_threads_come_from_the_cpus_this_process_may_use(monkeypatch, tmp_path):
     # a real affinity mask: taskset gives the child one CPU of the machine's
-    code = "from hydra_plugins.fewmult_gpu_pool.slots import usable_cpus; print(usable_cpus())"
+    code = "from hydra_plugins.fewmult_gpu_pool._slots import usable_cpus; print(usable_cpus())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "1", out.stderr
     affinity = len(os.sched_getaffinity(0))

@@ -14,6 +14,7 @@ from fewmult.quant import (
     WeightQuantizer,
     create_quantizer,
     list_quantizers,
+    quantizer_class,
     register_quantizer,
 )
 
@@ -43,6 +44,22 @@ def test_unknown_name_lists_the_registered_ones():
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="twice"):
         register_quantizer("fp")(WeightQuantizer)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_quantizer_states_what_layers_and_training_need(name):
+    # the contract of docs in fewmult/quant/base.py, read as attributes (never found by hasattr)
+    layer = layer_with(name)
+    q = layer.weight_quantizer
+    assert isinstance(q, WeightQuantizer) and quantizer_class(name) is type(q)
+    assert q.init_gain in (1.0, 2.0)  # U(-W0, W0) or Glorot's U(-2 W0, 2 W0)
+    assert layer.weight.abs().max() <= q.init_gain * layer.w0
+    assert q.clip_bound is None or q.clip_bound > 0
+    reads_state = type(q).bind_curvature is not WeightQuantizer.bind_curvature
+    assert q.needs_optimizer_state == reads_state
+    if not q.needs_optimizer_state:
+        with pytest.raises(TypeError, match="reads no optimizer state"):
+            q.bind_curvature(lambda: None)
 
 
 @pytest.mark.parametrize("name", ALL)

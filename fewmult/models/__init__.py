@@ -1,5 +1,7 @@
-"""The papers' architectures, built from their own notation."""
+"""The papers' architectures, built from their own notation, and the protocol every model follows."""
 
+from fewmult.models.base import LayerUse, QuantModel
+from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet, parse_arch
 
-__all__ = ["PaperNet", "parse_arch"]
+__all__ = ["CharLSTM", "LayerUse", "PaperNet", "QuantModel", "parse_arch"]

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fewmult.count import LayerUse
 from fewmult.errors import UserError, require_positive
+from fewmult.models.base import LayerUse
 from fewmult.nn.layers import QuantLinear
 from fewmult.nn.recurrent import GATES, QuantLSTM
 from fewmult.qbp import QBPSettings

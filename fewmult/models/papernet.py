@@ -19,11 +19,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
-from math import prod
 
 from torch import nn
 
 from fewmult.errors import UserError
+from fewmult.models.base import LayerUse, feedforward_uses
 from fewmult.nn.layers import QuantConv2d, QuantLinear
 from fewmult.qbp import QBPSettings, TapError
 
@@ -145,7 +145,7 @@ class PaperNet(nn.Sequential):
                     raise UserError(f"model.arch {arch!r} shrinks the {tuple(input_shape)} input to nothing.")
                 channels = spec.units
                 bn: nn.Module = nn.BatchNorm2d(spec.units, eps=bn_eps, momentum=bn_momentum)
-                name = f"conv{n_conv}"
+                block = f"conv{n_conv}"
             else:
                 if not flat:
                     parts.insert(0, nn.Flatten())
@@ -157,15 +157,17 @@ class PaperNet(nn.Sequential):
                 channels = spec.units
                 bn = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
                 n_fc += not is_output
-                name = "out" if is_output else f"fc{n_fc}"
+                block = "out" if is_output else f"fc{n_fc}"
             if batch_norm:
                 parts.append(bn)
             if spec.kind == "fc" and linear.error_after_bn is not None:
                 parts.append(TapError(linear.error_after_bn))  # Lin et al.'s dense QBP: the error after BN
             if not is_output:
                 parts.append(activation())
-            blocks[name] = nn.Sequential(*parts)
+            blocks[block] = nn.Sequential(*parts)
         super().__init__(blocks)
         self.name = name
-        self.input_shape = tuple(input_shape)
-        self.num_inputs = prod(input_shape)
+
+    def layer_uses(self, input_shape: tuple[int, ...]) -> list[LayerUse]:
+        """Every block's quantized layer with its output units and the BN units after it."""
+        return feedforward_uses(self, input_shape)

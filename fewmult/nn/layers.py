@@ -46,9 +46,10 @@ class QuantMixin:
         self.qbp = qbp
         self.qbp_stream = RandomStream() if qbp is not None else None
         self.weight_quantizer = weight_quantizer
-        if weight_quantizer is not None and hasattr(weight_quantizer, "setup"):
+        gain = 2.0  # full precision: Glorot uniform
+        if weight_quantizer is not None:
             weight_quantizer.setup(self)
-        gain = getattr(weight_quantizer, "init_gain", 2.0)
+            gain = weight_quantizer.init_gain
         with torch.no_grad():
             self.weight.uniform_(-gain * self.w0, gain * self.w0)  # gain 2: Glorot uniform
             if self.bias is not None:

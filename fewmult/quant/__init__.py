@@ -11,7 +11,7 @@ from fewmult.quant.quantizers import (
     StochasticBinaryConnect,
     TernaryConnect,
 )
-from fewmult.quant.registry import create_quantizer, list_quantizers, register_quantizer
+from fewmult.quant.registry import create_quantizer, list_quantizers, quantizer_class, register_quantizer
 
 __all__ = [
     "AdamSecondMoment",
@@ -25,6 +25,7 @@ __all__ = [
     "WeightQuantizer",
     "create_quantizer",
     "list_quantizers",
+    "quantizer_class",
     "register_quantizer",
     "sign_plus",
     "straight_through",

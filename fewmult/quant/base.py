@@ -55,12 +55,21 @@ class WeightQuantizer(nn.Module):
             skipped zero, ``"scaled_sign"`` a sign change plus one multiplication by the layer's
             scale per output.
         default_eval: the evaluation policy unless the config overrides it.
+        needs_optimizer_state: whether the quantizer reads the optimizer's state of its weight
+            (LAB: Adam's second moment), handed over through :meth:`bind_curvature`.
+
+    What the layer and the training module read from every quantizer (the contract):
+    :attr:`init_gain` (the layer initializes ``U(-gain W0, gain W0)``), :attr:`clip_bound` (the
+    module clips the latent weight after every step), :meth:`setup` (called once by the layer)
+    and, where :attr:`needs_optimizer_state`, :meth:`bind_curvature`.
     """
 
     bits: ClassVar[int] = 32
     stochastic: ClassVar[bool] = False
     multiplies: ClassVar[str] = "full"
     default_eval: ClassVar[str] = "quantized"
+    needs_optimizer_state: ClassVar[bool] = False
+    init_gain: float = 2.0  # Glorot uniform, U(-2 W0, 2 W0)
 
     def __init__(self, eval_policy: str | None = None) -> None:
         super().__init__()
@@ -71,6 +80,10 @@ class WeightQuantizer(nn.Module):
 
     def setup(self, layer: nn.Module) -> None:
         """Called once by the layer that owns this quantizer (reads its fan-in/out)."""
+
+    def bind_curvature(self, source) -> None:
+        """Give the quantizer the optimizer state it reads (only where ``needs_optimizer_state``)."""
+        raise TypeError(f"{type(self).__name__} reads no optimizer state")
 
     @property
     def clip_bound(self) -> float | None:

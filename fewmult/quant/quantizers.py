@@ -218,6 +218,8 @@ class LossAwareBinarization(_ScaledSign):
     Hou et al. 2017, Proposition 3.1 and Algorithm 1 (docs/papers.md A.7); the weight part of LAB2 (A.8).
     """
 
+    needs_optimizer_state = True
+
     def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
         super().__init__(eval_policy)
         self.eps = eps

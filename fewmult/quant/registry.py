@@ -32,9 +32,18 @@ def list_quantizers(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def create_quantizer(name: str, **kwargs) -> nn.Module:
-    """A new quantizer instance; ``kwargs`` override the registered defaults."""
+def _entry(name: str) -> tuple[type[nn.Module], dict]:
     if name not in _REGISTRY:
         raise UserError(f"unknown quantizer {name!r}; registered: {', '.join(list_quantizers())}.")
-    cls, defaults = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def quantizer_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name`` (its class attributes state what it needs)."""
+    return _entry(name)[0]
+
+
+def create_quantizer(name: str, **kwargs) -> nn.Module:
+    """A new quantizer instance; ``kwargs`` override the registered defaults."""
+    cls, defaults = _entry(name)
     return cls(**{**defaults, **kwargs})

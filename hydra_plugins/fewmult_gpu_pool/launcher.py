@@ -3,7 +3,7 @@
 * Slots come from ``hydra.launcher.devices`` (default: every visible GPU; ``[cpu,cpu]`` runs two CPU
   jobs side by side) grouped by ``gpus_per_job``, each GPU slot taken by up to ``jobs_per_gpu``
   jobs at once; a queue hands them out, so a short job frees its place for the next one at once.
-* Each job runs ``hydra_plugins.fewmult_gpu_pool.worker`` in a new interpreter whose environment
+* Each job runs ``hydra_plugins.fewmult_gpu_pool._worker`` in a new interpreter whose environment
   pins its devices (``CUDA_VISIBLE_DEVICES``) and its threads before torch loads.
 * A failing job is recorded (its ``JobReturn`` is FAILED; fewmult writes ``results.json`` with
   ``status: failed``) while the others go on; the failures are listed at the end, and Hydra's
@@ -41,7 +41,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fewmult.rundir import RECORD, config_changes, task_config
-from hydra_plugins.fewmult_gpu_pool.slots import make_slots, slot_env, slot_queue, usable_cpus
+from hydra_plugins.fewmult_gpu_pool._slots import make_slots, slot_env, slot_queue, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class GPUPoolLauncher(Launcher):
             log_file.write(header.encode())
             log_file.flush()
             proc = subprocess.run(
-                [sys.executable, "-m", "hydra_plugins.fewmult_gpu_pool.worker", str(payload), str(result)],
+                [sys.executable, "-m", "hydra_plugins.fewmult_gpu_pool._worker", str(payload), str(result)],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""Runs one Hydra job in a fresh process: ``python -m hydra_plugins.fewmult_gpu_pool.worker IN OUT``.
+"""Runs one Hydra job in a fresh process: ``python -m hydra_plugins.fewmult_gpu_pool._worker IN OUT``.
 
 ``IN`` holds the pickled Hydra context, task function, job config and Hydra's global state; ``OUT``
 receives the pickled ``JobReturn``. The slot's environment (``CUDA_VISIBLE_DEVICES``, thread

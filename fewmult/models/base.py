@@ -1,0 +1,79 @@
+"""What every fewmult model offers the rest of the package: the protocol PaperNet and CharLSTM share.
+
+``fewmult.build.build_model`` constructs a model as
+``Model(input_shape=..., num_classes=..., weight_quantizer=..., activation=..., qbp_dense=...,
+qbp_conv=..., **architecture)`` (the architecture keys come from ``conf/model/``), so a new model
+takes these arguments, says what it reads (:attr:`QuantModel.input_kind`) and lists its layer uses
+for ``fewmult.count``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from fewmult.nn.layers import QuantConv2d, QuantLinear
+
+INPUT_KINDS = ("images", "tokens")  # float images (N, C, H, W); int64 token codes (N, T)
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass(frozen=True)
+class LayerUse:
+    """What one quantizable layer does per example: multiply-accumulates with full-precision
+    weights (0 for a lookup of one-hot inputs), output units, and units batch-normalized after it."""
+
+    name: str
+    layer: nn.Module
+    macs: int
+    units: int
+    bn_units: int = 0
+
+
+@runtime_checkable
+class QuantModel(Protocol):
+    """A model built from the configs: ``name`` for results, ``input_kind`` for the data check."""
+
+    input_kind: ClassVar[str]
+    name: str
+
+    def layer_uses(self, input_shape: tuple[int, ...]) -> list[LayerUse]:
+        """Per example of ``input_shape``: every quantizable layer's use (``fewmult.count``)."""
+        ...
+
+
+def input_kind_of(model_class: type) -> str:
+    """What a model class reads; a class outside the protocol is taken to read images."""
+    return getattr(model_class, "input_kind", "images")
+
+
+def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
+    """Layer uses of a feed-forward net of blocks (its children), from one forward pass's shapes.
+
+    A block's BN units are counted with every quantizable layer in it."""
+    shapes: dict[nn.Module, torch.Size] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(mod, out.shape[1:]))
+        for m in model.modules()
+        if isinstance(m, (_BatchNorm, QuantLinear, QuantConv2d))
+    ]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    uses = []
+    for block_name, block in model.named_children():
+        norms = [m for m in block.modules() if isinstance(m, _BatchNorm)]
+        bn_units = sum(int(torch.Size(shapes[n]).numel()) for n in norms)
+        for layer in (m for m in block.modules() if isinstance(m, (QuantLinear, QuantConv2d))):
+            out = shapes[layer]
+            units = int(torch.Size(out).numel())
+            macs = layer.weight.numel() * (units // out[0])  # weights x output positions
+            uses.append(LayerUse(block_name, layer, macs, units, bn_units))
+    return uses
