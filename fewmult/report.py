@@ -3,7 +3,7 @@
 Reads every ``results.json`` (and ``metrics.csv``) under the given sweep folders, groups runs by
 paper x dataset x method x QBP, picks per group the learning rate with the lowest mean validation
 metric, and reports the test metric at that learning rate as mean +- std over seeds, beside the
-published number (from the ``experiment`` presets). The metric is the one each run was selected by:
+published number (from ``fewmult/published.csv``). The metric is the one each run was selected by:
 the error rate (%) for the image classifiers, the cross-entropy per character (nats) for the
 language models. Failed and unfinished jobs are counted in the table, never dropped. Writes
 ``report.md``, ``report.csv`` and, per metric, ``val_<metric>_curves.png`` and
@@ -20,13 +20,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
-from fewmult.config import CONF_DIR
+from fewmult.published import Published, lookup
 from fewmult.results import read_metrics
 
 GroupKey = tuple[str, str, str, bool, int | None]  # paper, dataset, method, qbp, time steps (text)
-PAPER_SEQ_LEN = 100  # the language-model presets' default time steps (conf/dataset/text.yaml)
 
 
 METRICS = ("error", "loss")
@@ -37,29 +34,18 @@ def run_metric(result: dict) -> str:
     return result.get("selected_by", "val_error").removeprefix("val_")
 
 
-def published_numbers() -> dict[GroupKey, tuple[str, float]]:
-    """The published test metric of every row, read from the experiment presets (their single source)."""
-    table = {}
-    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
-        preset = yaml.safe_load(path.read_text())
-        published = [(m, preset[f"published_test_{m}"]) for m in METRICS if f"published_test_{m}" in preset]
-        if not published:  # a sweep, not a published row
-            continue
-        choices = {}
-        for entry in preset.get("defaults", []):
-            ((key, value),) = entry.items()
-            choices[key.split()[-1].lstrip("/")] = value
-        metric, value = published[0]
-        seq_len = preset.get("dataset", {}).get("seq_len", PAPER_SEQ_LEN if metric == "loss" else None)
-        key = (
-            choices["paper"],
-            choices["dataset"],
-            choices["method"],
-            bool(preset.get("qbp", False)),
-            seq_len,
-        )
-        table[key] = (metric, value)
-    return table
+def published_for(run: dict) -> Published | None:
+    """The published number of a run's setup, from fewmult/published.csv (docs/papers.md C)."""
+    key = (
+        run.get("paper", "?"),
+        run["dataset"],
+        run.get("model", "?"),
+        run["method"],
+        bool(run.get("qbp")),
+        run.get("seq_len"),
+        run.get("width"),
+    )
+    return lookup(key)
 
 
 def find_jobs(folders: list[Path]) -> tuple[list[dict], list[Path]]:
@@ -88,7 +74,6 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
     for r in results:
         key = (r.get("paper", "?"), r["dataset"], r["method"], bool(r.get("qbp")), r.get("seq_len"))
         groups[key].append(r)
-    published = published_numbers()
     rows = []
     for key, runs in sorted(groups.items()):
         done = [r for r in runs if r.get("status") == "completed"]
@@ -116,8 +101,9 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
                 test_std=test[1],
                 val_mean=statistics.fmean(r[f"val_{metric}"] for r in by_lr[lr]),
             )
-        if key in published and published[key][0] == metric:
-            row["published"] = published[key][1]
+        paper_row = published_for(runs[0])
+        if paper_row and paper_row.metric == metric:
+            row["published"] = paper_row.test_value
             if "test_mean" in row:
                 row["difference"] = row["test_mean"] - row["published"]
         rows.append(row)

@@ -44,8 +44,6 @@ MAY_CHANGE = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
-    "published_test_error",
-    "published_test_loss",
 )
 MAY_GROW = ("trainer.max_epochs",)  # extending a finished or running job
 

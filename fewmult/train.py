@@ -35,6 +35,7 @@ from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
+from fewmult.published import published_fields
 from fewmult.results import best_epoch, read_metrics, write_json
 from fewmult.rundir import claim_run_dir, prepare_run_dir, task_config
 
@@ -75,9 +76,9 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,
-        "published_test_error": cfg.get("published_test_error"),
-        "published_test_loss": cfg.get("published_test_loss"),
+        **published_fields(cfg),  # the paper's number for this setup, if it has one
         "seq_len": cfg.dataset.get("seq_len"),  # time steps of a language model (None for images)
+        "width": cfg.model.get("width"),  # Hou et al.'s K (None where the architecture has none)
     }
 
 

@@ -17,6 +17,7 @@ from fewmult.config import CONF_DIR
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.models import QuantModel
+from fewmult.published import Published, lookup, published_rows, setup_key
 from tests.conftest import compose_config
 
 
@@ -120,45 +121,63 @@ def _preset(name: str) -> dict:
     return yaml.safe_load((CONF_DIR / "experiment" / f"{name}.yaml").read_text())
 
 
-PUBLISHED_ROWS = [
-    e for e in options("experiment") if {"published_test_error", "published_test_loss"} & set(_preset(e))
-]
-SWEEPS = [e for e in options("experiment") if e not in PUBLISHED_ROWS]
+SWEEPS = [e for e in options("experiment") if "sweeper" in _preset(e).get("hydra", {})]
+PUBLISHED_ROWS = [e for e in options("experiment") if e not in SWEEPS]  # one preset per published row
 
 
 @pytest.mark.parametrize("experiment", PUBLISHED_ROWS)
-def test_every_experiment_composes(experiment):
+def test_every_experiment_composes_to_a_published_row(experiment):
     cfg = compose_config(f"+experiment={experiment}")
     name, _, steps = experiment.removesuffix("_qbp").partition("_ts")
     paper, dataset, method = name.split("_", 2)
     assert (cfg.paper, cfg.dataset.name, cfg.method.name) == (paper, dataset, method)
     assert cfg.qbp == experiment.endswith("_qbp")
     assert cfg.optim.name == {"lin2016": "sgd", "hou2017": "adam"}[paper]
+    row = lookup(setup_key(cfg))  # the preset carries settings; its number is in the table
+    assert row is not None and row.paper == paper
     if dataset in ("warpeace", "linux"):  # cross-entropy per character, in nats
         assert cfg.model.name == "lstm" and cfg.dataset.seq_len == int(steps or 100)
-        assert 1 < cfg.published_test_loss < 4 and cfg.published_test_error is None
+        assert row.metric == "loss" and 1 < row.test_value < 4
     else:
-        assert 0 < cfg.published_test_error < 1
+        assert row.metric == "error" and 0 < row.test_value < 1
 
 
-def test_experiments_cover_every_published_row():
-    rows = {
-        f"lin2016_{d}_{m}"
-        for d in ("mnist", "cifar10", "svhn")
-        for m in ("fp", "bc_stoch", "bc_stoch_qbp", "tc_qbp")
-    }
-    rows |= {
-        f"hou2017_{d}_{m}"
-        for d in ("mnist", "cifar10", "svhn")
-        for m in ("fp", "bc_det", "bwn", "lab", "bnn", "xnor", "lab2")
-    }
-    rows |= {
-        f"hou2017_{d}_{m}"
-        for d in ("warpeace", "linux")
-        for m in ("fp", "bc_det", "bwn", "lab", "bnn", "xnor", "lab2")
-    }
-    rows |= {f"hou2017_warpeace_{m}_ts{t}" for m in ("fp", "bc_det", "bwn", "lab") for t in (10, 50, 150)}
-    assert set(PUBLISHED_ROWS) == rows
+def _command_of(row: Published) -> list[str]:
+    """The overrides that run a published row (README "Reproducing the papers")."""
+    qbp = "_qbp" if row.qbp else ""
+    steps = f"_ts{row.time_steps}" if row.time_steps not in (None, 100) else ""
+    overrides = [f"+experiment={row.paper}_{row.dataset}_{row.method}{qbp}{steps}"]
+    return overrides + (["model.width=" + str(row.width)] if row.section == "C.4" else [])
+
+
+@pytest.mark.parametrize("row", published_rows(), ids=lambda r: f"{r.section}-{'-'.join(map(str, r.key))}")
+def test_every_published_number_has_a_command_that_runs_its_setup(row):
+    cfg = compose_config(*_command_of(row))
+    assert setup_key(cfg) == row.key
+
+
+def test_the_readme_gives_every_published_number_its_command():
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    row_line = re.compile(r"\| `python -m fewmult\.train (.+?)` \| ([\d.]+) \|")
+    listed = {command: float(value) for command, value in row_line.findall(readme)}
+    for row in published_rows():
+        if lookup(row.key) is row:  # a setup printed twice is listed once, with the earlier number
+            assert listed.get(" ".join(_command_of(row))) == row.value, row
+
+
+def test_the_table_of_published_numbers_is_the_papers():
+    rows = published_rows()
+    per_section = {s: sum(r.section == s for r in rows) for s in ("C.1", "C.3", "C.4", "C.5", "C.6")}
+    assert per_section == {"C.1": 12, "C.3": 21, "C.4": 16, "C.5": 14, "C.6": 16}
+    assert lookup(("lin2016", "mnist", "lin2016_mlp", "tc", True, None, None)).value == 1.15
+    assert lookup(("hou2017", "cifar10", "hou2017_cnn", "lab", False, None, 128)).test_value == 0.105
+    assert lookup(("hou2017", "svhn", "hou2017_cnn_svhn", "lab", False, None, 16)).value == 3.05
+    # a setup printed twice takes the earlier table's number; they differ only where the paper does
+    twice = [(a, b) for a in rows for b in rows if a.key == b.key and a.section < b.section]
+    assert len(twice) == 4 + 4  # Table 2 at K=64 (Table 1), Table 4 at 100 steps (Table 3)
+    differing = [(a.method, a.value, b.value) for a, b in twice if a.value != b.value]
+    assert differing == [("bwn", 1.312, 1.320)]  # docs/papers.md D.20
+    assert lookup(("hou2017", "warpeace", "lstm", "bwn", False, 100, None)).value == 1.312
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)

@@ -8,13 +8,14 @@ import shutil
 
 import pytest
 
-from fewmult.report import main, markdown, published_numbers, summarize
+from fewmult.report import main, markdown, published_for, summarize
 
 
 def result(lr, seed, val, test, status="completed", **extra):
     return {
         "paper": "lin2016",
         "dataset": "mnist",
+        "model": "lin2016_mlp",
         "method": "tc",
         "qbp": True,
         "lr": lr,
@@ -26,13 +27,14 @@ def result(lr, seed, val, test, status="completed", **extra):
     }
 
 
-def test_published_numbers_come_from_the_presets():
-    table = published_numbers()
-    assert table[("lin2016", "mnist", "tc", True, None)] == ("error", pytest.approx(0.0115))
-    assert table[("hou2017", "cifar10", "lab", False, None)] == ("error", pytest.approx(0.105))
-    assert table[("hou2017", "warpeace", "lab", False, 100)] == ("loss", pytest.approx(1.291))
-    assert table[("hou2017", "warpeace", "bc_det", False, 50)] == ("loss", pytest.approx(2.980))
-    assert len(table) == 33 + 14 + 12  # C.1 and C.3, C.5, C.6 without its 100-step column
+def test_published_numbers_come_from_the_table_for_the_runs_setup():
+    assert published_for(result(0.1, 0, 0.01, 0.01)).test_value == pytest.approx(0.0115)
+    assert published_for(result(0.1, 0, 0.01, 0.01, model="mlp")) is None  # another architecture
+    hou = {"paper": "hou2017", "dataset": "svhn", "model": "hou2017_cnn_svhn", "method": "lab", "qbp": False}
+    assert published_for({**hou, "width": 64}).value == 2.354
+    assert published_for({**hou, "width": 16}).value == 3.050  # Table 2
+    text = {"paper": "hou2017", "dataset": "warpeace", "model": "lstm", "method": "bc_det", "seq_len": 50}
+    assert published_for(text).test_value == pytest.approx(2.980)
 
 
 def test_learning_rate_chosen_by_mean_validation_error_and_test_mean_std_over_seeds():
@@ -56,6 +58,7 @@ def test_language_models_are_chosen_and_compared_by_cross_entropy_per_time_step_
     def lm(lr, seq_len, val, test):
         return {
             **result(lr, 0, 0.5, 0.5, paper="hou2017", dataset="warpeace", method="lab", qbp=False),
+            "model": "lstm",
             "selected_by": "val_loss",
             "seq_len": seq_len,
             "val_loss": val,

@@ -102,7 +102,7 @@ def test_allowed_and_refused_changes():
     assert config_changes(base, base) == []
     allowed = task_config(
         compose_config(
-            "dataset=synthetic", "logger=csv", "trainer.enable_progress_bar=true", "published_test_error=1.0"
+            "dataset=synthetic", "logger=csv", "trainer.enable_progress_bar=true", "dataset.data_device=cpu"
         )
     )
     assert config_changes(base, allowed) == []

@@ -79,6 +79,7 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
     results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
     assert (results["dataset"], results["model"], results["method"]) == ("mnist_mini", "lin2016_mlp", "fp")
     assert results["train_samples"] == 3500
+    assert results["published_test_error"] is None  # no paper trained on 3,500 digits
     assert results["test_error"] < 0.08  # measured 0.040 with seed 0; chance is 0.9
     assert results["train_seconds"] < 120
 
@@ -116,6 +117,20 @@ def test_bad_input_gives_one_clear_message(run_cli, tmp_path, args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("metrics.csv")), "training must not start"
+
+
+def test_a_run_of_a_published_setup_records_the_papers_number(run_cli, tmp_path):
+    # Lin et al.'s MNIST row (ternary connect + QBP) on tiny MNIST files read by torchvision
+    fakedata.write_mnist(tmp_path / "data")
+    proc = run_cli(
+        "+experiment=lin2016_mnist_tc_qbp",
+        *("dataset.val_size=10", "dataset.batch_size=10", "trainer.max_epochs=2", "logger=none"),
+        FEWMULT_DATA=str(tmp_path / "data"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
+    assert results["published_test_error"] == pytest.approx(0.0115)  # docs/papers.md C.1
+    assert results["published_in"] == "docs/papers.md C.1" and results["published_test_loss"] is None
 
 
 def test_corrupt_dataset_file(run_cli, tmp_path):

@@ -1,0 +1,109 @@
+"""The papers' published numbers: one table, ``fewmult/published.csv``, read by training and the report.
+
+Each row is one number of docs/papers.md section C (``section``): the paper, the dataset, the
+architecture (``model``, as ``model.name``), the method, QBP, the unrolled time steps of a
+language model (``time_steps``) and Hou et al.'s width K (``width``) say which run it belongs to;
+``metric`` is ``error`` (``value`` in percent, as printed) or ``loss`` (nats per character). The
+presets carry settings only; a run of any command whose setup matches a row gets its number in
+``results.json``.
+
+A setup printed twice (Hou et al.'s Table 2 at K=64 repeats Table 1; Table 4 at 100 time steps
+repeats Table 3) takes the number of the earlier table; the one disagreement is BWN on War and
+Peace, 1.312 in Table 3 and 1.320 in Table 4 (docs/papers.md D.20).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+TABLE = Path(__file__).with_name("published.csv")
+
+SetupKey = tuple[str, str, str, str, bool, int | None, int | None]
+
+
+@dataclass(frozen=True)
+class Published:
+    paper: str
+    section: str
+    dataset: str
+    model: str
+    method: str
+    qbp: bool
+    time_steps: int | None
+    width: int | None
+    metric: str
+    value: float
+
+    @property
+    def key(self) -> SetupKey:
+        return (self.paper, self.dataset, self.model, self.method, self.qbp, self.time_steps, self.width)
+
+    @property
+    def test_value(self) -> float:
+        """As ``results.json`` writes the metric: an error as a fraction, a loss in nats."""
+        return self.value / 100 if self.metric == "error" else self.value
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+@cache
+def published_rows() -> tuple[Published, ...]:
+    with TABLE.open(newline="") as f:
+        return tuple(
+            Published(
+                paper=r["paper"],
+                section=r["section"],
+                dataset=r["dataset"],
+                model=r["model"],
+                method=r["method"],
+                qbp={"true": True, "false": False}[r["qbp"]],
+                time_steps=_optional_int(r["time_steps"]),
+                width=_optional_int(r["width"]),
+                metric=r["metric"],
+                value=float(r["value"]),
+            )
+            for r in csv.DictReader(f)
+        )
+
+
+@cache
+def _by_key() -> dict[SetupKey, Published]:
+    table: dict[SetupKey, Published] = {}
+    for row in sorted(published_rows(), key=lambda r: r.section):  # the earlier table first
+        table.setdefault(row.key, row)
+    return table
+
+
+def lookup(key: SetupKey) -> Published | None:
+    """The published number of a setup (paper, dataset, model, method, qbp, time steps, width)."""
+    return _by_key().get(key)
+
+
+def setup_key(cfg: DictConfig) -> SetupKey:
+    """The key of a composed run config."""
+    return (
+        cfg.paper,
+        cfg.dataset.name,
+        cfg.model.name,
+        cfg.method.name,
+        bool(cfg.qbp),
+        cfg.dataset.get("seq_len"),
+        cfg.model.get("width"),
+    )
+
+
+def published_fields(cfg: DictConfig) -> dict[str, float | str | None]:
+    """``published_test_error`` / ``published_test_loss`` and their source, for ``results.json``."""
+    row = lookup(setup_key(cfg))
+    return {
+        "published_test_error": row.test_value if row and row.metric == "error" else None,
+        "published_test_loss": row.test_value if row and row.metric == "loss" else None,
+        "published_in": f"docs/papers.md {row.section}" if row else None,
+    }
