@@ -36,6 +36,12 @@ def register_resolvers() -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work, with the key to fix, before anything is loaded."""
+    if cfg.recipe.paper != cfg.paper:  # the recorded paper must be the one whose recipe runs
+        raise UserError(
+            f"paper={cfg.paper} has no setup for dataset={cfg.dataset.name}: the recipe there is "
+            f"{cfg.recipe.paper}'s. Add paper={cfg.recipe.paper} to train method={cfg.method.name} on "
+            f"that setup (the run is then recorded as paper={cfg.recipe.paper})."
+        )
     require_positive(cfg.optim.lr, "optim.lr", integer=False)
     require_positive(cfg.trainer.max_epochs, "trainer.max_epochs")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):

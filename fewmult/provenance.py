@@ -22,6 +22,9 @@ from fewmult.device import describe_device
 # groups whose files write into the global package, the one that wins first (Hydra's defaults order:
 # a +experiment comes after train.yaml's list, the method after the recipe, the paper before both)
 GLOBAL_GROUPS = ("experiment", "method", "recipe@_global_", "paper")
+# groups whose defaults lists choose other groups' options, the one that wins first (a text dataset
+# brings Hou et al.'s optimizer and schedule; the method's paper and the preset's choices win over it)
+CHOOSING_GROUPS = ("experiment", "method", "dataset", "paper")
 COMMAND_LINE = "command line"
 
 
@@ -43,7 +46,22 @@ def _lookup(tree: dict[str, Any], dotted: str) -> tuple[bool, Any]:
         if not isinstance(tree, dict) or part not in tree:
             return False, None
         tree = tree[part]
-    return True, tree
+    return tree != "???", tree  # a placeholder that another group always fills is not a source
+
+
+def _find(group: str, option: str, dotted: str) -> tuple[str, Any] | None:
+    """``(label, value)`` of ``dotted`` in an option's file, or in the options of its own group that
+    it includes (``recipe/hou2017_text`` builds on ``recipe/hou2017_warpeace``); its own value wins."""
+    tree = _option_file(group, option)
+    found, value = _lookup(tree, dotted)
+    if found:
+        return _label(group, option), value
+    included = [d for d in tree.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    for parent in reversed(included):  # the later include wins
+        hit = _find(group, parent, dotted)
+        if hit:
+            return hit
+    return None
 
 
 def _overridden(key: str, overrides: list[str]) -> bool:
@@ -60,12 +78,13 @@ def value_source(key: str, choices: dict[str, Any], overrides: list[str]) -> str
         option = choices.get(g)
         if not option:
             continue
-        found, value = _lookup(_option_file(g, option), path)
-        if found:
+        hit = _find(g, option, path)
+        if hit:
+            label, value = hit
             if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
                 inner = value[2:-1]
-                return f"{_label(g, option)} = {inner} of {value_source(inner, choices, overrides)}"
-            return _label(g, option)
+                return f"{label} = {inner} of {value_source(inner, choices, overrides)}"
+            return label
     return "train.yaml"
 
 
@@ -73,7 +92,7 @@ def choice_source(group: str, choices: dict[str, Any], overrides: list[str]) -> 
     """Who chose the option of ``group`` (e.g. ``paper``): the command line, a file's defaults list."""
     if _overridden(group, overrides):
         return COMMAND_LINE
-    for g in GLOBAL_GROUPS:
+    for g in CHOOSING_GROUPS:
         option = choices.get(g)
         defaults = _option_file(g, option).get("defaults", []) if option else []
         if any(isinstance(d, dict) and f"override /{group}" in d for d in defaults):
@@ -103,7 +122,8 @@ def setup_line(cfg: DictConfig) -> str:
         f"fewmult: {method} on {cfg.dataset.name} | {device}, "
         f"precision {cfg.trainer.precision} | paper {chosen('paper', cfg.paper)}, "
         f"recipe {choices.get('recipe@_global_', '-')}, model {chosen('model', model)}, "
-        f"optimizer {chosen('optim', cfg.optim.name)}, lr {value('optim.lr', cfg.optim.lr)}, "
+        f"optimizer {chosen('optim', cfg.optim.name)}, "
+        f"schedule {chosen('schedule', choices.get('schedule', '-'))}, lr {value('optim.lr', cfg.optim.lr)}, "
         f"batch {value('dataset.batch_size', cfg.dataset.batch_size)}, "
         f"epochs {value('trainer.max_epochs', cfg.trainer.max_epochs)}"
     )

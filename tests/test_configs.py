@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from fewmult import schedules
 from fewmult.build import build_model, check_model_fits_data
-from fewmult.config import CONF_DIR
+from fewmult.config import CONF_DIR, check_config
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.models import QuantModel
@@ -227,7 +227,8 @@ def test_wandb_timestep_grid_is_table_4():
         (["dataset=svhn", "model=mlp"], "mlp", "sgd", 100, 60),
         (["paper=hou2017", "dataset=svhn", "optim=sgd"], "hou2017_cnn_svhn", "sgd", 50, 50),
         (["dataset=warpeace", "method=lab"], "lstm", "adam", 100, 200),
-        (["dataset=linux", "method=bc_stoch"], "lstm", "adam", 100, 200),  # Lin's method on Hou's LSTM setup
+        # Lin et al.'s method on Hou et al.'s LSTM setup (without paper=hou2017: refused, see below)
+        (["dataset=linux", "method=bc_stoch", "paper=hou2017"], "lstm", "adam", 100, 200),
         (["dataset=text"], "lstm", "adam", 100, 10),
     ],
 )
@@ -237,6 +238,20 @@ def test_paper_and_dataset_select_the_setup(overrides, arch_name, optimizer, bat
     assert cfg.optim.name == optimizer
     assert cfg.dataset.batch_size == batch
     assert cfg.trainer.max_epochs == epochs
+
+
+@pytest.mark.parametrize("paper", options("paper"))
+@pytest.mark.parametrize("dataset", options("dataset"))
+def test_a_run_is_recorded_under_the_paper_whose_recipe_runs(paper, dataset):
+    cfg = compose_config(f"paper={paper}", f"dataset={dataset}")
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    assert not OmegaConf.missing_keys(task)  # the recipe fills every ??? the groups leave to it
+    if cfg.recipe.paper == paper:
+        check_config(cfg)
+        return
+    assert paper == "lin2016" and dataset in ("text", "warpeace", "linux")  # Lin et al. have no LSTM
+    with pytest.raises(UserError, match=r"paper=lin2016 has no setup for dataset=.*Add paper=hou2017"):
+        check_config(cfg)
 
 
 def test_schedules_follow_the_papers():

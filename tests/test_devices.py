@@ -47,6 +47,7 @@ def test_a_cpu_run_is_not_continued_on_a_gpu_unasked(monkeypatch):
                 "recipe hou2017_svhn",
                 "model hou2017_cnn_svhn = model/auto/hou2017_svhn (train.yaml)",
                 "optimizer adam (paper/hou2017)",
+                "schedule step (paper/hou2017)",
                 # the method lowers the lr for binary activations, to the recipe's value
                 "lr 0.0005 (method/lab2 = recipe.lr_binary_activations of recipe/hou2017_svhn)",
                 "batch 50 (recipe/hou2017_svhn)",
@@ -61,8 +62,19 @@ def test_a_cpu_run_is_not_continued_on_a_gpu_unasked(monkeypatch):
             ["+experiment=lin2016_cifar10_tc_qbp", "trainer=ddp"],
             ["fewmult: tc+qbp on cifar10 | 2 x cpu", "paper lin2016 (experiment/lin2016_cifar10_tc_qbp)"],
         ),
+        (
+            # a text dataset brings Hou et al.'s optimizer and schedule; its recipe builds on another
+            ["dataset=text", "method=lab"],
+            [
+                "paper hou2017 (method/lab)",
+                "optimizer adam (dataset/text)",
+                "schedule delayed_exponential (dataset/text)",
+                "lr 0.002 (recipe/hou2017_warpeace)",
+                "epochs 10 (recipe/hou2017_text)",
+            ],
+        ),
     ],
-    ids=["recipe", "command-line", "preset"],
+    ids=["recipe", "command-line", "preset", "included-recipe"],
 )
 def test_the_first_line_says_where_the_setup_came_from(monkeypatch, overrides, parts):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
