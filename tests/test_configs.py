@@ -17,6 +17,7 @@ from fewmult.config import CONF_DIR, check_config
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.models import QuantModel
+from fewmult.nn.layers import quant_layers
 from fewmult.published import Published, lookup, published_rows, setup_key
 from tests.conftest import compose_config
 
@@ -79,6 +80,19 @@ def test_every_model_option_builds(model):
     assert net.name == cfg.model.name  # the architecture's own name (PaperNet's once became "out")
     assert isinstance(net, QuantModel) and net.input_kind == datamodule.input_kind
     assert net.layer_uses(datamodule.image_shape)  # what fewmult.count reads
+
+
+@pytest.mark.parametrize("paper", ["lin2016", "hou2017"])
+def test_scales_come_from_the_paper_but_bnn_is_unscaled_in_any(paper):
+    # the paper's setup gives BinaryConnect its scale (Lin: +-W0); BNN's +-1 is its definition,
+    # kept in one place, the registry's alias bnn = bc_det with scale="unit"
+    layers = {}
+    for method in ("bc_det", "bnn"):
+        cfg = compose_config(f"paper={paper}", "dataset=synthetic", f"method={method}")
+        layers[method] = list(quant_layers(build_model(cfg, (64,), 10)))
+    assert all(layer.weight_quantizer.s == 1.0 for layer in layers["bnn"])
+    expected = [layer.w0 if paper == "lin2016" else 1.0 for layer in layers["bc_det"]]
+    assert [layer.weight_quantizer.s for layer in layers["bc_det"]] == pytest.approx(expected)
 
 
 def test_models_depend_on_layers_not_on_the_tools_that_read_them():

@@ -175,6 +175,7 @@ def test_sequence_outputs_are_scored_per_character():
 
 TINY_TEXT = [
     "dataset=text",
+    "paper=hou2017",  # the LSTM setup is Hou et al.'s, whichever paper the method comes from
     "dataset.max_bytes=40000",
     "dataset.block_size=2000",
     "dataset.seq_len=20",

@@ -41,8 +41,8 @@ def test_synthetic_run_writes_the_whole_contract(run_cli, tmp_path):
     assert proc.stdout.splitlines()[0] == (
         "fewmult: fp on synthetic | cpu, precision 32-true | paper lin2016 (train.yaml), recipe "
         "lin2016_synthetic, model lin2016_mlp = model/auto/lin2016_synthetic (train.yaml), optimizer sgd "
-        "(paper/lin2016), lr 0.3 (recipe/lin2016_synthetic), batch 100 (recipe/lin2016_synthetic), "
-        "epochs 4 (command line)"
+        "(paper/lin2016), schedule exponential (paper/lin2016), lr 0.3 (recipe/lin2016_synthetic), "
+        "batch 100 (recipe/lin2016_synthetic), epochs 4 (command line)"
     )
     run = only_run_dir(tmp_path / "outputs")
     results = json.loads((run / "results.json").read_text())
