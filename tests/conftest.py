@@ -38,6 +38,19 @@ def compose_config(*overrides: str) -> DictConfig:
     return cfg
 
 
+# modules whose tests are about processes: kills, locks, concurrent writers, launchers
+PROCESS_MODULES = {"test_resume", "test_run_folder", "test_shared_data", "test_gpu_pool", "test_gpu_check"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts a process (the CLI, DDP ranks, killed jobs) as ``process``, so
+    ``pytest -m "not slow and not process"`` is the inner loop of in-process tests."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if "run_cli" in getattr(item, "fixturenames", ()) or module in PROCESS_MODULES:
+            item.add_marker(pytest.mark.process)
+
+
 @pytest.fixture
 def run_cli(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python -m fewmult.train`` (or another module) with a fresh output folder."""
