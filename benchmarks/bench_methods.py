@@ -22,8 +22,7 @@ from hydra.utils import instantiate
 
 from fewmult.build import build_module
 from fewmult.module import per_position
-from fewmult.nn import quant_layers
-from fewmult.quant.curvature import AdamSecondMoment
+from fewmult.nn import bind_optimizer
 from tests.conftest import compose_config
 
 NETWORKS = {
@@ -60,12 +59,7 @@ def make_step(network: str, variant: str):
     module = build_module(cfg, spec["shape"], classes)
     model, loss_fn = module.model.train(), module.loss
     optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
-    clipped = [
-        (layer.weight_quantizer, layer.weight) for layer in quant_layers(model) if layer.weight_quantizer
-    ]
-    for quantizer, weight in clipped:
-        if hasattr(quantizer, "bind_curvature"):
-            quantizer.bind_curvature(AdamSecondMoment(optimizer, weight))
+    bind_optimizer(model, optimizer)  # LAB reads Adam's state; latent weights clipped after each step
     if "vocabulary" in spec:  # a language model: character codes in, the next character's scores out
         x = torch.randint(0, classes, (spec["batch"], *spec["shape"]))
         y = torch.randint(0, classes, (spec["batch"], *spec["shape"]))
@@ -77,8 +71,6 @@ def make_step(network: str, variant: str):
         optimizer.zero_grad(set_to_none=True)
         loss_fn(*per_position(model(x), y)).backward()
         optimizer.step()
-        for quantizer, weight in clipped:
-            quantizer.clip_(weight)
 
     return step, cfg.optim.name
 

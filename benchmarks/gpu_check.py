@@ -36,6 +36,7 @@ from hydra.utils import instantiate
 from benchmarks.bench_scale import print_scale_tables
 from fewmult.build import build_model
 from fewmult.device import visible_accelerator
+from fewmult.nn import bind_optimizer
 from fewmult.quant import list_quantizers
 from fewmult.quant.rng import _COMPILED
 from fewmult.train import quiet_lightning, train
@@ -109,6 +110,7 @@ def plain_step_seconds(overrides: list[str], steps: int) -> float:
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device).train()
     loss_fn = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    bind_optimizer(model, optimizer)  # what a plain loop over fewmult's layers does: LAB, clipping
     x, y = (
         splits.train_x[: cfg.dataset.batch_size].to(device),
         splits.train_y[: cfg.dataset.batch_size].to(device),

@@ -10,8 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from fewmult.errors import UserError
-from fewmult.nn.layers import quant_layers
-from fewmult.quant.curvature import AdamSecondMoment
+from fewmult.nn.training import bind_optimizer
 
 EVAL_SPLITS = ("val", "test")  # the order of TensorDataModule.val_dataloader()
 
@@ -85,12 +84,6 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        # (quantizer, latent weight) pairs, clipped after every optimizer step
-        self._clipped = [
-            (layer.weight_quantizer, layer.weight)
-            for layer in quant_layers(model)
-            if layer.weight_quantizer is not None
-        ]
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -145,8 +138,6 @@ class ClassifierModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        for quantizer, weight in self._clipped:  # both papers clip the latent weights after each step
-            quantizer.clip_(weight)
         # after the last batch rather than in on_train_epoch_end, which Lightning calls after the
         # callbacks' on_train_epoch_end (the metrics.csv writer must see these values)
         if self.trainer.is_last_batch:
@@ -172,9 +163,7 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
-        for layer in quant_layers(self.model):  # LAB reads Adam's second moment of its weight
-            if layer.weight_quantizer is not None and layer.weight_quantizer.needs_optimizer_state:
-                layer.weight_quantizer.bind_curvature(AdamSecondMoment(optimizer, layer.weight))
+        bind_optimizer(self.model, optimizer)  # LAB reads its Adam state; latent weights clipped per step
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         if scheduler is None:
             return optimizer

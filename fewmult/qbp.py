@@ -229,19 +229,28 @@ class QBPLinearFunction(torch.autograd.Function):
 
 
 class QBPConv2dFunction(torch.autograd.Function):
-    """2-D convolution; backward: exact input gradient, weight gradient from ``q(x)``."""
+    """2-D convolution; backward: exact input gradient, weight gradient from ``q(x)``.
+
+    ``geometry`` is ``(stride, padding, dilation, groups)`` as ``nn.Conv2d`` holds them.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, settings: QBPSettings, key=None):
-        ctx.settings, ctx.padding = settings, padding
+    def forward(ctx, x, weight, bias, geometry, settings: QBPSettings, key=None):
+        stride, padding, dilation, groups = geometry
+        if isinstance(padding, str):
+            raise UserError(
+                f"QBP convolutions take numeric padding, got padding={padding!r}; give the sizes."
+            )
+        ctx.settings, ctx.geometry = settings, (list(stride), list(padding), list(dilation), groups)
         ctx.bias_shape = None if bias is None else list(bias.shape)
         ctx.save_for_backward(settings.encode(x.detach(), key), weight)
-        return F.conv2d(x, weight, bias, padding=padding)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
         saved, weight = ctx.saved_tensors
         qx = ctx.settings.decode(saved, grad.dtype)
+        stride, padding, dilation, groups = ctx.geometry
         # One fused call: the input gradient depends on the weight only, so computing it "at" q(x)
         # is exact, and the weight gradient comes from q(x) as QBP wants.
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
@@ -249,12 +258,12 @@ class QBPConv2dFunction(torch.autograd.Function):
             qx,
             weight.to(grad.dtype),
             ctx.bias_shape,
-            [1, 1],
-            [ctx.padding] * 2,
-            [1, 1],
+            stride,
+            padding,
+            dilation,
             False,
             [0, 0],
-            1,
+            groups,
             [
                 ctx.needs_input_grad[0],
                 ctx.needs_input_grad[1],

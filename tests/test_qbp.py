@@ -14,6 +14,7 @@ from fewmult.models import PaperNet
 from fewmult.models.charlstm import CharLSTM
 from fewmult.nn import QuantConv2d, QuantLinear
 from fewmult.qbp import QBPSettings, pow2_quantize
+from fewmult.quant import create_quantizer
 from fewmult.quant.rng import RandomStream
 from tests.conftest import compose_config
 
@@ -106,8 +107,9 @@ def exact_and_qbp_grads(layer_fn, x_shape, draws=3000):
     [
         (lambda qbp: QuantLinear(12, 5, qbp=qbp), (16, 12)),
         (lambda qbp: QuantConv2d(3, 4, 3, padding=1, qbp=qbp), (2, 3, 6, 6)),
+        (lambda qbp: QuantConv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, qbp=qbp), (2, 4, 9, 9)),
     ],
-    ids=["linear", "conv"],
+    ids=["linear", "conv", "conv-strided-dilated-grouped"],
 )
 def test_weight_gradient_is_exact_in_expectation_and_error_signal_is_exact(layer_fn, x_shape):
     (w_exact, x_exact, b_exact), samples = exact_and_qbp_grads(layer_fn, x_shape)
@@ -119,6 +121,29 @@ def test_weight_gradient_is_exact_in_expectation_and_error_signal_is_exact(layer
     mean, std = w_samples.mean(0), w_samples.std(0)
     z = (mean - w_exact) / (std / len(samples) ** 0.5)
     assert z.abs().max() < 6 and 0.7 < z.square().mean() < 1.3
+
+
+def test_a_convolution_takes_any_geometry_with_and_without_qbp():
+    # a ResNet's strided and grouped convolutions: forward as F.conv2d with the effective weight;
+    # with QBP the weight gradient correlates q(x) with the exact error in the same geometry
+    torch.manual_seed(0)
+    geometry = {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2), "groups": 3}
+    settings = QBPSettings(exp_min=None, exp_max=None, stochastic=False)
+    layer = QuantConv2d(6, 9, (3, 2), **geometry, weight_quantizer=create_quantizer("bwn"), qbp=settings)
+    assert (layer.fan_in, layer.fan_out) == (6 // 3 * 6, 9 * 6)  # one group's fan-in
+    x = torch.randn(2, 6, 7, 8, requires_grad=True)
+    w = layer.effective_weight().detach().requires_grad_()
+    expected = F.conv2d(x, w, layer.bias, **geometry)
+    upstream = torch.randn_like(expected)
+    out = layer.train()(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+    (out * upstream).sum().backward()
+    q = pow2_quantize(x.detach(), None, None, stochastic=False)
+    expected_w = torch.nn.grad.conv2d_weight(q, w.shape, upstream, **geometry)
+    assert torch.allclose(layer.weight.grad, expected_w, rtol=1e-5, atol=1e-6)
+    exact_x = torch.autograd.grad((F.conv2d(x, w, layer.bias, **geometry) * upstream).sum(), x)[0]
+    assert torch.allclose(x.grad, exact_x, atol=1e-6)
+    assert torch.allclose(layer.eval()(x), expected, atol=1e-6)  # evaluation: no QBP
 
 
 def test_qbp_is_off_in_evaluation():

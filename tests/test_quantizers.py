@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fewmult.errors import UserError
-from fewmult.nn import QuantLinear
+from fewmult.nn import QuantLinear, bind_optimizer
 from fewmult.quant import (
     AdamSecondMoment,
     SignActivation,
@@ -27,9 +27,11 @@ def layer_with(
     name: str, in_features: int = 60, out_features: int = 40, seed: int = 0, **kwargs
 ) -> QuantLinear:
     torch.manual_seed(seed)
-    return QuantLinear(
-        in_features, out_features, bias=False, weight_quantizer=create_quantizer(name, **kwargs)
-    )
+    quantizer = create_quantizer(name, **kwargs)
+    layer = QuantLinear(in_features, out_features, bias=False, weight_quantizer=quantizer)
+    if layer.weight_quantizer.needs_optimizer_state:  # LAB trains only with its optimizer bound
+        bind_optimizer(layer, torch.optim.Adam(layer.parameters()))
+    return layer
 
 
 def test_registry_has_every_method_of_both_papers():
@@ -174,7 +176,7 @@ def test_ternary_connect_probabilities(rng):
 
 @pytest.mark.parametrize("name", ["bc_det", "bwn", "lab"])
 def test_sign_of_zero_is_plus(name):
-    q = create_quantizer(name)
+    q = create_quantizer(name).eval()  # deterministic quantizers evaluate with q(w)
     assert q(torch.tensor([0.0, -0.0, 0.5, -0.5]))[:2].gt(0).all()
 
 
@@ -247,7 +249,9 @@ def test_lab_alpha_survives_a_reload_without_optimizer():
     trained = layer.effective_weight().detach()
     fresh = QuantLinear(20, 8, bias=False, weight_quantizer=create_quantizer("lab"))
     fresh.load_state_dict(layer.state_dict())
-    assert torch.equal(fresh.effective_weight(), trained)
+    assert torch.equal(fresh.eval().effective_weight(), trained)  # evaluated from the checkpoint alone
+    with pytest.raises(UserError, match=r"no optimizer is bound.*fewmult\.nn\.bind_optimizer"):
+        fresh.train().effective_weight()  # training it unbound would be BWN in disguise
 
 
 def test_hashed_stream_repeats_with_the_seed_and_resumes_from_a_checkpoint():

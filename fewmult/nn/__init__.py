@@ -1,6 +1,9 @@
-"""Layers whose weights pass through a pluggable quantizer, and the papers' losses."""
+"""Layers whose weights pass through a pluggable quantizer, the papers' losses, and the one call that
+binds the layers to an optimizer in any training loop (:func:`bind_optimizer`)."""
 
 from fewmult.nn.layers import QuantConv2d, QuantLinear, quant_layers
 from fewmult.nn.losses import SquaredHingeLoss
+from fewmult.nn.recurrent import QuantLSTM
+from fewmult.nn.training import bind_optimizer
 
-__all__ = ["QuantConv2d", "QuantLinear", "SquaredHingeLoss", "quant_layers"]
+__all__ = ["QuantConv2d", "QuantLSTM", "QuantLinear", "SquaredHingeLoss", "bind_optimizer", "quant_layers"]

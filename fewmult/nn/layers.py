@@ -89,30 +89,37 @@ class QuantLinear(QuantMixin, nn.Linear):
 class QuantConv2d(QuantMixin, nn.Conv2d):
     """2-D convolution with ``W_q = weight_quantizer(W)`` (``qbp`` as in :class:`QuantLinear`).
 
-    ``pool_area`` (of the max-pooling that follows) only enters ``fan_out``.
+    Takes ``nn.Conv2d``'s geometry (kernel, stride, padding, dilation, groups), so any
+    convolutional net (a ResNet's strided and grouped convolutions) can be built from it.
+    ``pool_area`` (of the max-pooling that follows) only enters ``fan_out``; with groups, the
+    fan-in is that of one group, as in PyTorch's own initialization.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
-        padding: int = 0,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
         bias: bool = True,
         pool_area: int = 1,
         weight_quantizer: nn.Module | None = None,
         qbp: QBPSettings | None = None,
     ) -> None:
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
-        k2 = kernel_size * kernel_size
-        self._attach(in_channels * k2, out_channels * k2 // pool_area, weight_quantizer, qbp)
+        nn.Conv2d.__init__(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias
+        )
+        k2 = math.prod(self.kernel_size)
+        self._attach(in_channels // groups * k2, out_channels * k2 // pool_area, weight_quantizer, qbp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
             key = self.qbp_stream.next_key()
-            return QBPConv2dFunction.apply(
-                x, self.effective_weight(), self.bias, self.padding[0], self.qbp, key
-            )
+            geometry = (self.stride, self.padding, self.dilation, self.groups)
+            return QBPConv2dFunction.apply(x, self.effective_weight(), self.bias, geometry, self.qbp, key)
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 

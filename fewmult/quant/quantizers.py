@@ -200,20 +200,17 @@ class BinaryWeightNetwork(_ScaledSign):
         return w.abs().mean()
 
 
-def _no_curvature() -> None:
-    """Before an optimizer is bound (a module-level function, so the quantizer pickles for DDP spawn)."""
-    return None
-
-
 @register_quantizer("lab")
 @register_quantizer("lab2")
 class LossAwareBinarization(_ScaledSign):
     """LAB: ``q(w) = alpha * sign(w)`` with ``alpha = ||d * w||_1 / ||d||_1``.
 
     ``d = sqrt(v) + 1e-8``, ``v`` Adam's second-moment estimate (``exp_avg_sq``) of this very
-    weight, read through :meth:`bind_curvature`. Before the optimizer has state, ``d`` is uniform
-    and LAB is exactly BWN (as in the authors' code). The last ``alpha`` is kept in the buffer
-    ``alpha_last`` (saved with the model), so a checkpoint evaluated without its optimizer uses it.
+    weight, read through :meth:`bind_curvature` (``fewmult.nn.bind_optimizer`` binds it). Before
+    the optimizer's first step ``d`` is uniform and LAB is exactly BWN (as in the authors' code);
+    training without a bound optimizer is refused, since LAB would silently stay BWN. The last
+    ``alpha`` is kept in the buffer ``alpha_last`` (saved with the model), so a checkpoint
+    evaluated without its optimizer uses it.
     Pseudo-gradient: straight through (Adam receives ``dL/dq``); ``w`` clipped to [-1, 1].
     Hou et al. 2017, Proposition 3.1 and Algorithm 1 (docs/papers.md A.7); the weight part of LAB2 (A.8).
     """
@@ -223,7 +220,7 @@ class LossAwareBinarization(_ScaledSign):
     def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
         super().__init__(eval_policy)
         self.eps = eps
-        self._curvature: Callable[[], torch.Tensor | None] = _no_curvature
+        self._curvature: Callable[[], torch.Tensor | None] | None = None  # bound by bind_curvature
         self.register_buffer("alpha_last", torch.tensor(float("nan")))
 
     def bind_curvature(self, source: Callable[[], torch.Tensor | None]) -> None:
@@ -231,7 +228,13 @@ class LossAwareBinarization(_ScaledSign):
         self._curvature = source
 
     def alpha(self, w: torch.Tensor) -> torch.Tensor:
-        v = self._curvature()
+        if self._curvature is None and self.training:
+            raise UserError(
+                "LAB reads its optimizer's second moment, but no optimizer is bound to this layer, so "
+                "it would train as BWN. Call fewmult.nn.bind_optimizer(model, optimizer) once after "
+                "creating the (Adam) optimizer (fewmult.train does this itself)."
+            )
+        v = self._curvature() if self._curvature is not None else None
         if v is None:
             # torch.where, not `if`: a Python branch on a tensor waits for the device
             return torch.where(self.alpha_last.isnan(), w.abs().mean(), self.alpha_last)
