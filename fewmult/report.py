@@ -7,7 +7,10 @@ published number (from ``fewmult/published.csv``). The metric is the one each ru
 the error rate (%) for the image classifiers, the cross-entropy per character (nats) for the
 language models. Failed and unfinished jobs are counted in the table, never dropped. Writes
 ``report.md``, ``report.csv`` and, per metric, ``val_<metric>_curves.png`` and
-``<metric>_vs_lr.png`` into the first folder and prints the table.
+``<metric>_vs_lr.png`` into the first folder, prints the table, and logs table and plots to W&B
+(one ``report`` run in the sweep's group) when the jobs logged there (``--no-wandb``: not).
+Runs differing in any override other than the learning rate and the seed (``model=mlp,cnn``,
+``model.width=16,32``) get rows of their own, with a ``setting`` column.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from fewmult.published import Published, lookup
 from fewmult.results import read_metrics
 
-GroupKey = tuple[str, str, str, bool, int | None]  # paper, dataset, method, qbp, time steps (text)
+# paper, dataset, method, qbp, time steps (text), the settings that vary between the jobs
+GroupKey = tuple[str, str, str, bool, int | None, str]
 
 
 METRICS = ("error", "loss")
@@ -60,8 +66,28 @@ def find_jobs(folders: list[Path]) -> tuple[list[dict], list[Path]]:
             if result.get("status") == "interrupted":
                 unfinished.append(job)
             else:
-                results.append({**result, "_dir": job})
+                overrides = hydra_dir / "overrides.yaml"
+                given = yaml.safe_load(overrides.read_text()) if overrides.is_file() else []
+                results.append({**result, "_dir": job, "_overrides": dict(_split(o) for o in given or [])})
     return results, unfinished
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+# what the groups already show, and what the table chooses over or averages over
+NOT_A_SETTING = {"paper", "dataset", "method", "qbp", "dataset.seq_len", "optim.lr", "seed"}
+
+
+def mark_settings(results: list[dict]) -> None:
+    """Give each run ``setting``: its values of every override that varies between the jobs (other
+    than the learning rate and seed, chosen over and averaged over), e.g. ``model=mlp``."""
+    keys = {k for r in results for k in r["_overrides"]} - NOT_A_SETTING
+    varying = sorted(k for k in keys if len({r["_overrides"].get(k) for r in results}) > 1)
+    for r in results:
+        r["setting"] = " ".join(f"{k}={r['_overrides'].get(k, '(default)')}" for k in varying)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -72,10 +98,17 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
     """One row per paper x dataset x method x QBP (x time steps for language models)."""
     groups: dict[GroupKey, list[dict]] = defaultdict(list)
     for r in results:
-        key = (r.get("paper", "?"), r["dataset"], r["method"], bool(r.get("qbp")), r.get("seq_len"))
+        key = (
+            r.get("paper", "?"),
+            r["dataset"],
+            r["method"],
+            bool(r.get("qbp")),
+            r.get("seq_len"),
+            r.get("setting", ""),
+        )
         groups[key].append(r)
     rows = []
-    for key, runs in sorted(groups.items()):
+    for key, runs in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
         done = [r for r in runs if r.get("status") == "completed"]
         metric = run_metric(done[0] if done else runs[0])
         by_lr: dict[float, list[dict]] = defaultdict(list)
@@ -87,6 +120,7 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
             "method": key[2],
             "qbp": key[3],
             "seq_len": key[4],
+            "setting": key[5],
             "metric": metric,
             "completed": len(done),
             "failed": sum(r.get("status") == "failed" for r in runs),
@@ -134,7 +168,9 @@ UNITS = {"error": "test error %", "loss": "test nats/char", "": ""}
 
 
 def markdown(rows: list[dict]) -> str:
+    with_setting = any(r.get("setting") for r in rows)
     columns = [
+        *(["setting"] if with_setting else []),
         "paper",
         "dataset",
         "method",
@@ -156,8 +192,9 @@ def markdown(rows: list[dict]) -> str:
             if "test_mean" in r
             else "no completed run"
         )
+        setting = f"| {r.get('setting', '')} " if with_setting else ""
         lines.append(
-            f"| {r['paper']} | {dataset} | {method} | {r.get('lr', '')} | {UNITS[m]} | {test} | "
+            f"{setting}| {r['paper']} | {dataset} | {method} | {r.get('lr', '')} | {UNITS[m]} | {test} | "
             f"{r.get('seeds', 0)} | {_shown(r.get('published'), m)} | "
             f"{_shown(r.get('difference'), m, signed=True)} | {r['failed']} |"
         )
@@ -224,10 +261,64 @@ def _save(fig, ax, path: Path) -> Path:
     return path
 
 
+REPORT_COLUMNS = [
+    "setting",
+    "paper",
+    "dataset",
+    "method",
+    "qbp",
+    "seq_len",
+    "metric",
+    "lr",
+    "seeds",
+    "test_mean",
+    "test_std",
+    "val_mean",
+    "published",
+    "difference",
+    "completed",
+    "failed",
+]
+
+
+def log_to_wandb(rows: list[dict], plots: list[Path], results: list[dict], out: Path) -> str | None:
+    """Log the table (a W&B Table, published number and difference included) and the plots (images)
+    as one ``report`` run in the sweep's W&B group, with the jobs' project and mode. None when the
+    jobs logged no W&B run; else a line saying where it went."""
+    record = results[0]["_dir"] / "run_config.yaml"
+    logger = (yaml.safe_load(record.read_text()) or {}).get("logger", {}) if record.is_file() else {}
+    if logger.get("name") != "wandb":
+        return None
+    import wandb
+
+    from fewmult.loggers import resolve_wandb_mode
+
+    mode = resolve_wandb_mode(logger.get("mode", "auto"))
+    groups = sorted({r.get("wandb_group") or "" for r in results})
+    run = wandb.init(
+        project=logger.get("project", "fewmult"),
+        entity=logger.get("entity"),
+        group=groups[0] or None,
+        job_type="report",
+        name="report",
+        dir=str(out),
+        mode=mode,
+        config={"folders": sorted({str(r["_dir"].parent) for r in results}), "groups": groups},
+    )
+    try:
+        table = wandb.Table(columns=REPORT_COLUMNS, data=[[r.get(c) for c in REPORT_COLUMNS] for r in rows])
+        run.log({"report/table": table, **{f"report/{p.stem}": wandb.Image(str(p)) for p in plots}})
+    finally:
+        run.finish()
+    return f"W&B ({mode}): the table and {len(plots)} plots in group {groups[0] or '(none)'}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    folders = [Path(a) for a in (sys.argv[1:] if argv is None else argv)]
+    args = list(sys.argv[1:] if argv is None else argv)
+    to_wandb = "--no-wandb" not in args
+    folders = [Path(a) for a in args if a != "--no-wandb"]
     if not folders:
-        print("usage: python -m fewmult.report SWEEP_DIR [SWEEP_DIR ...]", file=sys.stderr)
+        print("usage: python -m fewmult.report [--no-wandb] SWEEP_DIR [SWEEP_DIR ...]", file=sys.stderr)
         return 2
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
@@ -240,34 +331,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    mark_settings(results)
     rows = summarize(results, len(unfinished))
     out = folders[0]
     table = markdown(rows)
     (out / "report.md").write_text(table + "\n")
     with (out / "report.csv").open("w", newline="") as f:
-        fields = [
-            "paper",
-            "dataset",
-            "method",
-            "qbp",
-            "seq_len",
-            "metric",
-            "lr",
-            "seeds",
-            "test_mean",
-            "test_std",
-            "val_mean",
-            "published",
-            "difference",
-            "completed",
-            "failed",
-        ]
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     plots = plot(results, out)
     print(table)
     print(f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}, " + ", ".join(str(p) for p in plots))
+    logged = log_to_wandb(rows, plots, results, out) if to_wandb and results else None
+    if logged:
+        print(logged)
     return 0
 
 

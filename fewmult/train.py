@@ -79,6 +79,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         **published_fields(cfg),  # the paper's number for this setup, if it has one
         "seq_len": cfg.dataset.get("seq_len"),  # time steps of a language model (None for images)
         "width": cfg.model.get("width"),  # Hou et al.'s K (None where the architecture has none)
+        "wandb_group": _run_identity(cfg)["group"],  # the sweep's W&B group: fewmult.report logs there
     }
 
 

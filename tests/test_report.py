@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from fewmult.report import main, markdown, published_for, summarize
+from tests.wandb_reader import run_info
 
 
 def result(lr, seed, val, test, status="completed", **extra):
@@ -95,6 +96,29 @@ def test_report_on_a_real_multirun(run_cli, tmp_path):
     assert rows[0]["seeds"] == "2" and rows[0]["failed"] == "1" and rows[0]["completed"] == "4"
     for name in ("report.md", "val_error_curves.png", "error_vs_lr.png"):
         assert (sweep / name).stat().st_size > 0
+
+
+def test_a_sweep_over_a_setting_gets_rows_of_its_own_and_its_table_in_wandb(run_cli, tmp_path):
+    proc = run_cli(
+        "-m", "dataset=synthetic", "trainer.max_epochs=1", "model.arch=32FC,64FC", "optim.lr=0.3,0.1"
+    )  # logged to W&B, offline (no credentials here)
+    assert proc.returncode == 0, proc.stderr
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    proc = run_cli(str(sweep), module="fewmult.report")
+    assert proc.returncode == 0, proc.stderr
+    assert "| model.arch=32FC | lin2016 | synthetic | fp |" in proc.stdout
+    assert "| model.arch=64FC | lin2016 | synthetic | fp |" in proc.stdout  # not one row for both
+    (report_run,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
+    info = run_info(report_run)
+    group = json.loads(next(sweep.glob("*/results.json")).read_text())["wandb_group"]
+    assert (info.run_group, info.job_type) == (group, "report")  # beside the sweep's jobs
+    (table_file,) = report_run.parent.glob("files/media/table/report/table_*.table.json")
+    table = json.loads(table_file.read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert sorted(r["setting"] for r in rows) == ["model.arch=32FC", "model.arch=64FC"]
+    assert all(r["lr"] in (0.3, 0.1) and r["completed"] == 2 for r in rows)
+    images = list(report_run.parent.glob("files/media/images/report/*.png"))
+    assert len(images) == 2  # validation curves and error against the learning rate
 
 
 def test_report_errors(tmp_path, capsys):
