@@ -268,36 +268,33 @@ def test_a_run_is_recorded_under_the_paper_whose_recipe_runs(paper, dataset):
         check_config(cfg)
 
 
+def learning_rates(*overrides: str) -> list[float]:
+    """The learning rate of every epoch of a composed setup, from its own optimizer and schedule."""
+    cfg = compose_config(*overrides)
+    optimizer = instantiate(cfg.optim.optimizer)([torch.zeros(1, requires_grad=True)])
+    schedule = instantiate(cfg.schedule)(optimizer)
+    lrs = []
+    for _ in range(cfg.trainer.max_epochs + 1):  # the last one: after the final epoch
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
 def test_schedules_follow_the_papers():
-    lin = compose_config("dataset=cifar10")
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lin.optim.lr)
-    sched = instantiate(lin.schedule)(opt)
-    for _ in range(lin.trainer.max_epochs):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.001, rel=1e-6)  # 0.3 -> 0.001 over 300 epochs
+    lin = learning_rates("dataset=cifar10")
+    assert len(lin) == 301 and lin[-1] == pytest.approx(0.001, rel=1e-6)  # 0.3 -> 0.001 over 300 epochs
 
-    hou = compose_config("paper=hou2017", "dataset=svhn")
-    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=hou.optim.lr)
-    sched = instantiate(hou.schedule)(opt)
-    lrs = []
-    for _ in range(30):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert (
-        lrs[14] == pytest.approx(1e-3) and lrs[15] == pytest.approx(1e-4) and lrs[25] == pytest.approx(1e-5)
-    )
+    hou = learning_rates("paper=hou2017", "dataset=svhn")  # x0.1 at epochs 15 and 25
+    assert (hou[14], hou[15], hou[25]) == (pytest.approx(1e-3), pytest.approx(1e-4), pytest.approx(1e-5))
 
-    cifar = compose_config("paper=hou2017", "dataset=cifar10")  # x0.5 every 15 epochs, 200 epochs
-    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cifar.optim.lr)
-    sched = instantiate(cifar.schedule)(opt)
-    lrs = []
-    for _ in range(cifar.trainer.max_epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs == [pytest.approx(0.03 * 0.5 ** (epoch // 15)) for epoch in range(200)]
+    cifar = learning_rates("paper=hou2017", "dataset=cifar10")  # x0.5 every 15 epochs, 200 epochs
+    assert cifar[:200] == [pytest.approx(0.03 * 0.5 ** (epoch // 15)) for epoch in range(200)]
+
+    lstm = learning_rates("dataset=warpeace", "method=lab")
+    # 0.002, times 0.98 after every epoch past the 10th (counted from 1): epoch 12 is the first lower
+    assert lstm[:11] == [pytest.approx(0.002)] * 11 and lstm[11] == pytest.approx(0.002 * 0.98)
+    assert lstm[199] == pytest.approx(0.002 * 0.98**189)
 
 
 @pytest.mark.parametrize("recipe", [{"gamma": 0.5}, {"gamma": 0.5, "milestones": [3], "every": 5}])
@@ -305,18 +302,6 @@ def test_the_step_schedule_needs_milestones_or_a_period(recipe):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(UserError, match=r"exactly one of recipe\.milestones"):
         schedules.step_decay(optimizer, **recipe)
-
-    lstm = compose_config("dataset=warpeace", "method=lab")
-    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lstm.optim.lr)
-    sched = instantiate(lstm.schedule)(opt)
-    lrs = []
-    for _ in range(lstm.trainer.max_epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    # 0.002, times 0.98 after every epoch past the 10th (counted from 1): epoch 12 is the first lower
-    assert lrs[:11] == [pytest.approx(0.002)] * 11 and lrs[11] == pytest.approx(0.002 * 0.98)
-    assert lrs[199] == pytest.approx(0.002 * 0.98**189)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10", "svhn", "text", "warpeace", "linux"])
