@@ -15,9 +15,11 @@ Peace, 1.312 in Table 3 and 1.320 in Table 4 (docs/papers.md D.20).
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -86,22 +88,40 @@ def lookup(key: SetupKey) -> Published | None:
     return _by_key().get(key)
 
 
-def setup_key(cfg: DictConfig) -> SetupKey:
-    """The key of a composed run config."""
+def setup_fields(cfg: DictConfig) -> dict[str, Any]:
+    """What a run's published number depends on, as ``results.json`` records it."""
+    return {
+        "paper": cfg.paper,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "qbp": bool(cfg.qbp),
+        "seq_len": cfg.dataset.get("seq_len"),  # time steps of a language model (None for images)
+        "width": cfg.model.get("width"),  # Hou et al.'s K (None where the architecture has none)
+    }
+
+
+def run_key(run: Mapping[str, Any]) -> SetupKey:
+    """The key of a run, from :func:`setup_fields` or a ``results.json`` (older ones lack a field)."""
     return (
-        cfg.paper,
-        cfg.dataset.name,
-        cfg.model.name,
-        cfg.method.name,
-        bool(cfg.qbp),
-        cfg.dataset.get("seq_len"),
-        cfg.model.get("width"),
+        run.get("paper", "?"),
+        run["dataset"],
+        run.get("model", "?"),
+        run["method"],
+        bool(run.get("qbp")),
+        run.get("seq_len"),
+        run.get("width"),
     )
 
 
-def published_fields(cfg: DictConfig) -> dict[str, float | str | None]:
+def setup_key(cfg: DictConfig) -> SetupKey:
+    """The key of a composed run config."""
+    return run_key(setup_fields(cfg))
+
+
+def published_fields(run: Mapping[str, Any]) -> dict[str, float | str | None]:
     """``published_test_error`` / ``published_test_loss`` and their source, for ``results.json``."""
-    row = lookup(setup_key(cfg))
+    row = lookup(run_key(run))
     return {
         "published_test_error": row.test_value if row and row.metric == "error" else None,
         "published_test_loss": row.test_value if row and row.metric == "loss" else None,

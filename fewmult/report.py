@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from fewmult.published import Published, lookup
+from fewmult.published import Published, lookup, run_key
 from fewmult.results import read_metrics
 
 # paper, dataset, method, qbp, time steps (text), the settings that vary between the jobs
@@ -42,16 +42,7 @@ def run_metric(result: dict) -> str:
 
 def published_for(run: dict) -> Published | None:
     """The published number of a run's setup, from fewmult/published.csv (docs/papers.md C)."""
-    key = (
-        run.get("paper", "?"),
-        run["dataset"],
-        run.get("model", "?"),
-        run["method"],
-        bool(run.get("qbp")),
-        run.get("seq_len"),
-        run.get("width"),
-    )
-    return lookup(key)
+    return lookup(run_key(run))
 
 
 def find_jobs(folders: list[Path]) -> tuple[list[dict], list[Path]]:

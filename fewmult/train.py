@@ -35,7 +35,7 @@ from fewmult.count import count_for_config
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
-from fewmult.published import published_fields
+from fewmult.published import published_fields, setup_fields
 from fewmult.results import best_epoch, read_metrics, write_json
 from fewmult.rundir import claim_run_dir, prepare_run_dir, task_config
 
@@ -67,18 +67,13 @@ def _run_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:
+    setup = setup_fields(cfg)  # paper, dataset, model, method, qbp, seq_len, width
     return {
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "method": cfg.method.name,
-        "paper": cfg.paper,
-        "qbp": bool(cfg.qbp),
+        **setup,
         "seed": cfg.seed,
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,
-        **published_fields(cfg),  # the paper's number for this setup, if it has one
-        "seq_len": cfg.dataset.get("seq_len"),  # time steps of a language model (None for images)
-        "width": cfg.model.get("width"),  # Hou et al.'s K (None where the architecture has none)
+        **published_fields(setup),  # the paper's number for this setup, if it has one
         "wandb_group": _run_identity(cfg)["group"],  # the sweep's W&B group: fewmult.report logs there
     }
 
