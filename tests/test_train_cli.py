@@ -109,6 +109,8 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
             ["dataset=svhn", "dataset.download=false"], "missing train_32x32.mat", marks=pytest.mark.slow
         ),
         (["dataset=mnist"], "could not download"),
+        # Lin et al.'s method picks their paper, which has no language-model recipe
+        (["dataset=text", "method=bc_stoch"], "paper=lin2016 has no setup for dataset=text"),
     ],
 )
 def test_bad_input_gives_one_clear_message(run_cli, tmp_path, args, message):
