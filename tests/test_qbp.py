@@ -12,7 +12,7 @@ from fewmult.build import qbp_settings
 from fewmult.errors import UserError
 from fewmult.models import PaperNet
 from fewmult.models.charlstm import CharLSTM
-from fewmult.nn import QuantConv2d, QuantLinear
+from fewmult.nn import QuantConv2d, QuantLinear, QuantLSTM
 from fewmult.qbp import QBPSettings, pow2_quantize
 from fewmult.quant import create_quantizer
 from fewmult.quant.rng import RandomStream
@@ -288,5 +288,7 @@ def test_the_error_after_batch_norm_needs_batch_norm():
         PaperNet("3FC", (5,), 2, batch_norm=False, qbp_dense=QBPSettings(error="after_bn"))
     with pytest.raises(UserError, match=r"model=lstm has none"):
         CharLSTM((10,), 7, hidden_size=4, qbp_dense=QBPSettings(error="after_bn"))
+    with pytest.raises(UserError, match=r"model=lstm has none"):  # the layer itself, in a user's model
+        QuantLSTM(7, 4, qbp=QBPSettings(error="after_bn"))
     with pytest.raises(UserError, match=r"qbp_settings\.\*\.error must be one of"):
         QBPSettings(error="before")

@@ -58,11 +58,6 @@ class CharLSTM(nn.Module):
                 f"{tuple(input_shape)}; use dataset=text, warpeace or linux."
             )
         require_positive(hidden_size, "model.hidden_size")
-        if qbp_dense is not None and qbp_dense.error == "after_bn":
-            raise UserError(
-                "qbp_settings.dense.error=after_bn takes a layer's error after its batch norm, and "
-                "model=lstm has none; use qbp_settings=paper (or qbp_settings.dense.error=exact)."
-            )
         self.lstm = QuantLSTM(
             num_classes,
             hidden_size,

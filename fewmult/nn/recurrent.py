@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewmult.errors import UserError
 from fewmult.nn.layers import QuantLinear
 from fewmult.qbp import QBPLinearFunction, QBPSettings
 from fewmult.quant.activations import SignActivation
@@ -126,6 +127,11 @@ class QuantLSTM(nn.Module):
         qbp: QBPSettings | None = None,
     ) -> None:
         super().__init__()
+        if qbp is not None and qbp.error == "after_bn":  # the recurrent product would take the exact one
+            raise UserError(
+                "qbp_settings.dense.error=after_bn takes a layer's error after its batch norm, and "
+                "model=lstm has none; use qbp_settings=paper (or qbp_settings.dense.error=exact)."
+            )
 
         def gate(n_in: int, bias: bool, qbp: QBPSettings | None = None) -> QuantLinear:
             quantizer = weight_quantizer() if weight_quantizer else None
