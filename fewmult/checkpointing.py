@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fewmult.atomic import atomic_open
 from fewmult.errors import UserError
-from fewmult.results import read_metrics, truncate_metrics
+from fewmult.results import read_metrics, truncate_epochs
 from fewmult.rundir import start_over_advice
 
 
@@ -112,8 +112,9 @@ def _epochs_done(last: Path) -> int:
         ) from exc
 
 
-def resume_point(last: Path, metrics: Path) -> str | None:
-    """The checkpoint a relaunch continues from (None: start at epoch 0), with ``metrics.csv`` cut to it.
+def resume_point(last: Path, metrics: Path, layers: Path | None = None) -> str | None:
+    """The checkpoint a relaunch continues from (None: start at epoch 0), with ``metrics.csv`` (and
+    ``layers``, the diagnostics' layers.csv) cut to it.
 
     Rows of epochs after the checkpoint (the epoch a kill interrupted after its row was written)
     are dropped, because the relaunch trains them again. Rows missing for epochs the checkpoint has
@@ -131,8 +132,9 @@ def resume_point(last: Path, metrics: Path) -> str | None:
             f"{last} has {done} epochs done, but {metrics} has rows for epochs {have}: the two files "
             f"are not from the same run. Restore the matching pair, or {start_over_advice(metrics.parent)}."
         )
-    if len(kept) < len(rows):
-        truncate_metrics(metrics, done)
+    for path in (metrics, layers):
+        if path is not None:
+            truncate_epochs(path, done)
     if done == 0:
         return None
     print(f"resuming from {last} ({done} epochs done)", flush=True)

@@ -176,6 +176,20 @@ class QBPSettings:
             q = torch.where(x == 0, torch.full_like(q, -(2.0**self.exp_min)), q)
         return q
 
+    def clipped_counts(self, x: torch.Tensor) -> torch.Tensor:
+        """How many entries of ``x`` get their exponent raised to ``exp_min`` and how many lowered to
+        ``exp_max``, as an int64 tensor of two (on ``x``'s device: nothing waits for it).
+
+        ``floor(log2|x|) < exp_min`` is ``|x| < 2^exp_min``, and ``> exp_max`` is ``|x| >= 2^(exp_max+1)``.
+        A zero counts as raised only with ``zero_to_min`` (it becomes ``-2^exp_min``; else it stays 0).
+        """
+        a = x.detach().abs()
+        raised = a < 2.0**self.exp_min if self.exp_min is not None else torch.zeros_like(a, dtype=torch.bool)
+        if not self.zero_to_min:
+            raised &= a > 0
+        lowered = a >= 2.0 ** (self.exp_max + 1) if self.exp_max is not None else torch.zeros_like(raised)
+        return torch.stack([raised.sum(), lowered.sum()])
+
     def encode(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
         """The rounded input as saved for backward (a float tensor, or sign * (exponent - offset))."""
         q = self.round(x, key)

@@ -61,13 +61,15 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
         ]
 
 
-def truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep the rows of the first ``epochs_done`` epochs (a resumed run trains the others again)."""
+def truncate_epochs(path: Path, epochs_done: int) -> None:
+    """Keep the rows of the first ``epochs_done`` epochs of a per-epoch CSV whose first column is
+    ``epoch`` (``metrics.csv``, ``layers.csv``): a resumed run writes the others again."""
     if not path.exists():
         return
-    with path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if float(row["epoch"]) < epochs_done]
-    atomic_write_text(path, _csv_text(rows, header=True))
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines[1:] if float(line.split(",", 1)[0]) < epochs_done]
+    if len(kept) < len(lines) - 1:
+        atomic_write_text(path, "".join(lines[:1] + kept))
 
 
 def is_better(value: float, best: float | None) -> bool:

@@ -1,8 +1,8 @@
 """Hydra entry point: ``python -m fewmult.train [overrides]``.
 
 Composes the config, loads the data, builds the model and trains it with Lightning, writing the
-run contract into the Hydra output folder: ``results.json``, ``metrics.csv``, ``checkpoints/``
-and ``wandb/``.
+run contract into the Hydra output folder: ``results.json``, ``metrics.csv``, ``layers.csv``,
+``checkpoints/`` and ``wandb/``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNor
 from fewmult.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomStates, resume_point
 from fewmult.config import CONF_DIR, check_config, register_resolvers
 from fewmult.count import count_for_config
+from fewmult.diagnostics import LayerDiagnostics, stop_counting
 from fewmult.errors import UserError, find_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
@@ -104,7 +105,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
         for folder in (run_dir, checkpoints):  # temporary files of writers killed in an earlier launch
             remove_stale_temporaries(folder)
-        ckpt_path = resume_point(checkpoints / "last.ckpt", metrics)
+        ckpt_path = resume_point(checkpoints / "last.ckpt", metrics, run_dir / "layers.csv")
         return _fit(cfg, run_dir, config, ckpt_path)
     finally:
         lock.release()
@@ -126,6 +127,8 @@ def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], ckpt_path: str 
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
+        if not cfg.diagnostics:
+            stop_counting(module.model)
         results["multiplications"] = count_for_config(cfg, module.model, datamodule)[1]
         logger = make_logger(config["logger"], run_dir, run_config=config, **_run_identity(cfg))
         trainer = instantiate(
@@ -138,6 +141,7 @@ def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], ckpt_path: str 
                 BestCheckpoint(checkpoints / "best.ckpt", monitor=f"val/{metric}"),
                 LastCheckpoint(checkpoints / "last.ckpt"),
                 RandomStates(),
+                *([LayerDiagnostics(run_dir / "layers.csv")] if cfg.diagnostics else []),
                 *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
                 *(instantiate(c) for c in cfg.callbacks),
             ],

@@ -85,6 +85,42 @@ def test_value_set(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_effective_scale_is_the_magnitude_of_every_nonzero_effective_weight(name):
+    layer = layer_with(name).train()
+    q = layer.weight_quantizer
+    scale = q.effective_scale(layer.weight)
+    counter = getattr(q, "stream", None)
+    drawn = None if counter is None else int(counter.rng_counter)
+    effective = layer.effective_weight().detach()  # training step's q(w); LAB updates alpha_last here
+    if q.bits == 32:
+        assert scale is None
+        return
+    assert drawn is None or int(counter.rng_counter) == drawn + 1  # effective_scale drew nothing
+    nonzero = effective[effective != 0].abs()
+    assert torch.allclose(nonzero, q.effective_scale(layer.weight).expand_as(nonzero))
+    assert torch.allclose(scale, q.effective_scale(layer.weight))  # LAB before its first step: BWN's
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_expected_zero_fraction_is_the_share_of_zero_effective_weights(name):
+    """Ternary: the mean zero share over many draws is within 6 sigma of the expectation; others: None."""
+    layer = layer_with(name, 100, 50).train()
+    q = layer.weight_quantizer
+    expected = q.expected_zero_fraction(layer.weight)
+    if q.bits != 2:
+        assert expected is None
+        return
+    torch.manual_seed(3)
+    draws = 40
+    with torch.no_grad():
+        zeros = sum((layer.effective_weight() == 0).float().mean() for _ in range(draws)) / draws
+    p = float(expected)
+    assert 0.2 < p < 0.9  # Glorot's init spreads the weights over the range
+    sigma = (p * (1 - p) / (draws * layer.weight.numel())) ** 0.5
+    assert abs(float(zeros) - p) < 6 * sigma
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_gradient_passes_straight_through(name):
     layer = layer_with(name).train()
     upstream = torch.randn_like(layer.weight)

@@ -3,8 +3,9 @@ same command (as SLURM requeues a job) ends exactly as the run that was never ki
 
 The kills come from :class:`tests.faults.KillAt`, an ordinary callback passed through the
 ``callbacks`` config key; checkpointing is fewmult's own. Each setup is killed five times, at a
-different point each time, then completes; its ``metrics.csv`` (all columns but ``epoch_seconds``)
-and ``results.json`` (all but timings) must equal those of an uninterrupted run with the same seed.
+different point each time, then completes; its ``metrics.csv`` (all columns but ``epoch_seconds``),
+``layers.csv`` and ``results.json`` (all but timings) must equal those of an uninterrupted run with
+the same seed.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def check_same_as_uninterrupted(tmp_path: Path, args: list[str], kills: list[tup
     killed = kill_and_relaunch(tmp_path, args, kills)
     assert [int(r["epoch"]) for r in metric_rows(killed)] == list(range(EPOCHS))
     assert metric_rows(killed) == metric_rows(reference)  # bit-identical to the printed digits
+    # the diagnostics too: the relaunch drops a killed epoch's rows and takes its flip rates from last.ckpt
+    assert (killed / "layers.csv").read_text() == (reference / "layers.csv").read_text()
     assert results(killed) == results(reference)
     assert results(killed)["status"] == "completed"
 

@@ -71,6 +71,26 @@ def test_synthetic_run_writes_the_whole_contract(run_cli, tmp_path):
     assert exit_code(wandb_file) == 0
     assert "wandb sync" in proc.stdout
 
+    # per-layer diagnostics: layers.csv, the same numbers in W&B, and one chart per quantity
+    layers = read_csv(run / "layers.csv")
+    assert [(int(r["epoch"]), r["layer"]) for r in layers] == [
+        (e, n) for e in range(4) for n in ("fc1", "fc2", "fc3", "out")
+    ]
+    logged = {
+        (h["epoch"], k.split("/")[1]): v
+        for h in history(wandb_file)
+        for k, v in h.items()
+        if k.startswith("flip_rate/")
+    }
+    assert logged == {
+        (int(r["epoch"]), r["layer"]): pytest.approx(float(r["flip_rate"]), rel=1e-5) for r in layers
+    }
+    tables = {
+        p.name.split("_table")[0]
+        for p in run.glob("wandb/offline-run-*/files/media/table/layers/*.table.json")
+    }
+    assert tables == {"flip_rate", "mean_abs_w"}  # full precision: no clipping, scale or zeros
+
 
 @pytest.mark.slow  # 50 epochs; the fast tier trains every method on mnist_mini in-process
 def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):

@@ -45,6 +45,12 @@ class QuantMixin:
         self.fan_in, self.fan_out = fan_in, fan_out
         self.qbp = qbp
         self.qbp_stream = RandomStream() if qbp is not None else None
+        # inputs whose exponent QBP clipped (raised to exp_min, lowered to exp_max) and inputs seen,
+        # summed until fewmult.diagnostics reads and resets them; not saved with the model
+        self.register_buffer(
+            "qbp_clipped", torch.zeros(2, dtype=torch.int64) if qbp is not None else None, persistent=False
+        )
+        self.qbp_inputs = 0
         self.weight_quantizer = weight_quantizer
         gain = 2.0  # full precision: Glorot uniform
         if weight_quantizer is not None:
@@ -54,6 +60,12 @@ class QuantMixin:
             self.weight.uniform_(-gain * self.w0, gain * self.w0)  # gain 2: Glorot uniform
             if self.bias is not None:
                 self.bias.zero_()
+
+    def count_qbp_clipping(self, x: torch.Tensor) -> None:
+        """Add ``x``'s clipped exponents to :attr:`qbp_clipped` (None: not counted, ``diagnostics=false``)."""
+        if self.qbp_clipped is not None:
+            self.qbp_clipped += self.qbp.clipped_counts(x)
+            self.qbp_inputs += x.numel()
 
     def effective_weight(self) -> torch.Tensor:
         """The weight used in forward and backward propagation."""
@@ -81,6 +93,7 @@ class QuantLinear(QuantMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
             key = self.qbp_stream.next_key()
+            self.count_qbp_clipping(x)
             box = self.error_after_bn.open() if self.error_after_bn is not None else None
             return QBPLinearFunction.apply(x, self.effective_weight(), self.bias, self.qbp, key, box)
         return F.linear(x, self.effective_weight(), self.bias)
@@ -118,6 +131,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qbp is not None and self.training:
             key = self.qbp_stream.next_key()
+            self.count_qbp_clipping(x)
             geometry = (self.stride, self.padding, self.dilation, self.groups)
             return QBPConv2dFunction.apply(x, self.effective_weight(), self.bias, geometry, self.qbp, key)
         return self._conv_forward(x, self.effective_weight(), self.bias)

@@ -151,6 +151,7 @@ class QuantLSTM(nn.Module):
         if self.qbp is not None and self.training:
             # the four recurrent matrices multiply as one; the input gate's stream draws for them all
             key = self.hidden_weights["input"].qbp_stream.next_key()
+            self.hidden_weights["input"].count_qbp_clipping(h)  # one input h for the four gates
             return QBPLinearFunction.apply(h, w_h, None, self.qbp, key)
         return h @ w_h.t()
 

@@ -61,7 +61,8 @@ class WeightQuantizer(nn.Module):
     What the layer and the training module read from every quantizer (the contract):
     :attr:`init_gain` (the layer initializes ``U(-gain W0, gain W0)``), :attr:`clip_bound` (the
     module clips the latent weight after every step), :meth:`setup` (called once by the layer)
-    and, where :attr:`needs_optimizer_state`, :meth:`bind_curvature`.
+    and, where :attr:`needs_optimizer_state`, :meth:`bind_curvature`. The per-layer diagnostics
+    and the export also read :meth:`effective_scale` and :meth:`expected_zero_fraction`.
     """
 
     bits: ClassVar[int] = 32
@@ -92,6 +93,15 @@ class WeightQuantizer(nn.Module):
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def effective_scale(self, w: torch.Tensor) -> torch.Tensor | None:
+        """The magnitude of the nonzero effective weights (one per layer), without drawing random
+        numbers; None where there is no single one (full precision). For diagnostics and export."""
+        return None
+
+    def expected_zero_fraction(self, w: torch.Tensor) -> torch.Tensor | None:
+        """The expected share of effective weights that are 0 (ternary quantizers); None otherwise."""
+        return None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training and self.eval_policy == "latent":

@@ -78,6 +78,9 @@ class _ScaledByW0(WeightQuantizer):
     def clip_bound(self) -> float:
         return self.s
 
+    def effective_scale(self, w: torch.Tensor) -> torch.Tensor:
+        return self.level
+
 
 @register_quantizer("bc_det")
 @register_quantizer("bnn", scale="unit")
@@ -168,6 +171,10 @@ class TernaryConnect(_Stochastic):
         keep = torch.rand_like(w).mul_(self.s).lt_(w.abs())
         return torch.sign(w).mul_(keep).mul_(self.s)
 
+    def expected_zero_fraction(self, w: torch.Tensor) -> torch.Tensor:
+        """A weight is 0 with probability ``1 - |w|/s``."""
+        return (1 - w.detach().abs() / self.level).clamp_(0, 1).mean()
+
 
 class _ScaledSign(WeightQuantizer):
     """``q(w) = alpha * sign(w)`` with one scale per weight tensor; latent weights clipped to [-1, 1]."""
@@ -182,6 +189,9 @@ class _ScaledSign(WeightQuantizer):
 
     def alpha(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def effective_scale(self, w: torch.Tensor) -> torch.Tensor:
+        return self.alpha(w.detach())
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return fused_or_eager(_scaled_sign, w.detach(), self.alpha(w))
@@ -223,6 +233,11 @@ class LossAwareBinarization(_ScaledSign):
         self._curvature: Callable[[], torch.Tensor | None] | None = None  # bound by bind_curvature
         self.register_buffer("alpha_last", torch.tensor(float("nan")))
 
+    def effective_scale(self, w: torch.Tensor) -> torch.Tensor:
+        """The last ``alpha`` (of the latest training step; BWN's before the first one)."""
+        # torch.where, not `if`: a Python branch on a tensor waits for the device
+        return torch.where(self.alpha_last.isnan(), w.detach().abs().mean(), self.alpha_last)
+
     def bind_curvature(self, source: Callable[[], torch.Tensor | None]) -> None:
         """``source()`` returns the second moment ``v`` of the weight, or None before any step."""
         self._curvature = source
@@ -236,8 +251,7 @@ class LossAwareBinarization(_ScaledSign):
             )
         v = self._curvature() if self._curvature is not None else None
         if v is None:
-            # torch.where, not `if`: a Python branch on a tensor waits for the device
-            return torch.where(self.alpha_last.isnan(), w.abs().mean(), self.alpha_last)
+            return self.effective_scale(w)
         alpha = fused_or_eager(_lab_alpha, w.detach(), v, self.eps)
         self.alpha_last.copy_(alpha)
         return alpha
