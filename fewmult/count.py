@@ -41,6 +41,9 @@ class LayerCount:
     weight_gradient: int
     per_unit: int
     batch_norm: int
+    bits: int = 32  # per effective weight
+    weight_bytes: int = 0  # the weights stored packed, as fewmult.export writes them
+
 
     @property
     def without_bn(self) -> int:
@@ -67,6 +70,7 @@ def count_multiplications(
     for use in uses:
         quantizer = use.layer.weight_quantizer
         kind = "full" if quantizer is None else quantizer.multiplies
+        bits = 32 if quantizer is None else quantizer.bits
         propagate = {"full": use.macs, "scaled_sign": use.units if use.macs else 0}.get(kind, 0)
         rows.append(
             LayerCount(
@@ -77,9 +81,16 @@ def count_multiplications(
                 weight_gradient=0 if use.layer.qbp is not None else batch_size * use.macs,
                 per_unit=PER_UNIT * batch_size * use.units,
                 batch_norm=PER_BN_UNIT * (batch_size + 1) * use.bn_units,
+                bits=bits,
+                weight_bytes=packed_bytes(use.layer.weight.numel(), bits),
             )
         )
     return rows
+
+
+def packed_bytes(weights: int, bits: int) -> int:
+    """Bytes of a layer's weights packed ``bits`` to a weight, plus its one float32 scale if quantized."""
+    return 4 * weights if bits == 32 else -(-weights * bits // 8) + 4
 
 
 def summary(rows: list[LayerCount], baseline: list[LayerCount]) -> dict[str, float]:
@@ -105,17 +116,27 @@ def summary(rows: list[LayerCount], baseline: list[LayerCount]) -> dict[str, flo
 
 def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: int) -> str:
     cols = ["weights", "forward", "backward", "weight_gradient", "per_unit", "batch_norm"]
-    lines = [f"multiplications per training minibatch of {batch_size}", ""]
-    lines.append(f"{'layer':<8}" + "".join(f"{c:>16}" for c in [*cols, "total"]))
+    lines = [f"multiplications per training minibatch of {batch_size}; weight memory packed as exported", ""]
+    header = "".join(f"{c:>16}" for c in [*cols, "total"])
+    lines.append(f"{'layer':<8}{header}{'bits':>6}{'memory':>12}")
     for r in rows:
         d = asdict(r)
-        lines.append(f"{r.name:<8}" + "".join(f"{d[c]:>16,}" for c in cols) + f"{r.total:>16,}")
+        cells = "".join(f"{d[c]:>16,}" for c in cols) + f"{r.total:>16,}"
+        lines.append(f"{r.name:<8}{cells}{r.bits:>6}{_size(r.weight_bytes):>12}")
+    packed, full = sum(r.weight_bytes for r in rows), sum(4 * r.weights for r in rows)
+    lines.append(f"weights: {_size(packed)} packed, {_size(full)} as float32 ({full / packed:.1f}x smaller)")
     lines.append("")
     lines.append(f"{'':<8}{'this method':>16}{'full precision':>16}{'ratio':>12}")
     for label, suffix in (("with BN", ""), ("no BN", "_without_bn")):
         ours, fp, ratio = (totals[k + suffix] for k in ("total", "full_precision_total", "ratio"))
         lines.append(f"{label:<8}{ours:>16.4e}{fp:>16.4e}{ratio:>12.6f}")
     return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
 
 
 def count_for_config(

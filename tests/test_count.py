@@ -93,3 +93,20 @@ def test_lstm_counts_the_recurrent_and_softmax_products_at_every_step():
     assert lab["forward"] == batch * (4 * steps * hidden + softmax)  # alpha once per gate output
     _, tc = count_for_config(compose_config(*cfg, "method=tc", "qbp=true"))
     assert tc["forward"] == batch * softmax and tc["weight_gradient"] == 0  # only the fp softmax multiplies
+
+
+@pytest.mark.parametrize("method, bits", [("fp", 32), ("bc_det", 1), ("tc", 2), ("lab", 1)])
+def test_bits_and_packed_memory_per_layer(method, bits):
+    rows, _ = count_for_config(compose_config("dataset=synthetic", f"method={method}"))
+    for row in rows:
+        assert row.bits == bits
+        # 1 bit per binary weight, 2 per ternary, one float32 scale per layer; float32 otherwise
+        expected = 4 * row.weights if bits == 32 else (row.weights * bits + 7) // 8 + 4
+        assert row.weight_bytes == expected
+
+
+def test_cli_prints_bits_and_memory(capsys):
+    assert main(["dataset=synthetic", "method=tc"]) == 0
+    out = capsys.readouterr().out
+    assert "bits" in out.splitlines()[3] and "memory" in out.splitlines()[3]
+    assert "weights: 710.5 KiB packed, 11.1 MiB as float32 (16.0x smaller)" in out  # 784-1024x3-10
