@@ -121,6 +121,27 @@ def test_expected_zero_fraction_is_the_share_of_zero_effective_weights(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_most_likely_is_the_mode_of_the_effective_weight(name):
+    """Deterministic quantizers: q(w) itself. Stochastic: each weight's most frequent value over 400
+    draws, for weights whose mode has probability at least 0.65 (6 sigma above 1/2)."""
+    layer = layer_with(name, 30, 20).train()
+    q = layer.weight_quantizer
+    mode = q.most_likely(layer.weight)
+    if not q.stochastic:
+        assert torch.equal(mode, layer.effective_weight().detach())
+        return
+    torch.manual_seed(2)
+    with torch.no_grad():
+        draws = torch.stack([layer.effective_weight() for _ in range(400)])
+    s = q.clip_bound
+    share_of_mode = (draws == mode).float().mean(0)
+    p = layer.weight.detach().abs() / s  # ternary: P(nonzero); binary: |P(+s) - P(-s)|
+    clear = (p - 0.5).abs() > 0.15 if q.bits == 2 else p > 0.3
+    assert clear.sum() > 50
+    assert (share_of_mode[clear] > 0.5).all()
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_gradient_passes_straight_through(name):
     layer = layer_with(name).train()
     upstream = torch.randn_like(layer.weight)

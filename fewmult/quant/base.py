@@ -62,7 +62,8 @@ class WeightQuantizer(nn.Module):
     :attr:`init_gain` (the layer initializes ``U(-gain W0, gain W0)``), :attr:`clip_bound` (the
     module clips the latent weight after every step), :meth:`setup` (called once by the layer)
     and, where :attr:`needs_optimizer_state`, :meth:`bind_curvature`. The per-layer diagnostics
-    and the export also read :meth:`effective_scale` and :meth:`expected_zero_fraction`.
+    and the export also read :meth:`effective_scale`, :meth:`expected_zero_fraction` and
+    :meth:`most_likely`.
     """
 
     bits: ClassVar[int] = 32
@@ -98,6 +99,11 @@ class WeightQuantizer(nn.Module):
         """The magnitude of the nonzero effective weights (one per layer), without drawing random
         numbers; None where there is no single one (full precision). For diagnostics and export."""
         return None
+
+    def most_likely(self, w: torch.Tensor) -> torch.Tensor:
+        """The effective weight without chance: ``q(w)`` itself, or a stochastic quantizer's most
+        likely value. What ``fewmult.export`` writes for nets evaluated with their latent weights."""
+        return self.quantize(w.detach())
 
     def expected_zero_fraction(self, w: torch.Tensor) -> torch.Tensor | None:
         """The expected share of effective weights that are 0 (ternary quantizers); None otherwise."""

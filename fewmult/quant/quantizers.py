@@ -37,6 +37,9 @@ class FullPrecision(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w
 
+    def most_likely(self, w: torch.Tensor) -> torch.Tensor:
+        return w.detach()
+
 
 class _ScaledByW0(WeightQuantizer):
     """Lin et al.'s quantizers: values ``+-s`` (and 0), latent weights clipped to ``[-s, s]``.
@@ -149,6 +152,10 @@ class StochasticBinaryConnect(_Stochastic):
     multiplies = "sign"
     kernel = staticmethod(_stochastic_binary)
 
+    def most_likely(self, w: torch.Tensor) -> torch.Tensor:
+        """``+s`` is the more likely value exactly when ``w >= 0`` (p = 1/2 at 0 goes to +s, sign(0) = +1)."""
+        return _scaled_sign(w.detach(), self.level.to(w.dtype))
+
     def quantize_with_torch_rng(self, w: torch.Tensor) -> torch.Tensor:
         p = w.div(2 * self.s).add_(0.5).clamp_(0, 1)
         return torch.rand_like(w).lt_(p).to(w.dtype).mul_(2 * self.s).sub_(self.s)
@@ -170,6 +177,11 @@ class TernaryConnect(_Stochastic):
     def quantize_with_torch_rng(self, w: torch.Tensor) -> torch.Tensor:
         keep = torch.rand_like(w).mul_(self.s).lt_(w.abs())
         return torch.sign(w).mul_(keep).mul_(self.s)
+
+    def most_likely(self, w: torch.Tensor) -> torch.Tensor:
+        """``s sign(w)`` where that is more likely than 0 (``|w| > s/2``), else 0."""
+        w = w.detach()
+        return torch.sign(w) * (w.abs() > self.s / 2) * self.s
 
     def expected_zero_fraction(self, w: torch.Tensor) -> torch.Tensor:
         """A weight is 0 with probability ``1 - |w|/s``."""

@@ -1,0 +1,290 @@
+"""``python -m fewmult.export RUN_DIR``: the evaluated network of ``best.ckpt`` with packed weights.
+
+Writes ``RUN_DIR/export/model.npz`` in the format of :mod:`fewmult.packed_forward` (1 bit per binary
+weight, 2 per ternary, one scale per layer, batch norm folded into a per-unit scale and shift, or
+into thresholds where a sign activation follows), then proves it: the NumPy forward of that file
+on the run's test split must give the same predictions as the PyTorch network it came from, and
+its test error is printed beside the run's. ``export.json`` next to it records the numbers.
+
+Methods evaluated with their latent weights (stochastic BinaryConnect, ternary connect: Lin et
+al. evaluate the real-valued net) are exported as their deterministic quantization, the most likely
+value of every weight (:meth:`~fewmult.quant.base.WeightQuantizer.most_likely`); the printed test
+error of the export then differs from the run's, which the run's own number would hide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from omegaconf import OmegaConf
+from torch import nn
+
+from fewmult.errors import UserError, find_user_error
+from fewmult.models.papernet import PaperNet
+from fewmult.nn.layers import QuantConv2d, QuantLinear
+from fewmult.packed_forward import FORMAT, VERSION, PackedNetwork
+from fewmult.packing import pack_bits
+from fewmult.qbp import TapError
+from fewmult.quant.activations import SignActivation
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+class _Writer:
+    """Collects the manifest's ops and the arrays they name."""
+
+    def __init__(self) -> None:
+        self.ops: list[dict[str, Any]] = []
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, value: np.ndarray) -> str:
+        key = f"{len(self.ops)}.{name}"
+        self.arrays[key] = value
+        return key
+
+
+def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, exported: torch.Tensor) -> dict[str, Any]:
+    """The encoding of one layer's exported weights: binary, ternary or float32."""
+    quantizer = layer.weight_quantizer
+    shape = list(exported.shape)
+    if quantizer is None or quantizer.bits == 32:
+        return {"encoding": "float32", "shape": shape, "values": writer.array("weight", exported.numpy())}
+    scale = float(quantizer.effective_scale(layer.weight))
+    codes = torch.round(exported / scale)
+    if not torch.equal(codes.abs() * scale, exported.abs()) or codes.abs().max() > 1:
+        raise UserError(f"{type(quantizer).__name__}'s weights are not +-scale or 0; they cannot be packed.")
+    if quantizer.bits == 1:
+        if (codes == 0).any():
+            raise UserError(f"{type(quantizer).__name__} gave a zero weight, which 1 bit cannot hold.")
+        return {
+            "encoding": "binary",
+            "shape": shape,
+            "scale": scale,
+            "bits": writer.array("bits", pack_bits(codes > 0).numpy()),
+        }
+    return {
+        "encoding": "ternary",
+        "shape": shape,
+        "scale": scale,
+        "nonzero": writer.array("nonzero", pack_bits(codes != 0).numpy()),
+        "negative": writer.array("negative", pack_bits(codes < 0).numpy()),
+    }
+
+
+def exported_weight(layer: QuantLinear | QuantConv2d) -> torch.Tensor:
+    """The weight the export holds: the evaluated effective weight, or for a net evaluated with its
+    latent weights, their most likely quantization."""
+    quantizer = layer.weight_quantizer
+    with torch.no_grad():
+        if quantizer is None:
+            return layer.weight.detach().clone()
+        return quantizer.most_likely(layer.weight).clone()
+
+
+def _layer_op(writer: _Writer, layer: QuantLinear | QuantConv2d) -> None:
+    bias = None if layer.bias is None else writer.array("bias", layer.bias.detach().double().numpy())
+    op: dict[str, Any] = {"op": "linear" if isinstance(layer, QuantLinear) else "conv2d"}
+    op["weight"] = _weight_spec(writer, layer, exported_weight(layer))
+    op["bias"] = bias
+    if isinstance(layer, QuantConv2d):
+        if isinstance(layer.padding, str):
+            raise UserError(f"padding={layer.padding!r} is not exported; give the sizes.")
+        op.update(
+            stride=list(layer.stride),
+            padding=list(layer.padding),
+            dilation=list(layer.dilation),
+            groups=layer.groups,
+        )
+    writer.ops.append(op)
+
+
+def _bn_affine(bn: _BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation-mode BN as ``x * a + b`` per unit, in float64."""
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(mean)
+    a = gamma / torch.sqrt(var + bn.eps)
+    return a.numpy(), (beta - a * mean).numpy()
+
+
+def _bn_op(writer: _Writer, bn: _BatchNorm, then_sign: bool) -> None:
+    a, b = _bn_affine(bn)
+    if not then_sign:
+        writer.ops.append(
+            {"op": "affine", "scale": writer.array("scale", a), "shift": writer.array("shift", b)}
+        )
+        return
+    # sign(a x + b) = +1  <=>  x >= -b/a (a > 0), x <= -b/a (a < 0); a = 0: always sign(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        threshold = np.where(a != 0, -b / a, np.where(b >= 0, -np.inf, np.inf))
+    writer.ops.append(
+        {
+            "op": "sign_threshold",
+            "threshold": writer.array("threshold", threshold),
+            "negative": writer.array("negative", a < 0),
+        }
+    )
+
+
+def pack_network(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The ops and arrays of a :class:`PaperNet` in evaluation mode."""
+    if not isinstance(model, PaperNet):
+        raise UserError(
+            f"fewmult.export writes feed-forward PaperNet models (model=mlp, cnn and the papers' nets); "
+            f"{type(model).__name__} is not exported yet."
+        )
+    writer = _Writer()
+    modules = [m for block in model.children() for m in block.children() if not isinstance(m, TapError)]
+    i = 0
+    while i < len(modules):
+        m = modules[i]
+        following = modules[i + 1] if i + 1 < len(modules) else None
+        if isinstance(m, nn.Flatten):
+            writer.ops.append({"op": "flatten"})
+        elif isinstance(m, (QuantLinear, QuantConv2d)):
+            _layer_op(writer, m)
+        elif isinstance(m, nn.MaxPool2d):
+            writer.ops.append({"op": "maxpool2d", "size": int(m.kernel_size)})
+        elif isinstance(m, _BatchNorm):
+            then_sign = isinstance(following, SignActivation)
+            _bn_op(writer, m, then_sign)
+            i += then_sign
+        elif isinstance(m, nn.ReLU):
+            writer.ops.append({"op": "relu"})
+        else:
+            raise UserError(f"fewmult.export cannot write a {type(m).__name__} (in {type(model).__name__}).")
+        i += 1
+    return writer.ops, writer.arrays
+
+
+def torch_predictions(model: nn.Module, x: torch.Tensor, latent_eval: bool) -> np.ndarray:
+    """Predictions of the PyTorch network the export holds (for latent-weight methods: the net with
+    its most likely quantized weights, evaluated as the latent net is)."""
+    model.eval()
+    saved = {}
+    if latent_eval:
+        for layer in (m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))):
+            saved[layer] = layer.weight.detach().clone()
+            with torch.no_grad():
+                layer.weight.copy_(exported_weight(layer))
+    try:
+        with torch.no_grad():
+            return torch.cat([model(batch).argmax(1) for batch in x.split(256)]).numpy()
+    finally:
+        with torch.no_grad():
+            for layer, weight in saved.items():
+                layer.weight.copy_(weight)
+
+
+def _load_run(run_dir: Path):
+    """The run's config, its network with the weights of ``best.ckpt``, and its data module."""
+    from hydra.utils import instantiate
+
+    from fewmult.build import build_model
+    from fewmult.config import register_resolvers
+
+    record, best = run_dir / "run_config.yaml", run_dir / "checkpoints" / "best.ckpt"
+    for path in (record, best):
+        if not path.is_file():
+            raise UserError(f"{path} is missing: give the folder of a run that validated at least once.")
+    register_resolvers()
+    cfg = OmegaConf.create(yaml.safe_load(record.read_text()))
+    datamodule = instantiate(cfg.dataset)
+    model = build_model(cfg, datamodule.image_shape, datamodule.num_classes)
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return cfg, model.eval(), datamodule
+
+
+def export_run(run_dir: Path) -> dict[str, Any]:
+    """Write ``RUN_DIR/export/model.npz``, check it against PyTorch on the test split, return the numbers."""
+    run_dir = Path(run_dir)
+    cfg, model, datamodule = _load_run(run_dir)
+    ops, arrays = pack_network(model)
+    quantizers = [m.weight_quantizer for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    latent_eval = any(q is not None and q.eval_policy == "latent" and q.bits < 32 for q in quantizers)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "input_shape": list(datamodule.image_shape),
+        "num_classes": datamodule.num_classes,
+        "weights": "most likely quantization of the latent weights" if latent_eval else "as evaluated",
+        "layers": ops,
+    }
+    out = run_dir / "export"
+    out.mkdir(exist_ok=True)
+    path = out / "model.npz"
+    np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
+
+    splits = datamodule.load()
+    x, y = splits.test_x.float(), splits.test_y.numpy()
+    packed = PackedNetwork(str(path)).predict(x.numpy())
+    reference = torch_predictions(model, x, latent_eval)
+    results_path = run_dir / "results.json"
+    run_results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    summary = {
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "checkpoint_bytes": (run_dir / "checkpoints" / "best.ckpt").stat().st_size,
+        "float32_weight_bytes": 4
+        * sum(a.numel() for a in model.state_dict().values() if a.is_floating_point()),
+        "test_examples": len(y),
+        "predictions_identical": int((packed == reference).sum()),
+        "export_test_error": float((packed != y).mean()),
+        "run_test_error": run_results.get("test_error", math.nan),
+        "latent_weights_at_evaluation": latent_eval,
+    }
+    (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fewmult.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "run_dir", type=Path, help="a run folder of fewmult.train (it holds checkpoints/best.ckpt)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        s = export_run(args.run_dir)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"fewmult.export: error: {user_error}", file=sys.stderr)
+        return 2
+    kind = (
+        "most likely quantization of the latent weights"
+        if s["latent_weights_at_evaluation"]
+        else "the evaluated network"
+    )
+    print(f"wrote {s['file']} ({kind})")
+    print(
+        f"size: {_size(s['file_bytes'])}; best.ckpt {_size(s['checkpoint_bytes'])}, "
+        f"its float32 weights and buffers {_size(s['float32_weight_bytes'])}"
+    )
+    n, same = s["test_examples"], s["predictions_identical"]
+    print(f"NumPy forward of the file vs PyTorch: {same} of {n} test predictions identical")
+    run_label = "run (latent weights)" if s["latent_weights_at_evaluation"] else "run"
+    print(f"test error: export {s['export_test_error']:.4f}, {run_label} {s['run_test_error']:.4f}")
+    if same != n:
+        print(f"fewmult.export: error: {n - same} predictions differ from PyTorch's", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Packed export: every method's network, written and read back by NumPy alone, predicts as PyTorch;
+``python -m fewmult.export`` on a real run proves its file and reports its size and test error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fewmult.build import build_model
+from fewmult.errors import UserError
+from fewmult.export import pack_network, torch_predictions
+from fewmult.nn import quant_layers
+from fewmult.packed_forward import FORMAT, PackedNetwork
+from tests.conftest import REPO, compose_config, only_run_dir
+
+METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
+NETS = {
+    "mlp": (("model=mlp", "model.arch=64FC-48FC"), (1, 8, 8)),
+    "cnn": (("model=cnn", "model.arch=8C3-MP2-12C3-16FC", "model.padding=1"), (3, 12, 12)),
+}
+
+
+def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BN statistics and affine parameters (negative scales included), as after training."""
+    torch.manual_seed(1)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        bn.running_mean.normal_(0, 2)
+        bn.running_var.uniform_(0.5, 4)
+        with torch.no_grad():
+            bn.weight.normal_(0, 1)
+            bn.bias.normal_(0, 1)
+    return model.eval()
+
+
+def write(tmp_path: Path, model: torch.nn.Module) -> PackedNetwork:
+    ops, arrays = pack_network(model)
+    path = tmp_path / "model.npz"
+    manifest = {"format": FORMAT, "version": 1, "layers": ops}
+    np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
+    return PackedNetwork(str(path))
+
+
+@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("method", METHODS)
+def test_numpy_forward_of_the_file_predicts_as_pytorch(tmp_path, method, net):
+    overrides, shape = NETS[net]
+    cfg = compose_config("dataset=synthetic", f"method={method}", *overrides)
+    torch.manual_seed(0)
+    model = trained_looking(build_model(cfg, shape, 10))
+    packed = write(tmp_path, model)
+    x = torch.rand(300, *shape)
+    latent = any(
+        m.weight_quantizer.eval_policy == "latent" for m in quant_layers(model) if m.weight_quantizer
+    )
+    expected = torch_predictions(model, x, latent_eval=latent)
+    assert np.array_equal(packed.predict(x.numpy()), expected)
+    if not latent:  # the evaluated network itself: scores agree too
+        with torch.no_grad():
+            scores = model(x).numpy()
+        assert np.allclose(packed.forward(x.numpy()), scores, rtol=1e-4, atol=1e-4)
+    # the packed sizes: 1 bit per binary weight, 2 per ternary
+    bits = {"fp": 32, "tc": 2}.get(method, 1)
+    for op in (o for o in packed.layers if "weight" in o):
+        n = int(np.prod(op["weight"]["shape"]))
+        stored = sum(
+            packed.arrays[v].nbytes
+            for k, v in op["weight"].items()
+            if k in ("bits", "nonzero", "negative", "values")
+        )
+        assert stored == (4 * n if bits == 32 else bits * ((n + 7) // 8))
+    if method in ("bnn", "xnor", "lab2"):  # sign activations: BN folded into thresholds
+        hidden_blocks = len(list(model.children())) - 1
+        assert [o["op"] for o in packed.layers].count("sign_threshold") == hidden_blocks
+
+
+def test_the_lstm_is_refused_with_the_reason():
+    cfg = compose_config("dataset=text", "method=lab")
+    with pytest.raises(UserError, match="PaperNet models"):
+        pack_network(build_model(cfg, (100,), 65))
+
+
+def test_the_reader_needs_no_torch(tmp_path):
+    """packed_forward.py runs as a script in a Python where importing torch fails."""
+    cfg = compose_config("dataset=synthetic", "method=lab2", *NETS["mlp"][0])
+    torch.manual_seed(0)
+    model = trained_looking(build_model(cfg, (1, 8, 8), 10))
+    write(tmp_path, model)
+    x = torch.rand(20, 1, 8, 8)
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = REPO / "fewmult" / "packed_forward.py"
+    code = (
+        "import runpy, sys; sys.modules['torch'] = None; "
+        "sys.argv = ['packed_forward.py', 'model.npz', 'x.npy']; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [int(v) for v in proc.stdout.split()] == torch_predictions(model, x, latent_eval=False).tolist()
+
+
+@pytest.mark.parametrize("method", ["bc_stoch", "lab2"])
+def test_export_of_a_trained_run(run_cli, tmp_path, method):
+    proc = run_cli(
+        "dataset=synthetic",
+        f"method={method}",
+        "model.arch=128FC-64FC",
+        "trainer.max_epochs=2",
+        "logger=none",
+    )
+    assert proc.returncode == 0, proc.stderr
+    run = only_run_dir(tmp_path / "outputs")
+    proc = run_cli(str(run), module="fewmult.export")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "export" / "export.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert summary["predictions_identical"] == summary["test_examples"] == 200
+    assert (
+        f"{summary['test_examples']} of {summary['test_examples']} test predictions identical" in proc.stdout
+    )
+    assert summary["file_bytes"] < summary["float32_weight_bytes"] / 10 < summary["checkpoint_bytes"]
+    assert "size: " in proc.stdout and "best.ckpt" in proc.stdout
+    if method == "lab2":  # evaluated with its quantized weights: the export is that very network
+        assert not summary["latent_weights_at_evaluation"]
+        assert summary["export_test_error"] == pytest.approx(results["test_error"], abs=1e-6)
+    else:  # evaluated with latent weights: the deterministic quantization, its own error beside the run's
+        assert summary["latent_weights_at_evaluation"]
+        assert "run (latent weights)" in proc.stdout and 0 <= summary["export_test_error"] <= 1
+
+
+def test_export_of_a_folder_without_a_checkpoint_says_what_is_missing(run_cli, tmp_path):
+    proc = run_cli(str(tmp_path), module="fewmult.export")
+    assert proc.returncode == 2
+    assert "run_config.yaml is missing" in proc.stderr and "Traceback" not in proc.stderr
