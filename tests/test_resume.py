@@ -2,10 +2,10 @@
 same command (as SLURM requeues a job) ends exactly as the run that was never killed.
 
 The kills come from :class:`tests.faults.KillAt`, an ordinary callback passed through the
-``callbacks`` config key; checkpointing is fewmult's own. Each setup is killed five times, at a
-different point each time, then completes; its ``metrics.csv`` (all columns but ``epoch_seconds``),
-``layers.csv`` and ``results.json`` (all but timings) must equal those of an uninterrupted run with
-the same seed.
+``callbacks`` config key; checkpointing is fewmult's own. One setup is killed five times, at a
+different point each time, the others twice (SETUP_STOPS), then each completes; its ``metrics.csv``
+(all columns but ``epoch_seconds``), ``layers.csv`` and ``results.json`` (all but timings) must
+equal those of an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
@@ -144,12 +144,20 @@ def test_a_run_killed_and_preempted_ends_as_if_never_killed(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setup", list(SETUPS))
-def test_every_setup_killed_at_every_point_ends_as_if_never_killed(tmp_path, setup):
-    check_same_as_uninterrupted(tmp_path, SETUPS[setup], KILLS)
+def test_killed_at_every_point_ends_as_if_never_killed(tmp_path):
+    """The five kill points in one run of the setup with the most state to resume (two random streams)."""
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp"], KILLS)
+
+
+# every other setup: two stops, one inside an epoch and one at an epoch's edge
+SETUP_STOPS = {
+    "bc_det": [("train_batch", 1, "KILL"), ("checkpoint_write", 3, "KILL")],
+    "lab": [("validation", 2, "KILL"), ("train_batch", 4, "TERM")],  # Adam's state and LAB's scale
+    "lstm+lab": [("epoch_end", 2, "KILL"), ("train_batch", 4, "KILL")],
+}
 
 
 @pytest.mark.slow
-def test_lab_preempted_mid_epoch_resumes_exactly(tmp_path):
-    """Adam's state and LAB's scale, after a SIGTERM as SLURM sends it."""
-    check_same_as_uninterrupted(tmp_path, SETUPS["lab"], [("train_batch", 3, "TERM")])
+@pytest.mark.parametrize("setup", list(SETUP_STOPS))
+def test_every_setup_killed_ends_as_if_never_killed(tmp_path, setup):
+    check_same_as_uninterrupted(tmp_path, SETUPS[setup], SETUP_STOPS[setup])
