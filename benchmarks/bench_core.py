@@ -24,9 +24,9 @@ import torchvision
 from hydra.utils import instantiate
 
 from fewmult.build import build_model, build_module
+from fewmult.config import compose_config
 from fewmult.data.loader import TensorBatches
 from fewmult.train import quiet_lightning
-from tests.conftest import compose_config
 from tests.fakedata import write_mnist
 
 

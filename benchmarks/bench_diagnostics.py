@@ -21,10 +21,10 @@ import torch
 from hydra.utils import instantiate
 
 from fewmult.build import build_module
+from fewmult.config import compose_config
 from fewmult.diagnostics import LayerDiagnostics
 from fewmult.nn.layers import quant_layers
 from fewmult.train import quiet_lightning
-from tests.conftest import compose_config
 
 SETUPS = {
     "Lin et al. MNIST MLP, tc + QBP": ("method=tc", "qbp=true"),

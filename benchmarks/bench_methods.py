@@ -21,9 +21,9 @@ import torch
 from hydra.utils import instantiate
 
 from fewmult.build import build_module
+from fewmult.config import compose_config
 from fewmult.module import per_position
 from fewmult.nn import bind_optimizer
-from tests.conftest import compose_config
 
 NETWORKS = {
     "mlp": {"overrides": ["dataset=mnist", "model=lin2016_mlp"], "shape": (1, 28, 28), "batch": 200},

@@ -19,8 +19,8 @@ import torch
 from hydra.utils import instantiate
 
 from fewmult.build import build_module
+from fewmult.config import compose_config
 from fewmult.module import per_position
-from tests.conftest import compose_config
 
 # training examples (characters for the texts) and the shape of one input
 TRAIN_SIZE = {"mnist": 50_000, "cifar10": 45_000, "svhn": 598_388, "warpeace": 2_600_000, "linux": 5_580_000}

@@ -35,12 +35,12 @@ from hydra.utils import instantiate
 
 from benchmarks.bench_scale import print_scale_tables
 from fewmult.build import build_model
+from fewmult.config import compose_config
 from fewmult.device import visible_accelerator
 from fewmult.nn import bind_optimizer
 from fewmult.quant import list_quantizers
 from fewmult.quant.rng import _COMPILED
 from fewmult.train import quiet_lightning, train
-from tests.conftest import compose_config
 
 SYNC_FIRST, SYNC_STEPS = 2, 3  # the HostSyncCount window
 TIMED_FIRST = SYNC_FIRST + SYNC_STEPS + 1  # timing starts after it (syncs allowed again)

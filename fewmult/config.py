@@ -12,13 +12,36 @@ from fewmult.errors import UserError, require_positive
 from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """``fewmult/conf/`` in an installed wheel (setup.py puts it there), else ``conf/`` of the source tree."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 HALF_LATENT_WEIGHTS = ("16-true", "bf16-true")  # Lightning precisions that cast the model's parameters
 
 
 def data_root() -> str:
     """The data folder of every dataset: ``$FEWMULT_DATA``, else ``~/.cache/fewmult/data``."""
     return os.environ.get("FEWMULT_DATA") or str(Path(os.environ.get("HOME", ".")) / ".cache/fewmult/data")
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` as ``python -m fewmult.train`` would, made the
+    current Hydra config (the run-folder resolvers read it): for notebooks, benchmarks and tests."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def register_resolvers() -> None:

@@ -9,12 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+import torch
 
-from fewmult.config import CONF_DIR, register_resolvers
+from fewmult.config import CONF_DIR
 
 REPO = CONF_DIR.parent
 
@@ -28,27 +25,28 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
 
-def compose_config(*overrides: str) -> DictConfig:
-    """Compose ``conf/train.yaml`` as the CLI would, and make it the current Hydra config."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 # modules whose tests are about processes: kills, locks, concurrent writers, launchers
 PROCESS_MODULES = {"test_resume", "test_run_folder", "test_shared_data", "test_gpu_pool", "test_gpu_check"}
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2: one thread per worker and per process it starts. Two workers of two threads each
+    # on two cores make OpenMP's waiting threads fight: a 1.3 s test took 47 s that way.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that starts a process (the CLI, DDP ranks, killed jobs) as ``process``, so
-    ``pytest -m "not slow and not process"`` is the inner loop of in-process tests."""
+    ``pytest -m "not slow and not process"`` is the inner loop of in-process tests. Slow and process
+    tests go first, so that ``-n 2`` does not end on one long test while the other worker idles."""
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
         if "run_cli" in getattr(item, "fixturenames", ()) or module in PROCESS_MODULES:
             item.add_marker(pytest.mark.process)
+    items.sort(
+        key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("process") is None)
+    )
 
 
 @pytest.fixture

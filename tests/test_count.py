@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from fewmult.config import compose_config
 from fewmult.count import count_for_config, main
 from fewmult.nn.recurrent import GATES
-from tests.conftest import compose_config
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from fewmult.config import compose_config
 from fewmult.data.cifar10 import CIFAR10Data
 from fewmult.data.loader import TensorBatches
 from fewmult.data.mnist import MNISTData
@@ -24,7 +25,6 @@ from fewmult.data.svhn import SVHNData
 from fewmult.data.synthetic import SyntheticData
 from fewmult.errors import UserError
 from tests import fakedata
-from tests.conftest import compose_config
 
 COMMON = {"batch_size": 10, "eval_batch_size": 7, "seed": 0}
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from fewmult.config import compose_config
 from fewmult.provenance import setup_line
 from fewmult.rundir import config_changes, task_config
-from tests.conftest import compose_config
 
 
 def resolved_trainer(*overrides: str) -> dict:

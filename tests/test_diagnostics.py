@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fewmult.build import build_model
+from fewmult.config import compose_config
 from fewmult.diagnostics import COLUMNS, named_quant_layers, read_rows
 from fewmult.qbp import QBPSettings
 from fewmult.results import truncate_epochs
-from tests.conftest import compose_config
 from tests.test_training import metric_rows, train_in_process
 
 SMALL = ("model.arch=64FC-32FC", "trainer.max_epochs=3")

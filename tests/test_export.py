@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from fewmult.build import build_model
+from fewmult.config import compose_config
 from fewmult.errors import UserError
 from fewmult.export import pack_network, torch_predictions
 from fewmult.nn import quant_layers
 from fewmult.packed_forward import FORMAT, PackedNetwork
-from tests.conftest import REPO, compose_config, only_run_dir
+from tests.conftest import REPO, only_run_dir
 
 METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 NETS = {

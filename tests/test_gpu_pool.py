@@ -20,10 +20,10 @@ from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 from hydra.version import VersionBase
 
+from fewmult.config import compose_config
 from fewmult.rundir import RECORD, task_config
 from hydra_plugins.fewmult_gpu_pool._slots import make_slots, physical_gpus, slot_env, usable_cpus
 from hydra_plugins.fewmult_gpu_pool.launcher import OUTPUT_LOG, GPUPoolLauncher, _completed
-from tests.conftest import compose_config
 
 POOL = ["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu,cpu]"]
 
@@ -220,7 +220,7 @@ class TestGPUPoolLauncherIntegration(IntegrationTestSuite):
 
 @pytest.mark.slow
 def test_slurm_preset_requeues_and_submitit_local_runs_jobs(run_cli, tmp_path):
-    from tests.conftest import compose_config
+    from fewmult.config import compose_config
 
     cfg = compose_config("hydra/launcher=slurm")
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
+from fewmult.config import compose_config
 from fewmult.syncs import HostSyncCount, count_scalar_reads
 from fewmult.train import train
-from tests.conftest import compose_config
 from tests.test_lstm import TINY_TEXT
 from tests.test_methods_train import IDS, VARIANTS
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fewmult.config import compose_config
 from fewmult.data.text import TextData
 from fewmult.models.charlstm import CharLSTM
 from fewmult.module import ClassifierModule
 from fewmult.nn.recurrent import GATES, QuantLSTM, clip_gradient
 from fewmult.quant import SignActivation, create_quantizer, list_quantizers
 from fewmult.train import train
-from tests.conftest import compose_config, only_run_dir
+from tests.conftest import only_run_dir
 
 VOCAB, HIDDEN, STEPS, BATCH = 11, 8, 7, 5
 

@@ -6,9 +6,8 @@ import csv
 
 import pytest
 
-from fewmult.config import CONF_DIR
+from fewmult.config import CONF_DIR, compose_config
 from fewmult.train import train
-from tests.conftest import compose_config
 from tests.test_configs import options
 
 METHODS = options("method")

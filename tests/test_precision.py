@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewmult.config import check_config
+from fewmult.config import check_config, compose_config
 from fewmult.errors import UserError
 from fewmult.qbp import QBPSettings
 from fewmult.quant.rng import RandomStream
 from fewmult.train import train
-from tests.conftest import compose_config
 from tests.test_lstm import TINY_TEXT
 from tests.test_methods_train import IDS, VARIANTS
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fewmult.build import qbp_settings
+from fewmult.config import compose_config
 from fewmult.errors import UserError
 from fewmult.models import PaperNet
 from fewmult.models.charlstm import CharLSTM
@@ -16,7 +17,6 @@ from fewmult.nn import QuantConv2d, QuantLinear, QuantLSTM
 from fewmult.qbp import QBPSettings, pow2_quantize
 from fewmult.quant import create_quantizer
 from fewmult.quant.rng import RandomStream
-from tests.conftest import compose_config
 
 
 def is_signed_power_of_two_or_zero(q: torch.Tensor) -> bool:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from fewmult.config import compose_config
 from fewmult.locks import FileLock
 from fewmult.rundir import RECORD, config_changes, flatten, task_config
-from tests.conftest import REPO, compose_config
+from tests.conftest import REPO
 from tests.wandb_reader import run_info
 
 SMALL = ["dataset=synthetic", "model.arch=64FC", "logger=none"]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fewmult.config import compose_config
 from fewmult.data.text import TextData, block_counts
 from fewmult.errors import UserError
-from tests.conftest import compose_config
 
 
 def write_text(path, size: int, seed: int = 0) -> bytes:

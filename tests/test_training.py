@@ -10,9 +10,10 @@ import torch
 from hydra.utils import instantiate
 
 from fewmult.build import build_model
+from fewmult.config import compose_config
 from fewmult.results import best_epoch
 from fewmult.train import train
-from tests.conftest import compose_config, only_run_dir
+from tests.conftest import only_run_dir
 
 
 def train_in_process(tmp_path, name, *overrides):
