@@ -13,7 +13,7 @@ CONF_PACKAGES = ["fewmult.conf"] + [
 setup(
     packages=[
         *find_namespace_packages(
-            include=["fewmult", "fewmult.*", "hydra_plugins.*"], exclude=["*.__pycache__"]
+            include=["fewmult", "fewmult.*", "hydra_plugins", "hydra_plugins.*"], exclude=["*.__pycache__"]
         ),
         *CONF_PACKAGES,
     ],

@@ -45,8 +45,14 @@ def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
         sys.executable, "-c", "import fewmult.config as c; print(c.CONF_DIR)", cwd=elsewhere, env=env
     )
     assert where.stdout.strip() == str(site / "fewmult" / "conf"), where.stderr
+    found = (
+        "import sys; from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+        "print([sys.modules[p.__module__].__file__ for p in Plugins.instance().discover(Launcher)])"
+    )
+    plugins = _run(sys.executable, "-c", found, cwd=elsewhere, env=env)
+    assert str(site / "hydra_plugins" / "fewmult_gpu_pool" / "launcher.py") in plugins.stdout, plugins.stderr
     args = ("dataset=synthetic", "model.arch=32FC", "trainer.max_epochs=1", "method=lab")
     trained = _run(sys.executable, "-m", "fewmult.train", *args, cwd=elsewhere, env=env)
     assert trained.returncode == 0, trained.stderr
-    assert "run saved to outputs/" in trained.stdout
+    assert f"run saved to {elsewhere / 'outputs'}" in trained.stdout
     assert list((elsewhere / "outputs").rglob("results.json"))
