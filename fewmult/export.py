@@ -28,8 +28,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from fewmult.errors import UserError, find_user_error
+from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
 from fewmult.nn.layers import QuantConv2d, QuantLinear
+from fewmult.nn.recurrent import GATES
 from fewmult.packed_forward import FORMAT, VERSION, PackedNetwork
 from fewmult.packing import pack_bits
 from fewmult.qbp import TapError
@@ -51,12 +53,14 @@ class _Writer:
         return key
 
 
-def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, exported: torch.Tensor) -> dict[str, Any]:
+def _weight_spec(
+    writer: _Writer, layer: QuantLinear | QuantConv2d, exported: torch.Tensor, name: str = "weight"
+) -> dict[str, Any]:
     """The encoding of one layer's exported weights: binary, ternary or float32."""
     quantizer = layer.weight_quantizer
     shape = list(exported.shape)
     if quantizer is None or quantizer.bits == 32:
-        return {"encoding": "float32", "shape": shape, "values": writer.array("weight", exported.numpy())}
+        return {"encoding": "float32", "shape": shape, "values": writer.array(name, exported.numpy())}
     scale = float(quantizer.effective_scale(layer.weight))
     codes = torch.round(exported / scale)
     if not torch.equal(codes.abs() * scale, exported.abs()) or codes.abs().max() > 1:
@@ -68,14 +72,14 @@ def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, exported: to
             "encoding": "binary",
             "shape": shape,
             "scale": scale,
-            "bits": writer.array("bits", pack_bits(codes > 0).numpy()),
+            "bits": writer.array(f"{name}_bits", pack_bits(codes > 0).numpy()),
         }
     return {
         "encoding": "ternary",
         "shape": shape,
         "scale": scale,
-        "nonzero": writer.array("nonzero", pack_bits(codes != 0).numpy()),
-        "negative": writer.array("negative", pack_bits(codes < 0).numpy()),
+        "nonzero": writer.array(f"{name}_nonzero", pack_bits(codes != 0).numpy()),
+        "negative": writer.array(f"{name}_negative", pack_bits(codes < 0).numpy()),
     }
 
 
@@ -134,14 +138,37 @@ def _bn_op(writer: _Writer, bn: _BatchNorm, then_sign: bool) -> None:
     )
 
 
+def _lstm_ops(writer: _Writer, model: CharLSTM) -> None:
+    """The quantized LSTM (its eight gate matrices, biases, cell activation) and the softmax layer."""
+    lstm = model.lstm
+    if not isinstance(lstm.cell_activation, (nn.Tanh, SignActivation)):
+        raise UserError(f"fewmult.export writes LSTMs with tanh or sign cells, not {lstm.cell_activation}.")
+    op: dict[str, Any] = {"op": "lstm", "hidden_size": lstm.hidden_size, "gates": list(GATES)}
+    op["cell_activation"] = "sign" if isinstance(lstm.cell_activation, SignActivation) else "tanh"
+    op["input_weights"] = {
+        g: _weight_spec(writer, w, exported_weight(w), g) for g, w in lstm.input_weights.items()
+    }
+    op["hidden_weights"] = {
+        g: _weight_spec(writer, w, exported_weight(w), f"h_{g}") for g, w in lstm.hidden_weights.items()
+    }
+    op["bias"] = {
+        g: writer.array(f"bias_{g}", w.bias.detach().double().numpy()) for g, w in lstm.input_weights.items()
+    }
+    writer.ops.append(op)
+    _layer_op(writer, model.out)
+
+
 def pack_network(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """The ops and arrays of a :class:`PaperNet` in evaluation mode."""
+    """The ops and arrays of a :class:`PaperNet` or :class:`CharLSTM` in evaluation mode."""
+    writer = _Writer()
+    if isinstance(model, CharLSTM):
+        _lstm_ops(writer, model)
+        return writer.ops, writer.arrays
     if not isinstance(model, PaperNet):
         raise UserError(
-            f"fewmult.export writes feed-forward PaperNet models (model=mlp, cnn and the papers' nets); "
-            f"{type(model).__name__} is not exported yet."
+            f"fewmult.export writes fewmult's models (PaperNet: model=mlp, cnn and the papers' nets; "
+            f"CharLSTM: model=lstm), not a {type(model).__name__}."
         )
-    writer = _Writer()
     modules = [m for block in model.children() for m in block.children() if not isinstance(m, TapError)]
     i = 0
     while i < len(modules):
@@ -177,7 +204,7 @@ def torch_predictions(model: nn.Module, x: torch.Tensor, latent_eval: bool) -> n
                 layer.weight.copy_(exported_weight(layer))
     try:
         with torch.no_grad():
-            return torch.cat([model(batch).argmax(1) for batch in x.split(256)]).numpy()
+            return torch.cat([model(batch).argmax(-1) for batch in x.split(256)]).numpy()
     finally:
         with torch.no_grad():
             for layer, weight in saved.items():
@@ -216,6 +243,7 @@ def export_run(run_dir: Path) -> dict[str, Any]:
         "version": VERSION,
         "model": cfg.model.name,
         "method": cfg.method.name,
+        "input_kind": datamodule.input_kind,  # images (float) or tokens (int64 codes)
         "input_shape": list(datamodule.image_shape),
         "num_classes": datamodule.num_classes,
         "weights": "most likely quantization of the latent weights" if latent_eval else "as evaluated",
@@ -227,7 +255,8 @@ def export_run(run_dir: Path) -> dict[str, Any]:
     np.savez(path, manifest=np.array(json.dumps(manifest)), **arrays)
 
     splits = datamodule.load()
-    x, y = splits.test_x.float(), splits.test_y.numpy()
+    x, y = splits.test_x, splits.test_y.numpy()
+    x = x if datamodule.input_kind == "tokens" else x.float()
     packed = PackedNetwork(str(path)).predict(x.numpy())
     reference = torch_predictions(model, x, latent_eval)
     results_path = run_dir / "results.json"
@@ -238,7 +267,7 @@ def export_run(run_dir: Path) -> dict[str, Any]:
         "checkpoint_bytes": (run_dir / "checkpoints" / "best.ckpt").stat().st_size,
         "float32_weight_bytes": 4
         * sum(a.numel() for a in model.state_dict().values() if a.is_floating_point()),
-        "test_examples": len(y),
+        "test_examples": int(y.size),  # a language model's: every position of every window
         "predictions_identical": int((packed == reference).sum()),
         "export_test_error": float((packed != y).mean()),
         "run_test_error": run_results.get("test_error", math.nan),

@@ -2,7 +2,7 @@
 
 This file imports only NumPy and the standard library: copy it next to an exported ``.npz`` to use
 the network anywhere. ``python packed_forward.py model.npz inputs.npy`` prints the predicted class
-of every input.
+of every input (a line per input; for a language model, one class per position).
 
 The file (version 1) is a NumPy ``.npz`` archive (``numpy.load(path)``, no pickles). Its array
 ``manifest`` holds a JSON text::
@@ -23,6 +23,12 @@ and every other array is named by an op. The ops, applied in order to a batch ``
   ``sign`` (sign(0) = +1) folded into one comparison per unit: ``+1`` where ``x >= t`` (``x <= t``
   where ``n`` is true, the units whose BN scale is negative), else ``-1``.
 * ``{"op": "relu"}``: ``max(x, 0)``.
+* ``{"op": "lstm", "hidden_size": H, "gates": ["input", "forget", "cell", "output"], "input_weights":
+  {gate: W}, "hidden_weights": {gate: W}, "bias": {gate: name}, "cell_activation": "tanh" or
+  "sign"}``: token codes (N, T) to hidden states (N, T, H), zero initial state, for every step
+  ``pre[gate] = W_x[gate][:, token] + b[gate] + W_h[gate] @ h``, ``i, f, o = sigmoid(pre)``,
+  ``g = tanh(pre[cell])``, ``c = f c + i g``, ``h = o * act(c)`` (sign(0) = +1). A ``linear`` op
+  after it applies at every position.
 
 A weight ``W`` is ``{"encoding": ..., "shape": [...], ...}``:
 
@@ -58,9 +64,16 @@ class PackedNetwork:
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise ValueError(f"{path} is not a {FORMAT} file of version {VERSION}")
         self.layers = self.manifest["layers"]
+        self._weights: dict[str, np.ndarray] = {}
 
     def weight(self, spec: dict[str, Any]) -> np.ndarray:
-        """The weight tensor of a ``linear`` or ``conv2d`` op, in float64."""
+        """A weight tensor of the file, in float64 (decoded once)."""
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._weights:
+            self._weights[key] = self._decode(spec)
+        return self._weights[key]
+
+    def _decode(self, spec: dict[str, Any]) -> np.ndarray:
         shape, encoding = tuple(spec["shape"]), spec["encoding"]
         n = int(np.prod(shape))
 
@@ -78,35 +91,40 @@ class PackedNetwork:
         return values.reshape(shape)
 
     def forward(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Scores (N, num_classes) for inputs (N, *input_shape), computed in float64."""
-        weights = [self.weight(op["weight"]) if "weight" in op else None for op in self.layers]
+        """Scores for inputs (N, *input_shape), computed in float64: (N, num_classes), or for a
+        language model's token codes (N, T), (N, T, vocabulary)."""
         outputs = []
         for start in range(0, len(x), batch_size):
-            h = np.asarray(x[start : start + batch_size], dtype=np.float64)
-            for op, w in zip(self.layers, weights, strict=True):
-                h = self._apply(op, w, h)
+            h = np.asarray(x[start : start + batch_size])
+            if h.dtype.kind == "f":
+                h = h.astype(np.float64)
+            for op in self.layers:
+                h = self._apply(op, h)
             outputs.append(h)
         return np.concatenate(outputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x).argmax(axis=1)
+        """The predicted class of every input (of every position, for a language model)."""
+        return self.forward(x).argmax(axis=-1)
 
     def _per_unit(self, name: str, h: np.ndarray) -> np.ndarray:
         """A per-unit array shaped to broadcast over a batch of vectors or of images."""
         a = self.arrays[name].astype(np.float64)
         return a.reshape(1, -1, *([1] * (h.ndim - 2)))
 
-    def _apply(self, op: dict[str, Any], w: np.ndarray | None, h: np.ndarray) -> np.ndarray:
+    def _apply(self, op: dict[str, Any], h: np.ndarray) -> np.ndarray:
         kind = op["op"]
         if kind == "flatten":
             return h.reshape(len(h), -1)
-        if kind in ("linear", "conv2d"):
-            out = (
-                h @ w.T
-                if kind == "linear"
-                else conv2d(h, w, op["stride"], op["padding"], op["dilation"], op["groups"])
-            )
+        if kind == "linear":  # at every position of a sequence too
+            out = h @ self.weight(op["weight"]).T
+            return out if op["bias"] is None else out + self.arrays[op["bias"]]
+        if kind == "conv2d":
+            w = self.weight(op["weight"])
+            out = conv2d(h, w, op["stride"], op["padding"], op["dilation"], op["groups"])
             return out if op["bias"] is None else out + self._per_unit(op["bias"], out)
+        if kind == "lstm":
+            return self._lstm(op, h)
         if kind == "maxpool2d":
             k = op["size"]
             n, c, height, width = h.shape
@@ -120,6 +138,22 @@ class PackedNetwork:
         if kind == "relu":
             return np.maximum(h, 0)
         raise ValueError(f"unknown op {kind!r}")
+
+    def _lstm(self, op: dict[str, Any], tokens: np.ndarray) -> np.ndarray:
+        gates = op["gates"]
+        w_x = {g: self.weight(op["input_weights"][g]) for g in gates}
+        w_h = {g: self.weight(op["hidden_weights"][g]) for g in gates}
+        bias = {g: self.arrays[op["bias"][g]].astype(np.float64) for g in gates}
+        h = np.zeros((len(tokens), op["hidden_size"]))
+        c = np.zeros_like(h)
+        states = []
+        for t in range(tokens.shape[1]):
+            pre = {g: w_x[g][:, tokens[:, t]].T + bias[g] + h @ w_h[g].T for g in gates}
+            i, f, o = (1 / (1 + np.exp(-pre[g])) for g in ("input", "forget", "output"))
+            c = f * c + i * np.tanh(pre["cell"])
+            h = o * (np.where(c >= 0, 1.0, -1.0) if op["cell_activation"] == "sign" else np.tanh(c))
+            states.append(h)
+        return np.stack(states, axis=1)
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int) -> np.ndarray:
@@ -143,8 +177,8 @@ def main(argv: list[str]) -> int:
         print("usage: python packed_forward.py MODEL.npz INPUTS.npy", file=sys.stderr)
         return 2
     network = PackedNetwork(argv[0])
-    for label in network.predict(np.load(argv[1], allow_pickle=False)):
-        print(int(label))
+    for labels in network.predict(np.load(argv[1], allow_pickle=False)):
+        print(" ".join(str(int(v)) for v in np.atleast_1d(labels)))  # a sequence's: one per position
     return 0
 
 
