@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fewmult.errors import UserError
-from fewmult.quant.rng import hashed_uniform, run_fused
+from fewmult.quant.rng import fused_or_eager, hashed_uniform, run_fused
 
 
 def _exponent_and_fraction(x: torch.Tensor, exp_min: int | None, exp_max: int | None):
@@ -72,6 +72,13 @@ def _pow2_from_bits(
     up = hashed_uniform(x, key) < x.abs() * inverse_power - 1
     rounded = (((e + up.to(torch.int32) + 127) << 23) | (bits & -(2**31))).view(torch.float32)
     return torch.where(biased == 0, torch.zeros_like(x), rounded)
+
+
+def _clipped_counts(x: torch.Tensor, low: float, high: float, zero_raised: bool) -> torch.Tensor:
+    """How many ``|x|`` lie below ``low`` (zeros only if ``zero_raised``) and at or above ``high``."""
+    a = x.abs()
+    raised = (a < low) if zero_raised else (a < low) & (a > 0)
+    return torch.stack([raised.sum(), (a >= high).sum()])
 
 
 QBP_ERRORS = ("exact", "after_bn")
@@ -183,12 +190,9 @@ class QBPSettings:
         ``floor(log2|x|) < exp_min`` is ``|x| < 2^exp_min``, and ``> exp_max`` is ``|x| >= 2^(exp_max+1)``.
         A zero counts as raised only with ``zero_to_min`` (it becomes ``-2^exp_min``; else it stays 0).
         """
-        a = x.detach().abs()
-        raised = a < 2.0**self.exp_min if self.exp_min is not None else torch.zeros_like(a, dtype=torch.bool)
-        if not self.zero_to_min:
-            raised &= a > 0
-        lowered = a >= 2.0 ** (self.exp_max + 1) if self.exp_max is not None else torch.zeros_like(raised)
-        return torch.stack([raised.sum(), lowered.sum()])
+        low = 2.0**self.exp_min if self.exp_min is not None else 0.0
+        high = 2.0 ** (self.exp_max + 1) if self.exp_max is not None else math.inf
+        return fused_or_eager(_clipped_counts, x.detach(), low, high, self.zero_to_min)
 
     def encode(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
         """The rounded input as saved for backward (a float tensor, or sign * (exponent - offset))."""
