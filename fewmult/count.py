@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     from fewmult.config import CONF_DIR, register_resolvers
-    from fewmult.errors import find_user_error
+    from fewmult.errors import report_user_error
 
     register_resolvers()
     overrides = sys.argv[1:] if argv is None else argv
@@ -180,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fewmult.count: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        print(f"fewmult.count: error: {user_error}", file=sys.stderr)
-        return 2
+        return report_user_error("fewmult.count", exc)
     qbp = "on" if cfg.qbp else "off"
     print(f"{cfg.model.name}, method {cfg.method.name}, qbp {qbp}, dataset {cfg.dataset.name}")
     print(format_table(rows, totals, cfg.dataset.batch_size))

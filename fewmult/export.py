@@ -27,7 +27,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-from fewmult.errors import UserError, find_user_error
+from fewmult.errors import UserError, report_user_error
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
 from fewmult.nn.layers import QuantConv2d, QuantLinear
@@ -290,11 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = export_run(args.run_dir)
     except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        print(f"fewmult.export: error: {user_error}", file=sys.stderr)
-        return 2
+        return report_user_error("fewmult.export", exc)
     kind = (
         "most likely quantization of the latent weights"
         if s["latent_weights_at_evaluation"]

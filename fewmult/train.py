@@ -33,7 +33,7 @@ from fewmult.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomStat
 from fewmult.config import CONF_DIR, check_config, register_resolvers
 from fewmult.count import count_for_config
 from fewmult.diagnostics import LayerDiagnostics, stop_counting
-from fewmult.errors import UserError, find_user_error
+from fewmult.errors import UserError, report_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
 from fewmult.published import published_fields, setup_fields
@@ -194,11 +194,7 @@ def main(cfg: DictConfig) -> float | None:
         )
         sys.exit(128 + signal.SIGTERM)
     except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        print(f"fewmult: error: {user_error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(report_user_error("fewmult", exc))
     metric = results["selected_by"].removeprefix("val_")
     print(
         f"val {metric} {results[f'val_{metric}']:.4f}  test {metric} {results[f'test_{metric}']:.4f}  "
