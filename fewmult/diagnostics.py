@@ -35,7 +35,6 @@ from torch import nn
 
 from fewmult.atomic import atomic_write_text
 from fewmult.nn.layers import QuantConv2d, QuantLinear, quant_layers
-from fewmult.packing import pack_bits, unpack_bits
 
 QUANTITIES = (
     "flip_rate", "clip_fraction", "scale", "mean_abs_w", "zero_fraction", "qbp_low", "qbp_high"
@@ -97,7 +96,9 @@ class LayerDiagnostics(L.Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._signs: dict[str, torch.Tensor] = {}  # packed sign(w) at the previous epoch's end
+        # sign(w) >= 0 at the previous epoch's end, one byte per weight on the weights' device (packing
+        # it eight to a byte took a third of the epoch-end time)
+        self._signs: dict[str, torch.Tensor] = {}
 
     def _layers(self, pl_module: L.LightningModule) -> dict[str, QuantLinear | QuantConv2d]:
         return named_quant_layers(pl_module.model)
@@ -106,7 +107,7 @@ class LayerDiagnostics(L.Callback):
         # a resumed run starts from last.ckpt, written at the end of the previous epoch: its signs
         # are that epoch's, so a relaunch needs nothing saved for the flip rate
         self._signs = {
-            name: pack_bits(layer.weight.detach() >= 0) for name, layer in self._layers(pl_module).items()
+            name: layer.weight.detach() >= 0 for name, layer in self._layers(pl_module).items()
         }
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -120,11 +121,11 @@ class LayerDiagnostics(L.Callback):
         stats = []
         for name, layer in layers.items():
             signs = layer.weight.detach() >= 0  # sign(0) = +1, as the quantizers
-            before = unpack_bits(self._signs[name].to(signs.device), signs.numel()).view_as(signs)
+            before = self._signs[name]
             stats.append(
                 torch.cat([weight_statistics(layer, signs, before), self._qbp_fractions(trainer, layer)])
             )
-            self._signs[name] = pack_bits(signs)
+            self._signs[name] = signs
         values = torch.stack(stats).tolist()  # the one read from the device per epoch
         if not trainer.is_global_zero:
             return

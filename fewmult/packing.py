@@ -1,7 +1,7 @@
 """Bits packed eight to a byte, in NumPy's ``packbits`` order (the first element is the top bit).
 
-One layout for the diagnostics' sign snapshots (on the device) and the export file, which NumPy
-reads back with ``numpy.unpackbits(data, count=n)``.
+The layout of ``fewmult.export``'s files, which NumPy reads back with
+``numpy.unpackbits(data, count=n)`` (fewmult/packed_forward.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,3 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
     weights = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=bits.device)
     return (flat.view(-1, 8) * weights).sum(1, dtype=torch.int32).to(torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """The first ``count`` bits of :func:`pack_bits`' output, as a flat boolean tensor."""
-    weights = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=packed.device)
-    return (packed.view(-1, 1) & weights).ne(0).view(-1)[:count]

@@ -18,6 +18,7 @@ from fewmult.errors import UserError
 from fewmult.export import pack_network, torch_predictions
 from fewmult.nn import quant_layers
 from fewmult.packed_forward import FORMAT, PackedNetwork
+from fewmult.packing import pack_bits
 from tests.conftest import REPO, only_run_dir
 from tests.test_resume import TINY_LSTM
 
@@ -26,6 +27,13 @@ NETS = {
     "mlp": (("model=mlp", "model.arch=64FC-48FC"), (1, 8, 8)),
     "cnn": (("model=cnn", "model.arch=8C3-MP2-12C3-16FC", "model.padding=1"), (3, 12, 12)),
 }
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000])
+def test_packed_bits_are_numpys_packbits(n):
+    bits = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
+    assert np.array_equal(pack_bits(bits).numpy(), np.packbits(bits.numpy()))
+    assert np.array_equal(np.unpackbits(pack_bits(bits).numpy(), count=n).astype(bool), bits.numpy())
 
 
 def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
