@@ -122,9 +122,10 @@ def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: i
     for r in rows:
         d = asdict(r)
         cells = "".join(f"{d[c]:>16,}" for c in cols) + f"{r.total:>16,}"
-        lines.append(f"{r.name:<8}{cells}{r.bits:>6}{_size(r.weight_bytes):>12}")
+        lines.append(f"{r.name:<8}{cells}{r.bits:>6}{format_bytes(r.weight_bytes):>12}")
     packed, full = sum(r.weight_bytes for r in rows), sum(4 * r.weights for r in rows)
-    lines.append(f"weights: {_size(packed)} packed, {_size(full)} as float32 ({full / packed:.1f}x smaller)")
+    sizes = f"{format_bytes(packed)} packed, {format_bytes(full)} as float32"
+    lines.append(f"weights: {sizes} ({full / packed:.1f}x smaller)")
     lines.append("")
     lines.append(f"{'':<8}{'this method':>16}{'full precision':>16}{'ratio':>12}")
     for label, suffix in (("with BN", ""), ("no BN", "_without_bn")):
@@ -133,7 +134,8 @@ def format_table(rows: list[LayerCount], totals: dict[str, float], batch_size: i
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``512 B``, ``196.0 KiB``, ``1.3 MiB``: sizes as fewmult.count and fewmult.export print them."""
     if n < 1024:
         return f"{n} B"
     return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"

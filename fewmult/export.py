@@ -27,6 +27,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
+from fewmult.count import format_bytes
 from fewmult.errors import UserError, report_user_error
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
@@ -277,10 +278,6 @@ def export_run(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _size(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fewmult.export", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -298,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {s['file']} ({kind})")
     print(
-        f"size: {_size(s['file_bytes'])}; best.ckpt {_size(s['checkpoint_bytes'])}, "
-        f"its float32 weights and buffers {_size(s['float32_weight_bytes'])}"
+        f"size: {format_bytes(s['file_bytes'])}; best.ckpt {format_bytes(s['checkpoint_bytes'])}, "
+        f"its float32 weights and buffers {format_bytes(s['float32_weight_bytes'])}"
     )
     n, same = s["test_examples"], s["predictions_identical"]
     print(f"NumPy forward of the file vs PyTorch: {same} of {n} test predictions identical")
