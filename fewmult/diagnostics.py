@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from fewmult.atomic import atomic_write_text
-from fewmult.nn.layers import QuantConv2d, QuantLinear, quant_layers
+from fewmult.nn.layers import QuantConv2d, QuantLinear, named_quant_layers, quant_layers
 
 QUANTITIES = (
     "flip_rate", "clip_fraction", "scale", "mean_abs_w", "zero_fraction", "qbp_low", "qbp_high"
@@ -42,15 +42,13 @@ QUANTITIES = (
 COLUMNS = ("epoch", "layer", "quantizer", "weights", *QUANTITIES)
 
 
-def named_quant_layers(model: nn.Module) -> dict[str, QuantLinear | QuantConv2d]:
+def layers_by_short_name(model: nn.Module) -> dict[str, QuantLinear | QuantConv2d]:
     """The quantized layers by short name: ``conv1.0`` becomes ``conv1`` where that stays unique."""
-    layers = set(quant_layers(model))
-    names = [name for name, module in model.named_modules() if module in layers]
-    modules = dict(model.named_modules())
-    short = [name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name for name in names]
+    named = dict(named_quant_layers(model))
+    short = [name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name for name in named]
     if len(set(short)) < len(short):
-        short = names
-    return {s: modules[n] for s, n in zip(short, names, strict=True)}
+        short = list(named)
+    return dict(zip(short, named.values(), strict=True))
 
 
 def stop_counting(model: nn.Module) -> None:
@@ -101,14 +99,12 @@ class LayerDiagnostics(L.Callback):
         self._signs: dict[str, torch.Tensor] = {}
 
     def _layers(self, pl_module: L.LightningModule) -> dict[str, QuantLinear | QuantConv2d]:
-        return named_quant_layers(pl_module.model)
+        return layers_by_short_name(pl_module.model)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a resumed run starts from last.ckpt, written at the end of the previous epoch: its signs
         # are that epoch's, so a relaunch needs nothing saved for the flip rate
-        self._signs = {
-            name: layer.weight.detach() >= 0 for name, layer in self._layers(pl_module).items()
-        }
+        self._signs = {name: layer.weight.detach() >= 0 for name, layer in self._layers(pl_module).items()}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for layer in self._layers(pl_module).values():

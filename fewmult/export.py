@@ -54,11 +54,10 @@ class _Writer:
         return key
 
 
-def _weight_spec(
-    writer: _Writer, layer: QuantLinear | QuantConv2d, exported: torch.Tensor, name: str = "weight"
-) -> dict[str, Any]:
+def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, name: str = "weight") -> dict[str, Any]:
     """The encoding of one layer's exported weights: binary, ternary or float32."""
     quantizer = layer.weight_quantizer
+    exported = exported_weight(layer)
     shape = list(exported.shape)
     if quantizer is None or quantizer.bits == 32:
         return {"encoding": "float32", "shape": shape, "values": writer.array(name, exported.numpy())}
@@ -97,7 +96,7 @@ def exported_weight(layer: QuantLinear | QuantConv2d) -> torch.Tensor:
 def _layer_op(writer: _Writer, layer: QuantLinear | QuantConv2d) -> None:
     bias = None if layer.bias is None else writer.array("bias", layer.bias.detach().double().numpy())
     op: dict[str, Any] = {"op": "linear" if isinstance(layer, QuantLinear) else "conv2d"}
-    op["weight"] = _weight_spec(writer, layer, exported_weight(layer))
+    op["weight"] = _weight_spec(writer, layer)
     op["bias"] = bias
     if isinstance(layer, QuantConv2d):
         if isinstance(layer.padding, str):
@@ -146,12 +145,8 @@ def _lstm_ops(writer: _Writer, model: CharLSTM) -> None:
         raise UserError(f"fewmult.export writes LSTMs with tanh or sign cells, not {lstm.cell_activation}.")
     op: dict[str, Any] = {"op": "lstm", "hidden_size": lstm.hidden_size, "gates": list(GATES)}
     op["cell_activation"] = "sign" if isinstance(lstm.cell_activation, SignActivation) else "tanh"
-    op["input_weights"] = {
-        g: _weight_spec(writer, w, exported_weight(w), g) for g, w in lstm.input_weights.items()
-    }
-    op["hidden_weights"] = {
-        g: _weight_spec(writer, w, exported_weight(w), f"h_{g}") for g, w in lstm.hidden_weights.items()
-    }
+    op["input_weights"] = {g: _weight_spec(writer, w, g) for g, w in lstm.input_weights.items()}
+    op["hidden_weights"] = {g: _weight_spec(writer, w, f"h_{g}") for g, w in lstm.hidden_weights.items()}
     op["bias"] = {
         g: writer.array(f"bias_{g}", w.bias.detach().double().numpy()) for g, w in lstm.input_weights.items()
     }

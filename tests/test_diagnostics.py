@@ -11,7 +11,7 @@ import torch
 
 from fewmult.build import build_model
 from fewmult.config import compose_config
-from fewmult.diagnostics import COLUMNS, named_quant_layers, read_rows
+from fewmult.diagnostics import COLUMNS, layers_by_short_name, read_rows
 from fewmult.qbp import QBPSettings
 from fewmult.results import truncate_epochs
 from tests.test_training import metric_rows, train_in_process
@@ -59,7 +59,7 @@ def test_every_column_is_recomputed_from_the_weights_the_run_saved(tmp_path):
     _, run_dir = train_in_process(tmp_path, "run", *overrides, callbacks)
     w0 = {
         n: m.w0
-        for n, m in named_quant_layers(
+        for n, m in layers_by_short_name(
             build_model(compose_config("dataset=synthetic", *overrides), (784,), 10)
         ).items()
     }
@@ -113,11 +113,11 @@ def test_diagnostics_change_nothing_in_training(tmp_path, method):
 
 def test_layer_names_are_the_blocks_and_the_gates():
     cfg = compose_config("dataset=synthetic", "model=cnn", "method=bwn")
-    assert list(named_quant_layers(build_model(cfg, (3, 32, 32), 10)))[:2] == ["conv1", "conv2"]
+    assert list(layers_by_short_name(build_model(cfg, (3, 32, 32), 10)))[:2] == ["conv1", "conv2"]
     lstm = build_model(compose_config("dataset=text", "method=lab"), (100,), 65)
-    names = list(named_quant_layers(lstm))
+    names = list(layers_by_short_name(lstm))
     assert len(set(names)) == 9 and "lstm.hidden_weights.forget" in names  # 8 gate matrices
-    assert names[-1] == "out" and named_quant_layers(lstm)["out"].weight_quantizer is None  # full precision
+    assert names[-1] == "out" and layers_by_short_name(lstm)["out"].weight_quantizer is None  # full precision
 
 
 def test_truncating_keeps_the_header_and_the_finished_epochs(tmp_path):

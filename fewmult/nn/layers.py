@@ -137,8 +137,14 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
+def named_quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLinear | QuantConv2d]]:
+    """Every quantizable layer of ``model`` with its module name, in registration order."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantMixin):
+            yield name, module
+
+
 def quant_layers(model: nn.Module) -> Iterator[QuantLinear | QuantConv2d]:
     """Every quantizable layer of ``model``, in registration order."""
-    for module in model.modules():
-        if isinstance(module, QuantMixin):
-            yield module
+    for _, layer in named_quant_layers(model):
+        yield layer

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from fewmult.errors import UserError
-from fewmult.nn.layers import quant_layers
+from fewmult.nn.layers import named_quant_layers
 from fewmult.quant.curvature import AdamSecondMoment
 
 
@@ -28,9 +28,8 @@ def bind_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> Remova
     clipping).
     """
     updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    quantized = set(quant_layers(model))
     clipped = []
-    for name, layer in ((n, m) for n, m in model.named_modules() if m in quantized):
+    for name, layer in named_quant_layers(model):
         quantizer = layer.weight_quantizer
         if quantizer is None:
             continue
