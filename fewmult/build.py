@@ -6,6 +6,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from fewmult.config import check_config
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.models.base import input_kind_of
@@ -44,6 +45,16 @@ def check_model_fits_data(cfg: DictConfig, datamodule: TensorDataModule) -> None
             f"{datamodule.input_kind}; use {fitting}, or leave model= out to get the paper's model "
             "for the dataset."
         )
+
+
+def checked_datamodule(cfg: DictConfig) -> TensorDataModule:
+    """The run's data module (nothing loaded yet), after every refusal that depends on the config
+    alone: its values, the data module's arguments, whether the model reads that data. Runs before
+    a run folder is touched, so a refused run leaves none behind."""
+    check_config(cfg)
+    datamodule = instantiate(cfg.dataset)
+    check_model_fits_data(cfg, datamodule)
+    return datamodule
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -3,9 +3,12 @@
 Each row is one number of docs/papers.md section C (``section``): the paper, the dataset, the
 architecture (``model``, as ``model.name``), the method, QBP, the unrolled time steps of a
 language model (``time_steps``) and Hou et al.'s width K (``width``) say which run it belongs to;
-``metric`` is ``error`` (``value`` in percent, as printed) or ``loss`` (nats per character). The
-presets carry settings only; a run of any command whose setup matches a row gets its number in
-``results.json``.
+``metric`` is ``error`` (``value`` in percent, as printed) or ``loss`` (nats per character);
+``settings`` lists, as ``key=value`` config overrides, the settings the number came from where
+fewmult offers another form (the authors' code vs the paper, docs/papers.md D): the row's preset
+must compose to them (tested), and a run of the setup without them is told so. The presets carry
+settings only; a run of any command whose setup matches a row gets its number in ``results.json``,
+with ``published_settings_differ``, the keys where the run departs from the row's settings.
 
 A setup printed twice (Hou et al.'s Table 2 at K=64 repeats Table 1; Table 4 at 100 time steps
 repeats Table 3) takes the number of the earlier table; the one disagreement is BWN on War and
@@ -21,7 +24,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from fewmult.rundir import as_override
 
 TABLE = Path(__file__).with_name("published.csv")
 
@@ -40,6 +46,7 @@ class Published:
     width: int | None
     metric: str
     value: float
+    settings: tuple[tuple[str, Any], ...] = ()  # (config key, value) the number was obtained with
 
     @property
     def key(self) -> SetupKey:
@@ -53,6 +60,12 @@ class Published:
 
 def _optional_int(text: str) -> int | None:
     return int(text) if text else None
+
+
+def _setting(override: str) -> tuple[str, Any]:
+    """``key=value`` as Hydra reads a value (``true``, ``null``, ``-4``, ``w0``)."""
+    key, _, value = override.partition("=")
+    return key, yaml.safe_load(value)
 
 
 @cache
@@ -70,6 +83,7 @@ def published_rows() -> tuple[Published, ...]:
                 width=_optional_int(r["width"]),
                 metric=r["metric"],
                 value=float(r["value"]),
+                settings=tuple(_setting(item) for item in r["settings"].split()),
             )
             for r in csv.DictReader(f)
         )
@@ -127,3 +141,17 @@ def published_fields(run: Mapping[str, Any]) -> dict[str, float | str | None]:
         "published_test_loss": row.test_value if row and row.metric == "loss" else None,
         "published_in": f"docs/papers.md {row.section}" if row else None,
     }
+
+
+def settings_differing(cfg: DictConfig) -> list[str] | None:
+    """Where a run departs from the settings of its setup's published number, as
+    ``key=value (published: value)``; None when the setup has no published number."""
+    row = lookup(setup_key(cfg))
+    if row is None:
+        return None
+    differing = []
+    for key, published in row.settings:
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value != published:
+            differing.append(f"{key}={as_override(value)} (published: {as_override(published)})")
+    return differing

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +109,12 @@ def _same(a: Any, b: Any) -> bool:
     return both_nan or a == b
 
 
-def _as_override(value: Any) -> str:
+def as_override(value: Any) -> str:
     """How ``value`` is written on Hydra's command line."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, list):
-        return "[" + ",".join(_as_override(v) for v in value) + "]"
+        return "[" + ",".join(as_override(v) for v in value) + "]"
     return str(value)
 
 
@@ -141,7 +143,7 @@ def _refuse_changes(run_dir: Path, changes: list[tuple[str, Any, Any]]) -> None:
         lines.append(f"  ... and {len(changes) - len(shown)} more")
     grow = [k for k, old, new in changes if k in MAY_GROW]
     note = f" ({', '.join(grow)} may grow, to extend a run, but not shrink)" if grow else ""
-    put_back = " ".join(f"{k}={_as_override(old)}" for k, old, _ in shown[:4])
+    put_back = " ".join(f"{k}={as_override(old)}" for k, old, _ in shown[:4])
     raise UserError(
         f"{run_dir} holds a run started with another configuration; continuing it would mix the two"
         f"{note}:\n" + "\n".join(lines) + "\nEither relaunch with the recorded values (e.g. "
@@ -160,6 +162,26 @@ def start_over(run_dir: Path) -> Path | None:
     for path in present:
         os.replace(path, archive / path.name)
     return archive
+
+
+def discard_unused_folder(run_dir: Path, written_by_hydra: Collection[str]) -> None:
+    """Take back what Hydra wrote into the folder of a job refused on its config.
+
+    Hydra makes each multirun job's folder, with ``.hydra/`` and the job's log, before it calls the
+    job; a folder of Hydra's records alone would look like an unfinished run. A folder holding a run
+    (any of :data:`RUN_FILES`) is left as it is; otherwise Hydra's entries go, and the folder too
+    when nothing else (a launcher's ``output.log``, which has the refusal in it) is left.
+    """
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in RUN_FILES):
+        return
+    for name in written_by_hydra:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def has_training_state(run_dir: Path) -> bool:

@@ -27,18 +27,19 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fewmult.atomic import remove_stale_temporaries
-from fewmult.build import build_module, check_model_fits_data
+from fewmult.build import build_module, checked_datamodule
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNorm
 from fewmult.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomStates, resume_point
-from fewmult.config import CONF_DIR, check_config, register_resolvers
+from fewmult.config import CONF_DIR, register_resolvers
 from fewmult.count import count_for_config
+from fewmult.data import TensorDataModule
 from fewmult.diagnostics import LayerDiagnostics, stop_counting
 from fewmult.errors import UserError, report_user_error
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
-from fewmult.published import published_fields, setup_fields
+from fewmult.published import published_fields, settings_differing, setup_fields
 from fewmult.results import best_epoch, read_metrics, write_json
-from fewmult.rundir import claim_run_dir, prepare_run_dir, task_config
+from fewmult.rundir import claim_run_dir, discard_unused_folder, prepare_run_dir, task_config
 
 
 def quiet_lightning() -> None:
@@ -75,6 +76,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,
         **published_fields(setup),  # the paper's number for this setup, if it has one
+        "published_settings_differ": settings_differing(cfg),  # where this run departs from its settings
         "wandb_group": _run_identity(cfg)["group"],  # the sweep's W&B group: fewmult.report logs there
     }
 
@@ -90,13 +92,23 @@ def _best_results(best: dict[str, float], per_character_nats: bool) -> dict[str,
     return fields
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule | None = None) -> dict[str, Any]:
     """Train one model into ``run_dir``; return the ``results.json`` payload (also written there).
 
-    A relaunch into the same folder continues the run from ``checkpoints/last.ckpt`` (see
-    :mod:`fewmult.rundir` for what it checks first; nothing in the folder changes if it refuses).
+    ``datamodule``: from :func:`~fewmult.build.checked_datamodule` (called here when not given), so a
+    config refused on its own merits never touches the folder. A relaunch into the same folder
+    continues the run from ``checkpoints/last.ckpt`` (see :mod:`fewmult.rundir` for what it checks
+    first; nothing in the folder changes if it refuses).
     """
     print(setup_line(cfg), flush=True)
+    if differing := settings_differing(cfg):
+        print(
+            f"fewmult: note: the published number of this setup came from other settings: "
+            f"{', '.join(differing)}; its preset (README, 'Reproducing the papers') uses them.",
+            flush=True,
+        )
+    if datamodule is None:
+        datamodule = checked_datamodule(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = claim_run_dir(run_dir)
     try:
@@ -106,24 +118,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         for folder in (run_dir, checkpoints):  # temporary files of writers killed in an earlier launch
             remove_stale_temporaries(folder)
         ckpt_path = resume_point(checkpoints / "last.ckpt", metrics, run_dir / "layers.csv")
-        return _fit(cfg, run_dir, config, ckpt_path)
+        return _fit(cfg, run_dir, config, datamodule, ckpt_path)
     finally:
         lock.release()
 
 
-def _fit(cfg: DictConfig, run_dir: Path, config: dict[str, Any], ckpt_path: str | None) -> dict[str, Any]:
+def _fit(
+    cfg: DictConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    datamodule: TensorDataModule,
+    ckpt_path: str | None,
+) -> dict[str, Any]:
     results = {**_base_results(cfg), "started_at": time.time()}
     results_path = run_dir / "results.json"
     checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
     logger = None
     start = time.perf_counter()
     try:
-        check_config(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.dataset)
         metric = datamodule.selection_metric
         results["selected_by"] = f"val_{metric}"  # also in a failed run's results, for the report
-        check_model_fits_data(cfg, datamodule)
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
@@ -183,8 +198,13 @@ register_resolvers()  # before Hydra composes: output folders and the default de
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     quiet_lightning()
+    try:  # a single run was checked before Hydra made its folder (fewmult.preflight); a multirun job here
+        datamodule = checked_datamodule(cfg)
+    except Exception as exc:
+        discard_unused_folder(run_dir, written_by_hydra={".hydra", f"{HydraConfig.get().job.name}.log"})
+        sys.exit(report_user_error("fewmult", exc))
     try:
-        results = train(cfg, run_dir)
+        results = train(cfg, run_dir, datamodule)
     except SIGTERMException:  # a SystemExit with code 0: the job would look successful to its scheduler
         print(
             f"fewmult: stopped by SIGTERM (preempted, cancelled or at its time limit). Relaunch the same "

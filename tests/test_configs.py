@@ -18,7 +18,7 @@ from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.models import QuantModel
 from fewmult.nn.layers import quant_layers
-from fewmult.published import Published, lookup, published_rows, setup_key
+from fewmult.published import Published, lookup, published_rows, settings_differing, setup_key
 
 
 def options(group: str) -> list[str]:
@@ -166,8 +166,12 @@ def _command_of(row: Published) -> list[str]:
 
 @pytest.mark.parametrize("row", published_rows(), ids=lambda r: f"{r.section}-{'-'.join(map(str, r.key))}")
 def test_every_published_number_has_a_command_that_runs_its_setup(row):
+    """... with the settings its number came from (the authors' code where it departs from the
+    paper), as the table's settings column lists them."""
     cfg = compose_config(*_command_of(row))
     assert setup_key(cfg) == row.key
+    assert row.settings, "every row names the settings its number came from"
+    assert settings_differing(cfg) == []
 
 
 def test_the_readme_gives_every_published_number_its_command():

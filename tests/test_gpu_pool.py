@@ -114,15 +114,17 @@ def test_sweep_side_by_side_failure_isolated_and_resumable(run_cli, tmp_path):
         "dataset=synthetic",
         "trainer.max_epochs=2",
         "logger=none",
-        "optim.lr=0.3,0.1,-1",
+        "optim.lr=0.3,0.1,0.03,-1",
     ]
     proc = run_cli(*args)
     assert proc.returncode != 0, proc.stderr[-3000:]  # the lr=-1 job failed ...
     results = jobs(sweep)
     assert results, proc.stderr[-3000:]
-    assert sorted(r["status"] for r in results.values()) == ["completed"] * 2 + ["failed"]  # ... alone
-    assert "1 of 3 jobs failed" in proc.stdout  # Hydra's log goes to stdout
-    failed = next(name for name, r in results.items() if r["status"] == "failed")
+    assert sorted(r["status"] for r in results.values()) == ["completed"] * 3  # ... alone
+    assert "1 of 4 jobs failed" in proc.stdout  # Hydra's log goes to stdout
+    # refused on its config before it became a run: its folder holds the launcher's log, with the reason
+    (failed,) = {p.name for p in sweep.iterdir() if p.is_dir()} - set(results)
+    assert sorted(p.name for p in (sweep / failed).iterdir()) == [OUTPUT_LOG]
     assert "optim.lr must be a positive number" in (sweep / failed / OUTPUT_LOG).read_text()
     assert f"the end of {sweep / failed / OUTPUT_LOG}" in proc.stdout  # with the job's last lines
     # side by side: some job was launched before another one had finished (one after another, every

@@ -46,6 +46,7 @@ SMALL_MLP = ["dataset=synthetic", "model.arch=256FC-256FC"]  # still BN after ev
 SETUPS = {
     "bc_det": [*SMALL_MLP, "method=bc_det"],
     "tc+qbp": [*SMALL_MLP, "method=tc", "qbp=true"],
+    "tc+torch_rng": [*SMALL_MLP, "method=tc", "method.weight_quantizer.rng=torch"],  # torch.rand's stream
     "lab": [*SMALL_MLP, "method=lab"],
     "lstm+lab": [*TINY_LSTM, "method=lab"],
 }
@@ -141,6 +142,12 @@ def test_a_run_killed_and_preempted_ends_as_if_never_killed(tmp_path):
     a SIGKILL inside the checkpoint write and a SIGTERM mid-epoch."""
     kills = [("checkpoint_write", 2, "KILL"), ("train_batch", 4, "TERM")]
     check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp"], kills)
+
+
+def test_a_run_drawing_from_torch_rand_ends_as_if_never_killed(tmp_path):
+    """``method.weight_quantizer.rng=torch``: ternary connect draws from torch's global generator, which
+    the relaunch must take from last.ckpt (seeding it anew would repeat the first epochs' draws)."""
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+torch_rng"], [("train_batch", 3, "KILL")])
 
 
 @pytest.mark.slow

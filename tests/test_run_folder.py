@@ -188,3 +188,24 @@ def test_an_unreadable_record_is_refused(tmp_path, content):
         (tmp_path / RECORD).write_text(content)
     with pytest.raises(UserError, match="resume=false"):
         prepare_run_dir(tmp_path, {"seed": 0}, resume=True)
+
+
+def test_a_refused_config_leaves_no_folder_and_an_existing_one_as_it_was(tmp_path):
+    """Refusals that depend on the config alone come before Hydra makes the run folder."""
+    code, _, err = finish(train_cli(tmp_path, *SMALL, "optim.lr=-1"))
+    assert code == 2 and "optim.lr must be a positive number" in err
+    assert not (tmp_path / "outputs").exists()  # a single run: no dated folder at all
+
+    run_dir = tmp_path / "finished"
+    assert finish(train_cli(tmp_path, *SMALL, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"))[0] == 0
+    before = snapshot(run_dir)
+    code, _, err = finish(
+        train_cli(tmp_path, *SMALL, "method=lab", "optim=sgd", f"hydra.run.dir={run_dir}")
+    )
+    assert code == 2 and "method=lab reads Adam's second moment, but optim=sgd" in err
+    assert snapshot(run_dir) == before  # Hydra's .hydra/ records of the finished run included
+
+    sweep = tmp_path / "sweep"  # a multirun job: Hydra makes its folder first; the job takes it back
+    code, _, err = finish(train_cli(tmp_path, "-m", *SMALL, "optim.lr=-1", f"hydra.sweep.dir={sweep}"))
+    assert code == 2 and "optim.lr must be a positive number" in err
+    assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]
