@@ -56,6 +56,10 @@ def make_logger(
     if mode == "offline":
         hint = f"wandb sync {run_dir}/wandb/offline-run-*"
         print(f"W&B: logging offline; upload later with: {hint}", flush=True)
+    # DDP ranks started by ddp_spawn attach to this run and lay out its files from their environment:
+    # without WANDB_DIR, the media of rank zero (the diagnostics' charts) went to ./wandb/ of the
+    # launch folder instead of the run folder
+    os.environ["WANDB_DIR"] = str(run_dir)
     id_file = run_dir / "wandb_run_id"  # a relaunched job continues its own W&B run
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     logger = WandbLogger(

@@ -26,7 +26,14 @@ def _isolated_env(monkeypatch, tmp_path):
 
 
 # modules whose tests are about processes: kills, locks, concurrent writers, launchers
-PROCESS_MODULES = {"test_resume", "test_run_folder", "test_shared_data", "test_gpu_pool", "test_gpu_check"}
+PROCESS_MODULES = {
+    "test_resume",
+    "test_run_folder",
+    "test_shared_data",
+    "test_gpu_pool",
+    "test_gpu_check",
+    "test_readme",
+}
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -191,6 +191,8 @@ VARIANTS = [(m, False) for m in list_quantizers()] + [("bc_stoch", True), ("tc",
 
 @pytest.mark.parametrize("method, qbp", VARIANTS, ids=[f"{m}{'+qbp' if q else ''}" for m, q in VARIANTS])
 def test_every_method_trains_the_lstm(tmp_path, method, qbp):
+    """Three epochs (seed 0): validation cross-entropy 2.37 (fp) and 2.44 (lab) nats per character;
+    untrained (optim.lr=1e-12) 4.454, the uniform guess ln 86, which the bound misses by a nat."""
     cfg = compose_config(
         *TINY_TEXT, f"method={method}", f"qbp={qbp}", "trainer.max_epochs=3", "optim.lr=0.01"
     )
@@ -202,7 +204,7 @@ def test_every_method_trains_the_lstm(tmp_path, method, qbp):
     assert results["status"] == "completed" and results["selected_by"] == "val_loss"
     assert losses[-1] < losses[0]
     vocabulary = TextData(max_bytes=40_000, block_size=2_000, seq_len=20, batch_size=32).load().num_classes
-    assert results["val_loss"] < math.log(vocabulary)  # better than a uniform guess
+    assert results["val_loss"] < math.log(vocabulary) - 1  # a nat better than a uniform guess
 
 
 def test_end_to_end_on_python_sources_with_bits_per_character(run_cli, tmp_path):
@@ -216,7 +218,8 @@ def test_end_to_end_on_python_sources_with_bits_per_character(run_cli, tmp_path)
     assert results["best_epoch"] == int(best["epoch"])
     assert results["test_loss"] == pytest.approx(float(best["test/loss"]))
     assert results["test_bpc"] == pytest.approx(results["test_loss"] / math.log(2))
-    assert float(rows[-1]["train/loss"]) < float(rows[0]["train/loss"])
+    # it learned: the training loss falls by more than 0.3 nats (untrained, optim.lr=1e-12: 4.454 throughout)
+    assert float(rows[-1]["train/loss"]) < float(rows[0]["train/loss"]) - 0.3
     assert f"val loss {results['val_loss']:.4f}" in proc.stdout
     assert results["multiplications"]["forward"] > 0 and results["seq_len"] == 20
 

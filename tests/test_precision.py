@@ -15,7 +15,12 @@ from fewmult.train import train
 from tests.test_lstm import TINY_TEXT
 from tests.test_methods_train import IDS, VARIANTS
 
-FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3"]
+# Two epochs (12 steps) of the synthetic task: long enough that a trained net and an untrained one
+# are far apart. Measured under bf16-mixed with model.arch=64FC, seed 0: every method and QBP variant
+# ends at 0.045-0.20 test error; with learning switched off (optim.lr=1e-12) at 0.865-0.93.
+TWO_EPOCHS = ["trainer.max_epochs=2"]
+LEARNED = 0.4  # test error bound of the image tests: a trained net is below it, an untrained one far above
+SMALL_MLP = ["dataset=synthetic", "model.arch=64FC"]
 
 
 def float_tensors(tree) -> list[torch.Tensor]:
@@ -29,7 +34,7 @@ def float_tensors(tree) -> list[torch.Tensor]:
 
 
 def train_mixed(tmp_path, precision: str, *overrides: str) -> dict:
-    cfg = compose_config("logger=none", f"trainer.precision={precision}", *FEW_STEPS, *overrides)
+    cfg = compose_config("logger=none", f"trainer.precision={precision}", *TWO_EPOCHS, *overrides)
     results = train(cfg, tmp_path)
     assert results["status"] == "completed"
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -47,10 +52,8 @@ def train_mixed(tmp_path, precision: str, *overrides: str) -> dict:
 def test_every_method_trains_in_bf16_mixed(tmp_path, method, qbp):
     # an MLP: this CPU has no bfloat16 instructions, and emulated bf16 convolutions take seconds a
     # step; the QBP convolution under autocast is checked against float32 below
-    results = train_mixed(
-        tmp_path, "bf16-mixed", "dataset=synthetic", "model.arch=64FC", f"method={method}", f"qbp={qbp}"
-    )
-    assert results["test_error"] < 0.9  # learned something in three steps (chance: 0.9)
+    results = train_mixed(tmp_path, "bf16-mixed", *SMALL_MLP, f"method={method}", f"qbp={qbp}")
+    assert results["test_error"] < LEARNED
 
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: 16-mixed is GPU-only")
@@ -59,15 +62,19 @@ NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 @pytest.mark.parametrize("precision", ["bf16-mixed", pytest.param("16-mixed", marks=NEEDS_CUDA)])
 @pytest.mark.parametrize("method, qbp", [("lab", False), ("tc", True)], ids=["lab", "tc+qbp"])
 def test_the_lstm_trains_in_mixed_precision(tmp_path, precision, method, qbp):
-    results = train_mixed(tmp_path, precision, *TINY_TEXT, f"method={method}", f"qbp={qbp}", "optim.lr=0.01")
-    assert results["val_loss"] < 10
+    """One epoch (bf16-mixed, seed 0): validation cross-entropy 3.03 (lab) and 3.07 (tc+qbp) nats per
+    character; untrained (optim.lr=1e-12) 4.454 for both, the uniform guess ln 86."""
+    overrides = [*TINY_TEXT, f"method={method}", f"qbp={qbp}", "optim.lr=0.01", "trainer.max_epochs=1"]
+    results = train_mixed(tmp_path, precision, *overrides)
+    assert results["val_loss"] < 3.6
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", pytest.param("16-mixed", marks=NEEDS_CUDA)])
 def test_the_authors_qbp_trains_in_mixed_precision(tmp_path, precision):
     # the error after a dense layer's BN (float32 under autocast) times the 16-bit rounded input
-    overrides = ["dataset=synthetic", "model.arch=64FC", "method=tc", "qbp=true", "qbp_settings=authors_code"]
-    assert train_mixed(tmp_path, precision, *overrides)["test_error"] < 0.9
+    # measured (bf16-mixed, seed 0): 3.0 % test error; untrained (optim.lr=1e-12) 90.5 %
+    overrides = [*SMALL_MLP, "method=tc", "qbp=true", "qbp_settings=authors_code"]
+    assert train_mixed(tmp_path, precision, *overrides)["test_error"] < LEARNED
 
 
 @pytest.mark.skipif(
@@ -78,8 +85,8 @@ def test_the_authors_qbp_trains_in_mixed_precision(tmp_path, precision):
 def test_every_method_trains_in_mixed_precision_on_a_gpu(tmp_path, precision, method, qbp):
     # on the GPU (trainer=auto); with 16-mixed the GradScaler unscales the gradients before Adam's
     # step, so LAB's second moment is that of the true gradients
-    results = train_mixed(tmp_path, precision, "dataset=synthetic", f"method={method}", f"qbp={qbp}")
-    assert results["test_error"] < 0.9
+    results = train_mixed(tmp_path, precision, *SMALL_MLP, f"method={method}", f"qbp={qbp}")
+    assert results["test_error"] < LEARNED
 
 
 @pytest.mark.parametrize("precision", ["16-true", "bf16-true"])
