@@ -193,3 +193,25 @@ def test_export_of_a_folder_without_a_checkpoint_says_what_is_missing(run_cli, t
     proc = run_cli(str(tmp_path), module="fewmult.export")
     assert proc.returncode == 2
     assert "run_config.yaml is missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_export_fails_when_a_prediction_differs(tmp_path, monkeypatch, capsys):
+    """The proof has teeth: with one of the file's predictions changed (the one stand-in here: a
+    wrapped ``PackedNetwork.predict``), ``python -m fewmult.export`` exits 1 and says how many differ."""
+    from fewmult import export
+    from fewmult.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = compose_config(*TRAINED["lab2"], "trainer.max_epochs=1", "logger=none")
+    assert train(cfg, run_dir)["status"] == "completed"
+    assert export.main([str(run_dir)]) == 0
+    predict = PackedNetwork.predict
+
+    def one_off(self, x):
+        predictions = predict(self, x)
+        predictions[0] = (predictions[0] + 1) % 10
+        return predictions
+
+    monkeypatch.setattr(export.PackedNetwork, "predict", one_off)
+    assert export.main([str(run_dir)]) == 1
+    assert "fewmult.export: error: 1 predictions differ from PyTorch's" in capsys.readouterr().err
