@@ -3,5 +3,6 @@
 from fewmult.models.base import LayerUse, QuantModel
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet, parse_arch
+from fewmult.models.resnet import ResNet
 
-__all__ = ["CharLSTM", "LayerUse", "PaperNet", "QuantModel", "parse_arch"]
+__all__ = ["CharLSTM", "LayerUse", "PaperNet", "QuantModel", "ResNet", "parse_arch"]

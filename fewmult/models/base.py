@@ -50,10 +50,8 @@ def input_kind_of(model_class: type) -> str:
     return getattr(model_class, "input_kind", "images")
 
 
-def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
-    """Layer uses of a feed-forward net of blocks (its children), from one forward pass's shapes.
-
-    A block's BN units are counted with every quantizable layer in it."""
+def output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, torch.Size]:
+    """The output shape (one example) of every BN and quantizable layer, from one forward pass."""
     shapes: dict[nn.Module, torch.Size] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(mod, out.shape[1:]))
@@ -67,6 +65,14 @@ def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[Lay
     model.train(was_training)
     for h in hooks:
         h.remove()
+    return shapes
+
+
+def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
+    """Layer uses of a feed-forward net of blocks (its children), from one forward pass's shapes.
+
+    A block's BN units are counted with every quantizable layer in it."""
+    shapes = output_shapes(model, input_shape)
     uses = []
     for block_name, block in model.named_children():
         norms = [m for m in block.modules() if isinstance(m, _BatchNorm)]
