@@ -82,6 +82,10 @@ class PaperNet(nn.Sequential):
             (Lin et al.'s code), or ``C_out k^2`` (False: Hou et al.'s code, Lasagne's Glorot
             init). It sets the initialization and Lin et al.'s W0 (docs/papers.md A.0, D.25).
         batch_norm: BN after every layer (both papers); without it, layers get biases.
+        output_bn: BN after the output layer too (both papers); false: the output layer has a bias
+            and no BN (VGG-Small as the binary-network papers since 2018 train it).
+        full_precision_first_last: the first layer and the output layer keep real-valued weights
+            (nearly every binary-network paper since 2018; both 2016 papers quantize them).
         bn_eps, bn_momentum: BN constants (the authors' code uses 1e-4 and 0.1).
         activation: builds each hidden activation (default ReLU).
         weight_quantizer: builds each layer's weight quantizer (default: none, full precision).
@@ -100,6 +104,8 @@ class PaperNet(nn.Sequential):
         padding: int = 0,
         pool_in_fan_out: bool = True,
         batch_norm: bool = True,
+        output_bn: bool = True,
+        full_precision_first_last: bool = False,
         bn_eps: float = 1e-4,
         bn_momentum: float = 0.1,
         activation: ModuleFactory | None = None,
@@ -109,9 +115,10 @@ class PaperNet(nn.Sequential):
         name: str = "",
     ) -> None:
         activation = activation or nn.ReLU
-        if qbp_dense is not None and qbp_dense.error == "after_bn" and not batch_norm:
+        if qbp_dense is not None and qbp_dense.error == "after_bn" and not (batch_norm and output_bn):
             raise UserError(
-                "qbp_settings.dense.error=after_bn needs model.batch_norm=true (the error after BN)."
+                "qbp_settings.dense.error=after_bn needs model.batch_norm=true and model.output_bn=true "
+                "(the error after every dense layer's BN)."
             )
         channels, height, width_px = (*tuple(input_shape), 1, 1)[:3]
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
@@ -120,7 +127,9 @@ class PaperNet(nn.Sequential):
         n_conv = n_fc = 0
         for i, spec in enumerate(specs):
             is_output = i == len(specs) - 1
-            quantizer = weight_quantizer() if weight_quantizer else None
+            real_valued = full_precision_first_last and (i == 0 or is_output)
+            quantizer = weight_quantizer() if weight_quantizer and not real_valued else None
+            normalized = batch_norm and (output_bn or not is_output)
             parts: list[nn.Module] = []
             if spec.kind == "conv":
                 n_conv += 1
@@ -151,14 +160,14 @@ class PaperNet(nn.Sequential):
                     parts.insert(0, nn.Flatten())
                     channels, flat = channels * height * width_px, True
                 linear = QuantLinear(
-                    channels, spec.units, bias=not batch_norm, weight_quantizer=quantizer, qbp=qbp_dense
+                    channels, spec.units, bias=not normalized, weight_quantizer=quantizer, qbp=qbp_dense
                 )
                 parts.append(linear)
                 channels = spec.units
                 bn = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
                 n_fc += not is_output
                 block = "out" if is_output else f"fc{n_fc}"
-            if batch_norm:
+            if normalized:
                 parts.append(bn)
             if spec.kind == "fc" and linear.error_after_bn is not None:
                 parts.append(TapError(linear.error_after_bn))  # Lin et al.'s dense QBP: the error after BN

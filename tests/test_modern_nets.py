@@ -1,5 +1,5 @@
-"""The ResNets of today's binary-network rows: the papers' parameter counts, every shortcut and stem,
-every method's quantizers in the binary convolutions and full precision at the ends."""
+"""The nets of today's binary-network rows (ResNet-20/18/34, VGG-Small): the papers' parameter counts,
+every shortcut and stem, the method's quantizers in the binary layers and full precision at the ends."""
 
 from __future__ import annotations
 
@@ -57,3 +57,17 @@ def test_every_convention_builds_and_trains_a_step(shortcut, per_shortcut, stem)
     assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in binary)
     uses = net.layer_uses((1, 28, 28))  # what fewmult.count reads: every conv and the classifier
     assert len(uses) == len(list(quant_layers(net))) and all(u.macs > 0 for u in uses)
+
+
+def test_vgg_small_is_the_binary_papers_cifar_net():
+    """LQ-Nets' VGG-Small (arXiv 1807.10029): 128C3-128C3-MP2-256C3-256C3-MP2-512C3-512C3-MP2 and a
+    10-way classifier; the first and last layer real-valued, no BN after the classifier."""
+    cfg = compose_config("model=vgg_small", "method=bnn", "dataset=cifar10")
+    net = build_model(cfg, (3, 32, 32), 10)
+    convs = 3 * 128 * 9 + 128 * 128 * 9 + 128 * 256 * 9 + 256 * 256 * 9 + 256 * 512 * 9 + 512 * 512 * 9
+    norms = 2 * (2 * 128 + 2 * 256 + 2 * 512)
+    assert parameters(net) == convs + norms + 512 * 4 * 4 * 10 + 10 == 4_660_106
+    layers = list(quant_layers(net))
+    assert [m.weight_quantizer is None for m in layers] == [True] + [False] * 5 + [True]
+    assert not isinstance(list(net.out.children())[-1], torch.nn.BatchNorm1d)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
