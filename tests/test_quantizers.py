@@ -12,7 +12,9 @@ from fewmult.quant import (
     AdamSecondMoment,
     SignActivation,
     WeightQuantizer,
+    create_activation,
     create_quantizer,
+    list_activations,
     list_quantizers,
     quantizer_class,
     register_quantizer,
@@ -336,3 +338,30 @@ def test_hashed_uniforms_look_uniform_and_independent():
     assert abs(pairs) < 0.005  # neighbours uncorrelated
     v = hashed_uniform(torch.empty(1_000_000), torch.tensor(8))
     assert abs(torch.corrcoef(torch.stack([u, v]))[0, 1]) < 0.005  # successive keys uncorrelated
+
+
+# the pseudo-gradient each activation quantizer's paper states, dy/dx as a function of x
+ACTIVATION_GRADIENTS = {
+    "sign": lambda x: (x.abs() <= 1).to(x.dtype),  # Hubara et al.: hard tanh's
+    "approx_sign": lambda x: torch.where(x < 0, 2 + 2 * x, 2 - 2 * x) * (x.abs() < 1),  # Bi-Real eq. 5
+    "identity": lambda x: torch.ones_like(x),
+}
+
+
+@pytest.mark.parametrize("name", list_activations())
+def test_every_activation_has_its_papers_values_and_gradient(name):
+    assert name in ACTIVATION_GRADIENTS, f"state the paper's pseudo-gradient of {name!r} here"
+    # points on both sides of every kink, and the kinks themselves
+    x = torch.tensor([-3.0, -1.0, -0.75, -0.5, -1e-3, 0.0, 1e-3, 0.25, 0.999, 1.0, 2.5], requires_grad=True)
+    y = create_activation(name)(x)
+    y.backward(torch.ones_like(y))
+    assert torch.allclose(x.grad, ACTIVATION_GRADIENTS[name](x.detach()))
+    if name == "identity":
+        assert torch.equal(y, x)
+    else:  # binary: +-1, sign(0) = +1
+        assert torch.equal(y, torch.where(x >= 0, 1.0, -1.0))
+
+
+def test_an_unknown_activation_names_the_registered_ones():
+    with pytest.raises(UserError, match="unknown activation 'sgn'; registered: approx_sign, identity, sign"):
+        create_activation("sgn")

@@ -1,6 +1,7 @@
-"""Weight quantizers and binary activations, with a registry (``create_quantizer``, ``list_quantizers``)."""
+"""Weight quantizers and activation quantizers, each with a registry (``create_quantizer``,
+``list_quantizers``; ``create_activation``, ``list_activations``)."""
 
-from fewmult.quant.activations import SignActivation
+from fewmult.quant.activations import ApproxSign, SignActivation
 from fewmult.quant.base import WeightQuantizer, sign_plus, straight_through
 from fewmult.quant.curvature import AdamSecondMoment
 from fewmult.quant.quantizers import (
@@ -11,10 +12,19 @@ from fewmult.quant.quantizers import (
     StochasticBinaryConnect,
     TernaryConnect,
 )
-from fewmult.quant.registry import create_quantizer, list_quantizers, quantizer_class, register_quantizer
+from fewmult.quant.registry import (
+    create_activation,
+    create_quantizer,
+    list_activations,
+    list_quantizers,
+    quantizer_class,
+    register_activation,
+    register_quantizer,
+)
 
 __all__ = [
     "AdamSecondMoment",
+    "ApproxSign",
     "BinaryConnect",
     "BinaryWeightNetwork",
     "FullPrecision",
@@ -23,9 +33,12 @@ __all__ = [
     "StochasticBinaryConnect",
     "TernaryConnect",
     "WeightQuantizer",
+    "create_activation",
     "create_quantizer",
+    "list_activations",
     "list_quantizers",
     "quantizer_class",
+    "register_activation",
     "register_quantizer",
     "sign_plus",
     "straight_through",

@@ -1,4 +1,8 @@
-"""Binary activations for the weight-and-activation methods (LAB2, BNN, XNOR)."""
+"""Activation quantizers: the binary activations of LAB2, BNN, XNOR and the modern 1/1 networks.
+
+Registered by name (``create_activation("approx_sign")``, ``list_activations()``). Each class states
+its forward formula, its pseudo-gradient and the paper it comes from; sign(0) = +1 everywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import torch
 from torch import nn
 
 from fewmult.quant.base import sign_plus
+from fewmult.quant.registry import register_activation
 
 
 class _SignHardTanh(torch.autograd.Function):
@@ -20,11 +25,40 @@ class _SignHardTanh(torch.autograd.Function):
         return grad * (x.abs() <= 1)
 
 
+class _SignPolynomial(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return sign_plus(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_(min=0)
+
+
+@register_activation("sign")
 class SignActivation(nn.Module):
     """``sign(x)`` with sign(0) = +1; pseudo-gradient of hard tanh: ``dL/dx = dL/dy * 1{|x| <= 1}``.
 
-    The authors' ``binary_tanh_unit`` (Hou et al. 2017 code, docs/papers.md A.8), also BNN's activation.
+    Hubara et al.'s straight-through estimator (BNN, arXiv 1602.02830); the authors'
+    ``binary_tanh_unit`` (Hou et al. 2017 code, docs/papers.md A.8).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SignHardTanh.apply(x)
+
+
+@register_activation("approx_sign")
+class ApproxSign(SignActivation):
+    """``sign(x)``; pseudo-gradient of Bi-Real Net's piecewise quadratic ApproxSign
+    (Liu et al. 2018, arXiv 1808.00278, eq. 5): ``dF/dx = 2 + 2x`` on [-1, 0), ``2 - 2x`` on [0, 1),
+    0 elsewhere, i.e. ``max(0, 2 - 2|x|)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SignPolynomial.apply(x)
+
+
+@register_activation("identity")
+class Identity(nn.Identity):
+    """Real-valued activations (the 1/32 rows): ``y = x``, gradient 1."""

@@ -1,4 +1,9 @@
-"""Name -> quantizer class, as timm's model registry: ``register``, ``create``, ``list``."""
+"""Name -> class registries, as timm's model registry: ``register``, ``create``, ``list``.
+
+One for weight quantizers (``register_quantizer``, ``create_quantizer``, ``list_quantizers``), one
+for activation quantizers (``register_activation``, ``create_activation``, ``list_activations``);
+the tests are parametrized over both, so a newly registered class is tested at once.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +15,53 @@ from torch import nn
 
 from fewmult.errors import UserError
 
-_REGISTRY: dict[str, tuple[type[nn.Module], dict]] = {}
-
 Q = TypeVar("Q", bound=type[nn.Module])
 
 
-def register_quantizer(name: str, **defaults) -> Callable[[Q], Q]:
-    """Class decorator: make the quantizer available as ``name`` (with fixed default kwargs)."""
+class Registry:
+    """Classes by name, each with fixed default keyword arguments (an alias is a name with defaults)."""
 
-    def add(cls: Q) -> Q:
-        if name in _REGISTRY:
-            raise ValueError(f"quantizer {name!r} is registered twice")
-        _REGISTRY[name] = (cls, defaults)
-        return cls
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, tuple[type[nn.Module], dict]] = {}
 
-    return add
+    def register(self, name: str, **defaults) -> Callable[[Q], Q]:
+        """Class decorator: make the class available as ``name`` (with fixed default kwargs)."""
+
+        def add(cls: Q) -> Q:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = (cls, defaults)
+            return cls
+
+        return add
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style ``pattern``, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def entry(self, name: str) -> tuple[type[nn.Module], dict]:
+        if name not in self._entries:
+            raise UserError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}.")
+        return self._entries[name]
+
+    def create(self, name: str, **kwargs) -> nn.Module:
+        """A new instance; ``kwargs`` override the registered defaults."""
+        cls, defaults = self.entry(name)
+        return cls(**{**defaults, **kwargs})
 
 
-def list_quantizers(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+QUANTIZERS = Registry("quantizer")
+ACTIVATIONS = Registry("activation")
 
-
-def _entry(name: str) -> tuple[type[nn.Module], dict]:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown quantizer {name!r}; registered: {', '.join(list_quantizers())}.")
-    return _REGISTRY[name]
+register_quantizer = QUANTIZERS.register
+list_quantizers = QUANTIZERS.names
+create_quantizer = QUANTIZERS.create
+register_activation = ACTIVATIONS.register
+list_activations = ACTIVATIONS.names
+create_activation = ACTIVATIONS.create
 
 
 def quantizer_class(name: str) -> type[nn.Module]:
-    """The class registered as ``name`` (its class attributes state what it needs)."""
-    return _entry(name)[0]
-
-
-def create_quantizer(name: str, **kwargs) -> nn.Module:
-    """A new quantizer instance; ``kwargs`` override the registered defaults."""
-    cls, defaults = _entry(name)
-    return cls(**{**defaults, **kwargs})
+    """The weight quantizer class registered as ``name`` (its class attributes state what it needs)."""
+    return QUANTIZERS.entry(name)[0]
