@@ -40,7 +40,7 @@ def test_every_convention_builds_and_trains_a_step(shortcut, per_shortcut, stem)
     """Every shortcut, both block forms and both stems, each once (odd maps included: 28 pixels
     through the ImageNet stem)."""
     cfg = compose_config(
-        "model=resnet18",
+        "model=resnet20",
         "method=bnn",
         f"model.shortcut={shortcut}",
         f"model.convs_per_shortcut={per_shortcut}",
@@ -53,7 +53,7 @@ def test_every_convention_builds_and_trains_a_step(shortcut, per_shortcut, stem)
     binary = [m for m in quant_layers(net) if m.weight_quantizer is not None]
     # the stem, the classifier and Bi-Real's downsampling 1x1 convolutions stay full precision
     assert net.stem[0].weight_quantizer is None and net.classifier.weight_quantizer is None
-    assert len(binary) == 16 + (3 if shortcut == "conv1x1" else 0)
+    assert len(binary) == 18 + (2 if shortcut == "conv1x1" else 0)  # 9 blocks of two; two downsamplings
     assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in binary)
     uses = net.layer_uses((1, 28, 28))  # what fewmult.count reads: every conv and the classifier
     assert len(uses) == len(list(quant_layers(net))) and all(u.macs > 0 for u in uses)

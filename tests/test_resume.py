@@ -46,7 +46,8 @@ SMALL_MLP = ["dataset=synthetic", "model.arch=256FC-256FC"]  # still BN after ev
 SETUPS = {
     "bc_det": [*SMALL_MLP, "method=bc_det"],
     "tc+qbp": [*SMALL_MLP, "method=tc", "qbp=true"],
-    "tc+torch_rng": [*SMALL_MLP, "method=tc", "method.weight_quantizer.rng=torch"],  # torch.rand's stream
+    # the quantizer draws from torch.rand (the global generator), QBP from its hashed stream
+    "tc+qbp+torch_rng": [*SMALL_MLP, "method=tc", "qbp=true", "method.weight_quantizer.rng=torch"],
     "lab": [*SMALL_MLP, "method=lab"],
     "lstm+lab": [*TINY_LSTM, "method=lab"],
 }
@@ -138,16 +139,12 @@ def check_same_as_uninterrupted(tmp_path: Path, args: list[str], kills: list[tup
 
 
 def test_a_run_killed_and_preempted_ends_as_if_never_killed(tmp_path):
-    """Fast tier: random streams (quantizer and QBP), SGD with its schedule and the data order, through
-    a SIGKILL inside the checkpoint write and a SIGTERM mid-epoch."""
+    """Fast tier: both kinds of random numbers (ternary connect drawing from torch's global generator,
+    ``method.weight_quantizer.rng=torch``, which the relaunch takes from last.ckpt; QBP from its hashed
+    stream), SGD with its schedule and the data order, through a SIGKILL inside the checkpoint write
+    and a SIGTERM mid-epoch. (The slow tier kills the all-hashed tc+qbp at every point.)"""
     kills = [("checkpoint_write", 2, "KILL"), ("train_batch", 4, "TERM")]
-    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp"], kills)
-
-
-def test_a_run_drawing_from_torch_rand_ends_as_if_never_killed(tmp_path):
-    """``method.weight_quantizer.rng=torch``: ternary connect draws from torch's global generator, which
-    the relaunch must take from last.ckpt (seeding it anew would repeat the first epochs' draws)."""
-    check_same_as_uninterrupted(tmp_path, SETUPS["tc+torch_rng"], [("train_batch", 3, "KILL")])
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng"], kills)
 
 
 @pytest.mark.slow
