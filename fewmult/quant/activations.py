@@ -6,6 +6,8 @@ its forward formula, its pseudo-gradient and the paper it comes from; sign(0) = 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -13,28 +15,27 @@ from fewmult.quant.base import sign_plus
 from fewmult.quant.registry import register_activation
 
 
-class _SignHardTanh(torch.autograd.Function):
+class _SignWithSurrogate(torch.autograd.Function):
+    """``sign(x)`` forward; backward ``dL/dy * surrogate(x)``, the activation's pseudo-gradient."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, surrogate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
         return sign_plus(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1)
+        return grad * ctx.surrogate(x), None
 
 
-class _SignPolynomial(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return sign_plus(x)
+def _hard_tanh_gradient(x: torch.Tensor) -> torch.Tensor:
+    return (x.abs() <= 1).to(x.dtype)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (2 - 2 * x.abs()).clamp_(min=0)
+
+def _approx_sign_gradient(x: torch.Tensor) -> torch.Tensor:
+    return (2 - 2 * x.abs()).clamp_(min=0)
 
 
 @register_activation("sign")
@@ -46,7 +47,7 @@ class SignActivation(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SignHardTanh.apply(x)
+        return _SignWithSurrogate.apply(x, _hard_tanh_gradient)
 
 
 @register_activation("approx_sign")
@@ -56,7 +57,7 @@ class ApproxSign(SignActivation):
     0 elsewhere, i.e. ``max(0, 2 - 2|x|)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SignPolynomial.apply(x)
+        return _SignWithSurrogate.apply(x, _approx_sign_gradient)
 
 
 @register_activation("identity")
