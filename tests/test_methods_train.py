@@ -27,11 +27,11 @@ def run(tmp_path, *overrides):
 
 @pytest.mark.parametrize("method, qbp", VARIANTS, ids=IDS)
 def test_loss_falls_on_synthetic(tmp_path, method, qbp):
-    """Three epochs (seed 0): 1.5-7.5 % test error over every method and QBP variant; untrained
-    (optim.lr=1e-12) 83.5-91.5 %."""
-    results, rows = run(
-        tmp_path, "dataset=synthetic", f"method={method}", f"qbp={qbp}", "trainer.max_epochs=3"
-    )
+    """Three epochs (seed 0) of a 256FC-256FC net (the papers' 2048-wide MLPs took 5-8 s a method
+    here, this one 0.3-0.7 s): 2-16 % test error over every method and QBP variant; untrained
+    (optim.lr=1e-12) 87.5-92.5 %."""
+    overrides = ("dataset=synthetic", "model.arch=256FC-256FC", "trainer.max_epochs=3")
+    results, rows = run(tmp_path, *overrides, f"method={method}", f"qbp={qbp}")
     losses = [float(r["train/loss"]) for r in rows]
     assert results["status"] == "completed"
     assert losses[-1] < 0.7 * losses[0]

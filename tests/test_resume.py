@@ -3,7 +3,7 @@ same command (as SLURM requeues a job) ends exactly as the run that was never ki
 
 The kills come from :class:`tests.faults.KillAt`, an ordinary callback passed through the
 ``callbacks`` config key; checkpointing is fewmult's own. One setup is killed five times, at a
-different point each time, the others twice (SETUP_STOPS), then each completes; its ``metrics.csv``
+different point each time, the others once (SETUP_STOPS), then each completes; its ``metrics.csv``
 (all columns but ``epoch_seconds``), ``layers.csv`` and ``results.json`` (all but timings) must
 equal those of an uninterrupted run with the same seed.
 """
@@ -44,7 +44,6 @@ TINY_LSTM = [
 ]
 SMALL_MLP = ["dataset=synthetic", "model.arch=256FC-256FC"]  # still BN after every layer
 SETUPS = {
-    "bc_det": [*SMALL_MLP, "method=bc_det"],
     "tc+qbp": [*SMALL_MLP, "method=tc", "qbp=true"],
     # the quantizer draws from torch.rand (the global generator), QBP from its hashed stream
     "tc+qbp+torch_rng": [*SMALL_MLP, "method=tc", "qbp=true", "method.weight_quantizer.rng=torch"],
@@ -153,11 +152,12 @@ def test_killed_at_every_point_ends_as_if_never_killed(tmp_path):
     check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp"], KILLS)
 
 
-# every other setup: two stops, one inside an epoch and one at an epoch's edge
+# the setups with state tc+qbp lacks, one stop each inside an epoch (the edges are the matrix's):
+# Adam's moments and LAB's scale, and the LSTM's data order (bc_det, whose state is a subset of
+# tc+qbp's, was dropped for the suite's time budget)
 SETUP_STOPS = {
-    "bc_det": [("train_batch", 1, "KILL"), ("checkpoint_write", 3, "KILL")],
-    "lab": [("validation", 2, "KILL"), ("train_batch", 4, "TERM")],  # Adam's state and LAB's scale
-    "lstm+lab": [("epoch_end", 2, "KILL"), ("train_batch", 4, "KILL")],
+    "lab": [("train_batch", 3, "TERM")],
+    "lstm+lab": [("train_batch", 3, "KILL")],
 }
 
 

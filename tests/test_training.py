@@ -170,11 +170,13 @@ def test_lab_resumes_with_the_restored_adam_state(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "launcher",
-    [[], ["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu]"]],
+    "launcher, seeds",
+    [([], "0,1"), (["hydra/launcher=gpu_pool", "hydra.launcher.devices=[cpu]"], "0")],
     ids=["basic", "gpu_pool"],
 )
-def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cli, tmp_path, launcher):
+def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cli, tmp_path, launcher, seeds):
+    """Two jobs in one process (the basic launcher: ranks spawned twice, W&B finished between); one
+    gpu_pool job (each job is its own process there: tests/test_gpu_pool.py sweeps several)."""
     sweep = tmp_path / "sweep"
     proc = run_cli(
         "-m",
@@ -185,12 +187,13 @@ def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cl
         "trainer.devices=2",
         "dataset=synthetic",
         "trainer.max_epochs=1",
-        "seed=0,1",
+        f"seed={seeds}",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1"]  # no folders scattered by re-executed ranks
+    # no folders scattered by re-executed ranks
+    assert [p.name for p in jobs] == [str(i) for i in range(len(seeds.split(",")))]
     assert sorted(tmp_path.iterdir()) == [sweep]  # nothing outside the sweep (once: ./wandb/ of the ranks)
     for job in jobs:
         assert json.loads((job / "results.json").read_text())["status"] == "completed"
