@@ -12,6 +12,7 @@ from fewmult.errors import UserError
 from fewmult.models.base import input_kind_of
 from fewmult.module import ClassifierModule
 from fewmult.qbp import QBPSettings
+from fewmult.quant import quantizer_class
 
 
 def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
@@ -35,9 +36,29 @@ def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
     }
 
 
+def method_bits(cfg: DictConfig) -> dict[str, int]:
+    """Bits per weight and per activation of the method's quantized layers (the W/A of the papers'
+    tables: 1/1, 1/32, 2/32 for ternary; first and last layers kept real-valued do not change it)."""
+    method = cfg.method
+    weights = quantizer_class(method.weight_quantizer.name).bits if method.weight_quantizer else 32
+    activations = get_class(method.activation._target_).bits if method.activation else 32
+    return {"weight_bits": weights, "activation_bits": activations}
+
+
+def _check_residual_activation(cfg: DictConfig, model_class: type) -> None:
+    if cfg.method.get("residual_activation") and not getattr(model_class, "has_residuals", False):
+        raise UserError(
+            f"method={cfg.method.name} puts an activation after every residual addition, but "
+            f"model={cfg.model.name} has none; use model=resnet20, resnet18 or resnet34."
+        )
+
+
 def check_model_fits_data(cfg: DictConfig, datamodule: TensorDataModule) -> None:
-    """Refuse an image model on text or the LSTM on images, before any data is loaded."""
-    reads = input_kind_of(get_class(cfg.model._target_))
+    """Refuse an image model on text or the LSTM on images, and a method with an activation after
+    residual additions (ReActNet's RPReLU) on a model without them, before any data is loaded."""
+    model_class = get_class(cfg.model._target_)
+    _check_residual_activation(cfg, model_class)
+    reads = input_kind_of(model_class)
     if reads != datamodule.input_kind:
         fitting = "dataset=text, warpeace or linux" if reads == "tokens" else "an image dataset"
         raise UserError(
@@ -61,7 +82,10 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
     """The architecture of ``cfg.model`` with the method's quantizers, activations and QBP."""
     method = cfg.method
     make_model = instantiate(cfg.model, _partial_=True)  # kwargs below stay Python objects, not configs
+    residual = method.get("residual_activation")
+    _check_residual_activation(cfg, get_class(cfg.model._target_))
     return make_model(
+        **({"residual_activation": instantiate(residual)} if residual else {}),
         input_shape=tuple(input_shape),
         num_classes=num_classes,
         weight_quantizer=instantiate(method.weight_quantizer) if method.weight_quantizer else None,

@@ -78,7 +78,7 @@ def weight_statistics(
     values = [
         _share(signs != before),
         _share(w.abs() >= bound) if bound is not None else _nan(w),
-        scale if scale is not None else _nan(w),
+        scale.mean() if scale is not None else _nan(w),  # per-channel scales: their mean
         w.abs().mean(),
         zeros if zeros is not None else _nan(w),
     ]

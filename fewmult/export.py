@@ -61,23 +61,30 @@ def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, name: str = 
     shape = list(exported.shape)
     if quantizer is None or quantizer.bits == 32:
         return {"encoding": "float32", "shape": shape, "values": writer.array(name, exported.numpy())}
-    scale = float(quantizer.effective_scale(layer.weight))
+    scale = quantizer.effective_scale(layer.weight).detach()
     codes = torch.round(exported / scale)
     if not torch.equal(codes.abs() * scale, exported.abs()) or codes.abs().max() > 1:
         raise UserError(f"{type(quantizer).__name__}'s weights are not +-scale or 0; they cannot be packed.")
+    # one scale per layer, or the array of one per output channel
+    per_channel = scale.numel() > 1
+    scale_spec: float | str = (
+        writer.array(f"{name}_scale", scale.flatten().double().numpy())
+        if per_channel
+        else float(scale)
+    )
     if quantizer.bits == 1:
         if (codes == 0).any():
             raise UserError(f"{type(quantizer).__name__} gave a zero weight, which 1 bit cannot hold.")
         return {
             "encoding": "binary",
             "shape": shape,
-            "scale": scale,
+            "scale": scale_spec,
             "bits": writer.array(f"{name}_bits", pack_bits(codes > 0).numpy()),
         }
     return {
         "encoding": "ternary",
         "shape": shape,
-        "scale": scale,
+        "scale": scale_spec,
         "nonzero": writer.array(f"{name}_nonzero", pack_bits(codes != 0).numpy()),
         "negative": writer.array(f"{name}_negative", pack_bits(codes < 0).numpy()),
     }

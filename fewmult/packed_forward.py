@@ -30,7 +30,9 @@ and every other array is named by an op. The ops, applied in order to a batch ``
   ``g = tanh(pre[cell])``, ``c = f c + i g``, ``h = o * act(c)`` (sign(0) = +1). A ``linear`` op
   after it applies at every position.
 
-A weight ``W`` is ``{"encoding": ..., "shape": [...], ...}``:
+A weight ``W`` is ``{"encoding": ..., "shape": [...], ...}``, its scale ``s`` a number (one per
+layer) or the name of an array of one per output channel (``W[c] = s[c] * ...``, per-channel
+scales as XNOR-Net, Bi-Real and ReActNet):
 
 * ``"binary"``: ``{"bits": name, "scale": s}``, one bit per weight packed eight to a byte as
   ``numpy.packbits`` (row-major, first weight in the top bit); ``W = s`` where the bit is 1, ``-s``
@@ -80,10 +82,13 @@ class PackedNetwork:
         def plane(name: str) -> np.ndarray:
             return np.unpackbits(self.arrays[spec[name]], count=n).astype(np.float64)
 
+        scale = spec.get("scale")
+        if isinstance(scale, str):  # one per output channel
+            scale = np.repeat(self.arrays[scale].astype(np.float64), n // shape[0])
         if encoding == "binary":
-            values = spec["scale"] * (2 * plane("bits") - 1)
+            values = scale * (2 * plane("bits") - 1)
         elif encoding == "ternary":
-            values = spec["scale"] * plane("nonzero") * (1 - 2 * plane("negative"))
+            values = scale * plane("nonzero") * (1 - 2 * plane("negative"))
         elif encoding == "float32":
             values = self.arrays[spec["values"]].astype(np.float64)
         else:

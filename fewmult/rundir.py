@@ -48,6 +48,12 @@ MAY_CHANGE = (
     "trainer.log_every_n_steps",
 )
 MAY_GROW = ("trainer.max_epochs",)  # extending a finished or running job
+# keys added to the configs after runs were recorded, with the value that computes what those runs
+# computed: a run folder whose record lacks one relaunches as before
+ADDED_LATER = {
+    "method.weight_quantizer.rng": "hash",
+    "method.weight_quantizer.per_channel": False,
+}
 
 
 def new_dir(base: str) -> str:
@@ -118,8 +124,13 @@ def as_override(value: Any) -> str:
     return str(value)
 
 
+_MISSING = object()
+
+
 def _allowed(key: str, old: Any, new: Any) -> bool:
     if any(key == k or key.startswith(k + ".") for k in MAY_CHANGE):
+        return True
+    if old is _MISSING and key in ADDED_LATER and _same(new, ADDED_LATER[key]):
         return True
     return key in MAY_GROW and isinstance(old, int) and isinstance(new, int) and new >= old
 
@@ -127,12 +138,11 @@ def _allowed(key: str, old: Any, new: Any) -> bool:
 def config_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """The keys whose change would alter the result: ``(key, recorded value, current value)``."""
     old, new = flatten(recorded), flatten(current)
-    missing = object()
     changes = []
     for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if (a is missing or b is missing or not _same(a, b)) and not _allowed(key, a, b):
-            changes.append((key, None if a is missing else a, None if b is missing else b))
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if (a is _MISSING or b is _MISSING or not _same(a, b)) and not _allowed(key, a, b):
+            changes.append((key, None if a is _MISSING else a, None if b is _MISSING else b))
     return changes
 
 

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fewmult.atomic import remove_stale_temporaries
-from fewmult.build import build_module, checked_datamodule
+from fewmult.build import build_module, checked_datamodule, method_bits
 from fewmult.callbacks import BestCheckpoint, EpochMetricsCSV, RecomputeBatchNorm
 from fewmult.checkpointing import AtomicCheckpointIO, LastCheckpoint, RandomStates, resume_point
 from fewmult.config import CONF_DIR, register_resolvers
@@ -72,6 +72,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
     setup = setup_fields(cfg)  # paper, dataset, model, method, qbp, seq_len, width
     return {
         **setup,
+        **method_bits(cfg),  # W/A: weight_bits, activation_bits
         "seed": cfg.seed,
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,

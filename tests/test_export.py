@@ -21,9 +21,9 @@ from fewmult.nn import quant_layers
 from fewmult.packed_forward import FORMAT, PackedNetwork
 from fewmult.packing import pack_bits
 from tests.conftest import REPO, only_run_dir
+from tests.test_methods_train import METHODS  # every method the papers' nets take
 from tests.test_resume import TINY_LSTM
 
-METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 NETS = {
     "mlp": (("model=mlp", "model.arch=64FC-48FC"), (1, 8, 8)),
     "cnn": (("model=cnn", "model.arch=8C3-MP2-12C3-16FC", "model.padding=1"), (3, 12, 12)),
@@ -106,7 +106,12 @@ def test_numpy_forward_of_the_file_predicts_as_pytorch(tmp_path, method, net):
             if k in ("bits", "nonzero", "negative", "values")
         )
         assert stored == (4 * n if bits == 32 else bits * ((n + 7) // 8))
-    if method in ("bnn", "xnor", "lab2"):  # sign activations: BN folded into thresholds
+        if op["weight"]["encoding"] != "float32":  # a scale per layer, or per output channel (bireal)
+            scale = op["weight"]["scale"]
+            per_channel = bool(cfg.method.weight_quantizer.get("per_channel"))
+            assert isinstance(scale, str) == per_channel
+            assert not per_channel or packed.arrays[scale].shape == (op["weight"]["shape"][0],)
+    if cfg.method.activation:  # sign activations: BN folded into thresholds
         hidden_blocks = len(list(model.children())) - 1
         assert [o["op"] for o in packed.layers].count("sign_threshold") == hidden_blocks
 

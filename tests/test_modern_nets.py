@@ -7,10 +7,12 @@ import pytest
 import torch
 import torchvision
 
-from fewmult.build import build_model
-from fewmult.config import compose_config
+from fewmult.build import build_model, checked_datamodule, method_bits
+from fewmult.config import CONF_DIR, compose_config
+from fewmult.errors import UserError
 from fewmult.models import ResNet
-from fewmult.nn import quant_layers
+from fewmult.nn import RPReLU, bind_optimizer, quant_layers
+from fewmult.quant import ActivationQuantizer, RSign
 
 
 def parameters(model: torch.nn.Module) -> int:
@@ -71,3 +73,42 @@ def test_vgg_small_is_the_binary_papers_cifar_net():
     assert [m.weight_quantizer is None for m in layers] == [True] + [False] * 5 + [True]
     assert not isinstance(list(net.out.children())[-1], torch.nn.BatchNorm1d)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_a_step_of_resnet20(method):
+    """Every method on the CIFAR ResNet (8-pixel inputs: the nets take any size): the step reaches
+    every parameter, and results.json's W/A are the method's."""
+    cfg = compose_config("model=resnet20", f"method={method}", "dataset=synthetic")
+    torch.manual_seed(0)
+    net = build_model(cfg, (1, 8, 8), 10)
+    optimizer = torch.optim.Adam(net.parameters())
+    bind_optimizer(net, optimizer)
+    net(torch.randn(8, 1, 8, 8)).logsumexp(1).sum().backward()
+    optimizer.step()
+    assert all(p.grad is not None for p in net.parameters())
+    bits = method_bits(cfg)
+    binary_layers = {m.weight_quantizer.bits for m in quant_layers(net) if m.weight_quantizer is not None}
+    assert binary_layers <= {bits["weight_bits"]}
+    activations = [m for m in net.modules() if isinstance(m, ActivationQuantizer)]
+    assert {a.bits for a in activations} <= {bits["activation_bits"]}
+
+
+def test_reactnet_puts_rsign_before_every_binary_convolution_and_rprelu_after_every_sum():
+    cfg = compose_config("model=resnet18", "method=reactnet", "dataset=cifar10")
+    net = build_model(cfg, (3, 32, 32), 10)
+    binary = [m for m in quant_layers(net) if m.weight_quantizer is not None]
+    assert len(binary) == 16 and all(m.weight_quantizer.per_channel for m in binary)
+    assert sum(isinstance(m, RSign) for m in net.modules()) == 16  # one per binary convolution
+    assert sum(isinstance(m, RPReLU) for m in net.modules()) == 16  # one shortcut per convolution
+    first = net.blocks[0]
+    assert first.pre1.threshold.shape == (64,) and first.post1.shift_out.shape == (64,)
+
+
+def test_reactnet_on_a_net_without_residuals_is_refused_before_any_data_is_read():
+    cfg = compose_config("model=vgg_small", "method=reactnet", "dataset=cifar10")
+    with pytest.raises(UserError, match="model=resnet20, resnet18 or resnet34"):
+        checked_datamodule(cfg)

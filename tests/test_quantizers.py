@@ -3,11 +3,13 @@ evaluation policy, unbiasedness; and the specific formulas of BWN, LAB and the s
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 from fewmult.errors import UserError
-from fewmult.nn import QuantLinear, bind_optimizer
+from fewmult.nn import QuantLinear, RPReLU, bind_optimizer
 from fewmult.quant import (
     AdamSecondMoment,
     SignActivation,
@@ -254,9 +256,34 @@ def test_bwn_alpha_is_mean_absolute_weight():
     assert torch.allclose(create_quantizer("bwn")(w), torch.tensor([[0.3, -0.3], [0.3, -0.3]]))
 
 
-def lab_layer_after_adam_steps(steps: int):
+def test_bwn_per_channel_alpha_is_each_output_channels_mean_absolute_weight():
+    w = torch.tensor([[0.5, -0.1], [0.2, -0.4]])
+    expected = torch.tensor([[0.3, -0.3], [0.3, -0.3]])
+    assert torch.allclose(create_quantizer("bwn", per_channel=True)(w), expected)
+    conv = torch.randn(6, 3, 3, 3)
+    q = create_quantizer("xnor", per_channel=True)(conv)
+    for c in range(6):  # a convolution's output map: its 27 weights share mean|w_c|
+        assert torch.allclose(q[c], conv[c].abs().mean() * torch.where(conv[c] >= 0, 1.0, -1.0))
+
+
+PER_CHANNEL = [n for n in ALL if "per_channel" in inspect.signature(quantizer_class(n)).parameters]
+
+
+@pytest.mark.parametrize("name", PER_CHANNEL)
+def test_per_channel_scales_are_the_magnitudes_of_each_output_channel(name):
+    layer = layer_with(name, per_channel=True).train()
+    effective = layer.effective_weight().detach()
+    scale = layer.weight_quantizer.effective_scale(layer.weight)
+    assert scale.shape == (40, 1)
+    assert torch.allclose(effective.abs(), scale.expand_as(effective))
+    # the channels' scales differ (seed 0: 0.053-0.066), it is not one per layer
+    assert scale.max() - scale.min() > 0.1 * scale.mean()
+
+
+def lab_layer_after_adam_steps(steps: int, per_channel: bool = False):
     torch.manual_seed(0)
-    layer = QuantLinear(20, 8, bias=False, weight_quantizer=create_quantizer("lab"))
+    quantizer = create_quantizer("lab", per_channel=per_channel)
+    layer = QuantLinear(20, 8, bias=False, weight_quantizer=quantizer)
     optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
     layer.weight_quantizer.bind_curvature(AdamSecondMoment(optimizer, layer.weight))
     x, target = torch.randn(64, 20), torch.randn(64, 8)
@@ -280,6 +307,19 @@ def test_lab_alpha_from_a_real_adam_state():
     alpha = (d * w.abs()).sum() / d.sum()
     assert torch.allclose(layer.effective_weight(), alpha * torch.where(w >= 0, 1.0, -1.0), rtol=1e-6)
     assert not torch.allclose(alpha, w.abs().mean(), rtol=1e-3)  # curvature matters
+
+
+def test_lab_per_channel_alpha_is_the_proposition_applied_to_each_output_channel():
+    """``alpha_c = ||d_c * w_c||_1 / ||d_c||_1`` (docs/papers.md G.2), kept without the optimizer."""
+    layer, optimizer = lab_layer_after_adam_steps(5, per_channel=True)
+    w = layer.weight.detach()
+    d = optimizer.state[layer.weight]["exp_avg_sq"].sqrt() + 1e-8
+    for c in range(8):
+        alpha = (d[c] * w[c].abs()).sum() / d[c].sum()
+        assert torch.allclose(layer.effective_weight()[c], alpha * torch.where(w[c] >= 0, 1.0, -1.0))
+    fresh = QuantLinear(20, 8, bias=False, weight_quantizer=create_quantizer("lab", per_channel=True))
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.eval().effective_weight(), layer.effective_weight())
 
 
 def test_lab_refuses_an_optimizer_without_second_moment():
@@ -344,6 +384,7 @@ def test_hashed_uniforms_look_uniform_and_independent():
 ACTIVATION_GRADIENTS = {
     "sign": lambda x: (x.abs() <= 1).to(x.dtype),  # Hubara et al.: hard tanh's
     "approx_sign": lambda x: torch.where(x < 0, 2 + 2 * x, 2 - 2 * x) * (x.abs() < 1),  # Bi-Real eq. 5
+    "rsign": lambda x: torch.where(x < 0, 2 + 2 * x, 2 - 2 * x) * (x.abs() < 1),  # thresholds start at 0
     "identity": lambda x: torch.ones_like(x),
 }
 
@@ -352,8 +393,8 @@ ACTIVATION_GRADIENTS = {
 def test_every_activation_has_its_papers_values_and_gradient(name):
     assert name in ACTIVATION_GRADIENTS, f"state the paper's pseudo-gradient of {name!r} here"
     # points on both sides of every kink, and the kinks themselves
-    x = torch.tensor([-3.0, -1.0, -0.75, -0.5, -1e-3, 0.0, 1e-3, 0.25, 0.999, 1.0, 2.5], requires_grad=True)
-    y = create_activation(name)(x)
+    x = torch.tensor([[-3.0, -1.0, -0.75, -0.5, -1e-3, 0.0, 1e-3, 0.25, 0.999, 1.0, 2.5]], requires_grad=True)
+    y = create_activation(name, channels=x.shape[1])(x)  # one example of 11 channels
     y.backward(torch.ones_like(y))
     assert torch.allclose(x.grad, ACTIVATION_GRADIENTS[name](x.detach()))
     if name == "identity":
@@ -362,6 +403,50 @@ def test_every_activation_has_its_papers_values_and_gradient(name):
         assert torch.equal(y, torch.where(x >= 0, 1.0, -1.0))
 
 
+def test_rsign_thresholds_each_channel_and_learns_the_threshold():
+    """ReActNet's RSign: ``sign(x - alpha_c)``; ``dL/dx = dL/dy * g(x - alpha_c)`` with Bi-Real's
+    ``g(u) = max(0, 2 - 2|u|)``, and ``dL/dalpha_c = -sum over the channel of dL/dy * g(x - alpha_c)``."""
+    torch.manual_seed(0)
+    act = create_activation("rsign", channels=3)
+    with torch.no_grad():
+        act.threshold.copy_(torch.tensor([-0.5, 0.0, 0.7]))
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    upstream = torch.randn(4, 3, 5, 5)
+    y = act(x)
+    y.backward(upstream)
+    u = x.detach() - act.threshold.detach().view(1, 3, 1, 1)
+    g = (2 - 2 * u.abs()).clamp(min=0)
+    assert torch.equal(y, torch.where(u >= 0, 1.0, -1.0))
+    assert torch.allclose(x.grad, upstream * g)
+    assert torch.allclose(act.threshold.grad, -(upstream * g).sum((0, 2, 3)))
+    with pytest.raises(UserError, match="channels=C"):
+        create_activation("rsign")
+
+
+def test_rprelu_is_a_shifted_prelu_per_channel_with_the_papers_gradients():
+    """ReActNet's RPReLU: ``y = x - gamma + zeta`` where ``x > gamma``, ``beta (x - gamma) + zeta``
+    elsewhere; ``dy/dbeta = 1{x <= gamma} (x - gamma)``, ``dy/dgamma = -1{x > gamma} - beta 1{x <= gamma}``,
+    ``dy/dzeta = 1``."""
+    torch.manual_seed(0)
+    act = RPReLU(2)
+    gamma, beta, zeta = torch.tensor([0.3, -0.2]), torch.tensor([0.25, -0.4]), torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        act.shift_in.copy_(gamma), act.prelu.weight.copy_(beta), act.shift_out.copy_(zeta)
+    x = torch.randn(6, 2, 3, 3, requires_grad=True)
+    y = act(x)
+    y.sum().backward()
+    view = (1, 2, 1, 1)
+    u = x.detach() - gamma.view(view)
+    above = u > 0
+    assert torch.allclose(y, torch.where(above, u, beta.view(view) * u) + zeta.view(view))
+    assert torch.allclose(x.grad, torch.where(above, 1.0, beta.view(view).expand_as(u)))
+    assert torch.allclose(act.prelu.weight.grad, torch.where(above, 0.0, u).sum((0, 2, 3)))
+    dgamma = torch.where(above, -1.0, -beta.view(view).expand_as(u)).sum((0, 2, 3))
+    assert torch.allclose(act.shift_in.grad, dgamma)
+    assert torch.allclose(act.shift_out.grad, torch.full((2,), 6 * 9.0))
+
+
 def test_an_unknown_activation_names_the_registered_ones():
-    with pytest.raises(UserError, match="unknown activation 'sgn'; registered: approx_sign, identity, sign"):
+    registered = "approx_sign, identity, rsign, sign"
+    with pytest.raises(UserError, match=f"unknown activation 'sgn'; registered: {registered}"):
         create_activation("sgn")

@@ -26,6 +26,7 @@ PLACEHOLDERS = re.compile(r"^(\.\.\.|OVERRIDES|[A-Z]+|k|M|<.*>)$")
 # overrides that exist only within a choice of another group: composed with it
 CONTEXT = {
     "method.weight_quantizer.": ["method=tc"],
+    "method.weight_quantizer.per_channel": ["method=lab"],
     "dataset.md5": ["dataset=warpeace"],
     "dataset.download": ["dataset=mnist"],
     "dataset.use_extra": ["dataset=svhn"],
@@ -99,7 +100,8 @@ def readme_overrides() -> list[list[str]]:
             for value in values.split("|") if not values.startswith(("[", "{")) else [values]:
                 if not value or PLACEHOLDERS.match(value):
                     continue
-                context = [c for prefix, cs in CONTEXT.items() if key.startswith(prefix) for c in cs]
+                prefixes = [prefix for prefix in CONTEXT if key.startswith(prefix)]
+                context = CONTEXT[max(prefixes, key=len)] if prefixes else []  # the closest entry
                 found += _jobs([*context, f"{key}={value}"])
     return found
 

@@ -8,8 +8,8 @@ from tests.conftest import REPO
 
 PAPERS = REPO / "docs/papers.md"
 # "docs/papers.md A.11, B.3", "docs/papers.md section A.5", also broken over a line and a comment mark
-CITATION = re.compile(r"docs/papers\.md,?(?:\s|#)+(?:section\s+)?((?:[A-F]\.\d+(?:,\s*)?)+)")
-LABEL = re.compile(r"([A-F])\.(\d+)")
+CITATION = re.compile(r"docs/papers\.md,?(?:\s|#)+(?:section\s+)?((?:[A-G]\.\d+(?:,\s*)?)+)")
+LABEL = re.compile(r"([A-G])\.(\d+)")
 CITING = [
     "fewmult/**/*.py",
     "conf/**/*.yaml",
@@ -38,7 +38,7 @@ def cited_sections() -> set[tuple[str, int]]:
 def sections_of_papers_md() -> set[tuple[str, int]]:
     """Headings ``### X.n`` and the numbered items of section D."""
     text = PAPERS.read_text()
-    headings = {(part, int(n)) for part, n in re.findall(r"^### ([A-F])\.(\d+) ", text, flags=re.MULTILINE)}
+    headings = {(part, int(n)) for part, n in re.findall(r"^### ([A-G])\.(\d+) ", text, flags=re.MULTILINE)}
     departures = text.split("\n## D.", 1)[1].split("\n## E.", 1)[0]
     items = {("D", int(n)) for n in re.findall(r"^(\d+)\. ", departures, flags=re.MULTILINE)}
     return headings | items

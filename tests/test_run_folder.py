@@ -3,6 +3,7 @@ config, unreadable checkpoints named, starting over without losing anything, uni
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -117,6 +118,20 @@ def test_allowed_and_refused_changes():
     method = task_config(compose_config("dataset=synthetic", "method=tc"))
     assert "method.name" in [k for k, _, _ in config_changes(base, method)]
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
+
+
+@pytest.mark.parametrize("method, key", [("tc", "rng"), ("lab", "per_channel")])
+def test_a_key_added_later_at_its_old_behaviour_lets_older_runs_relaunch(method, key):
+    """A run recorded before ``method.weight_quantizer.<key>`` existed computed with its default."""
+    now = task_config(compose_config("dataset=synthetic", f"method={method}"))
+    recorded = copy.deepcopy(now)
+    del recorded["method"]["weight_quantizer"][key]
+    assert config_changes(recorded, now) == []
+    other = {"rng": "torch", "per_channel": True}[key]
+    changed = task_config(
+        compose_config("dataset=synthetic", f"method={method}", f"method.weight_quantizer.{key}={other}")
+    )
+    assert [k for k, _, _ in config_changes(recorded, changed)] == [f"method.weight_quantizer.{key}"]
 
 
 @pytest.mark.slow  # two training processes; the lock itself is tested fast (released by SIGKILL)

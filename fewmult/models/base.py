@@ -9,6 +9,7 @@ for ``fewmult.count``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -16,6 +17,9 @@ import torch
 from torch import nn
 
 from fewmult.nn.layers import QuantConv2d, QuantLinear
+
+# builds a module: weight quantizers take no argument, activations ``channels=`` (what they read)
+ModuleFactory = Callable[..., nn.Module]
 
 INPUT_KINDS = ("images", "tokens")  # float images (N, C, H, W); int64 token codes (N, T)
 _BatchNorm = nn.modules.batchnorm._BatchNorm

@@ -46,7 +46,7 @@ class CharLSTM(nn.Module):
         forget_bias: float = 1.0,
         output_init_std: float = 0.01,
         weight_quantizer: Callable[[], nn.Module] | None = None,
-        activation: Callable[[], nn.Module] | None = None,
+        activation: Callable[..., nn.Module] | None = None,
         qbp_dense: QBPSettings | None = None,
         qbp_conv: QBPSettings | None = None,
         name: str = "lstm",

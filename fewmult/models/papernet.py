@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
 from torch import nn
 
 from fewmult.errors import UserError
-from fewmult.models.base import LayerUse, feedforward_uses
+from fewmult.models.base import LayerUse, ModuleFactory, feedforward_uses
 from fewmult.nn.layers import QuantConv2d, QuantLinear
 from fewmult.qbp import QBPSettings, TapError
-
-ModuleFactory = Callable[[], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ class PaperNet(nn.Sequential):
         full_precision_first_last: the first layer and the output layer keep real-valued weights
             (nearly every binary-network paper since 2018; both 2016 papers quantize them).
         bn_eps, bn_momentum: BN constants (the authors' code uses 1e-4 and 0.1).
-        activation: builds each hidden activation (default ReLU).
+        activation: builds each hidden activation from ``channels=`` (default ReLU).
         weight_quantizer: builds each layer's weight quantizer (default: none, full precision).
         qbp_dense, qbp_conv: quantized back propagation settings of dense and conv layers (None: off).
         name: the architecture's name in configs and results (e.g. ``lin2016_mlp``).
@@ -114,7 +111,6 @@ class PaperNet(nn.Sequential):
         qbp_conv: QBPSettings | None = None,
         name: str = "",
     ) -> None:
-        activation = activation or nn.ReLU
         if qbp_dense is not None and qbp_dense.error == "after_bn" and not (batch_norm and output_bn):
             raise UserError(
                 "qbp_settings.dense.error=after_bn needs model.batch_norm=true and model.output_bn=true "
@@ -172,7 +168,7 @@ class PaperNet(nn.Sequential):
             if spec.kind == "fc" and linear.error_after_bn is not None:
                 parts.append(TapError(linear.error_after_bn))  # Lin et al.'s dense QBP: the error after BN
             if not is_output:
-                parts.append(activation())
+                parts.append(activation(channels=channels) if activation else nn.ReLU())
             blocks[block] = nn.Sequential(*parts)
         super().__init__(blocks)
         self.name = name

@@ -1,6 +1,6 @@
 """ResNet-20 (CIFAR), ResNet-18 and ResNet-34 as binary-network papers train them.
 
-The conventions that decide published numbers are arguments (docs/papers.md G):
+The conventions that decide published numbers are arguments (docs/papers.md G.1):
 
 * ``stem``: ``cifar`` (3x3 convolution, stride 1, no max-pool: the CIFAR ResNet-18 of IR-Net, RBNN,
   ReCU), ``imagenet`` (7x7 stride 2 + 3x3 max-pool), ``auto`` (ImageNet stem for inputs of 100
@@ -15,23 +15,22 @@ The conventions that decide published numbers are arguments (docs/papers.md G):
 
 Where activations are real (``activation`` None) a block is ``conv -> BN -> ReLU`` with ReLU after
 the addition, as He et al.; with a binary activation each convolution reads the binarized input and
-no ReLU follows (Bi-Real): ``out = BN(conv(sign(x))) + shortcut(x)``.
+no ReLU follows (Bi-Real): ``out = BN(conv(sign(x))) + shortcut(x)``. ``residual_activation``
+(ReActNet's RPReLU, given by the method) replaces what follows every addition:
+``out = RPReLU(BN(conv(RSign(x))) + shortcut(x))``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fewmult.errors import UserError
-from fewmult.models.base import LayerUse, output_shapes
+from fewmult.models.base import LayerUse, ModuleFactory, output_shapes
 from fewmult.nn.layers import QuantConv2d, QuantLinear
 from fewmult.qbp import QBPSettings
 
-ModuleFactory = Callable[[], nn.Module]
 # (channels, blocks) per stage
 DEPTHS = {
     20: ((16, 3), (32, 3), (64, 3)),
@@ -98,30 +97,39 @@ class BasicBlock(nn.Module):
         stride: int,
         layers: _Layers,
         activation: ModuleFactory | None,
+        residual_activation: ModuleFactory | None,
         shortcut: str,
         per_conv: bool,
     ) -> None:
         super().__init__()
         self.conv1, self.conv2 = layers.conv(cin, cout, 3, stride), layers.conv(cout, cout, 3)
         self.bn1, self.bn2 = layers.bn(self.conv1, cout), layers.bn(self.conv2, cout)
-        self.pre1 = activation() if activation else nn.Identity()  # binary: each conv reads sign(x)
-        self.pre2 = activation() if activation else nn.Identity()
-        self.post = nn.Identity() if activation else nn.ReLU()  # real-valued: ReLU after each sum
+        # binary: each conv reads sign(x)
+        self.pre1 = activation(channels=cin) if activation else nn.Identity()
+        self.pre2 = activation(channels=cout) if activation else nn.Identity()
+
+        def after_sum() -> nn.Module:  # real-valued: ReLU after each sum; binary: nothing
+            if residual_activation:
+                return residual_activation(channels=cout)
+            return nn.Identity() if activation else nn.ReLU()
+
+        self.post1, self.post2 = after_sum(), after_sum()
         same = stride == 1 and cin == cout
         self.shortcut = nn.Identity() if same else _downsample(shortcut, cin, cout, stride, layers)
         self.per_conv = per_conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.bn1(self.conv1(self.pre1(x)))
-        h = self.post(h + self.shortcut(x) if self.per_conv else h)
+        h = self.post1(h + self.shortcut(x) if self.per_conv else h)
         out = self.bn2(self.conv2(self.pre2(h)))
-        return self.post(out + (h if self.per_conv else self.shortcut(x)))
+        return self.post2(out + (h if self.per_conv else self.shortcut(x)))
 
 
 class ResNet(nn.Module):
     """ResNet-``depth`` (20, 18 or 34) for ``input_shape`` images; see the module docstring."""
 
     input_kind = "images"
+    has_residuals = True  # a method's residual_activation (RPReLU) has somewhere to go
 
     def __init__(
         self,
@@ -134,6 +142,7 @@ class ResNet(nn.Module):
         quantize_first_last: bool = False,
         bn_eps: float = 1e-5,
         activation: ModuleFactory | None = None,
+        residual_activation: ModuleFactory | None = None,
         weight_quantizer: ModuleFactory | None = None,
         qbp_dense: QBPSettings | None = None,
         qbp_conv: QBPSettings | None = None,
@@ -166,7 +175,9 @@ class ResNet(nn.Module):
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1
                 per_conv = convs_per_shortcut == 1
-                blocks.append(BasicBlock(cin, cout, stride, layers, activation, shortcut, per_conv))
+                blocks.append(
+                    BasicBlock(cin, cout, stride, layers, activation, residual_activation, shortcut, per_conv)
+                )
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         classifier_quantizer = weight_quantizer() if quantize_first_last and weight_quantizer else None

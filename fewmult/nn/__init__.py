@@ -1,9 +1,18 @@
 """Layers whose weights pass through a pluggable quantizer, the papers' losses, and the one call that
-binds the layers to an optimizer in any training loop (:func:`bind_optimizer`)."""
+binds the layers to an optimizer in any training loop (:func:`bind_optimizer`); ReActNet's RPReLU."""
 
+from fewmult.nn.activations import RPReLU
 from fewmult.nn.layers import QuantConv2d, QuantLinear, quant_layers
 from fewmult.nn.losses import SquaredHingeLoss
 from fewmult.nn.recurrent import QuantLSTM
 from fewmult.nn.training import bind_optimizer
 
-__all__ = ["QuantConv2d", "QuantLSTM", "QuantLinear", "SquaredHingeLoss", "bind_optimizer", "quant_layers"]
+__all__ = [
+    "QuantConv2d",
+    "QuantLSTM",
+    "QuantLinear",
+    "RPReLU",
+    "SquaredHingeLoss",
+    "bind_optimizer",
+    "quant_layers",
+]

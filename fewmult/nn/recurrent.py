@@ -120,7 +120,7 @@ class QuantLSTM(nn.Module):
         vocab_size: int,
         hidden_size: int,
         weight_quantizer: Callable[[], nn.Module] | None = None,
-        cell_activation: Callable[[], nn.Module] | None = None,
+        cell_activation: Callable[..., nn.Module] | None = None,
         grad_clip: float | None = 5.0,
         init_range: float = 0.08,
         forget_bias: float = 1.0,
@@ -139,7 +139,7 @@ class QuantLSTM(nn.Module):
 
         self.input_weights = nn.ModuleDict({g: gate(vocab_size, bias=True) for g in GATES})
         self.hidden_weights = nn.ModuleDict({g: gate(hidden_size, bias=False, qbp=qbp) for g in GATES})
-        self.cell_activation = cell_activation() if cell_activation else nn.Tanh()
+        self.cell_activation = cell_activation(channels=hidden_size) if cell_activation else nn.Tanh()
         self.hidden_size, self.grad_clip, self.qbp = hidden_size, grad_clip, qbp
         with torch.no_grad():
             for layer in (*self.input_weights.values(), *self.hidden_weights.values()):

@@ -1,7 +1,7 @@
 """Weight quantizers and activation quantizers, each with a registry (``create_quantizer``,
 ``list_quantizers``; ``create_activation``, ``list_activations``)."""
 
-from fewmult.quant.activations import ApproxSign, SignActivation
+from fewmult.quant.activations import ActivationQuantizer, ApproxSign, Identity, RSign, SignActivation
 from fewmult.quant.base import WeightQuantizer, sign_plus, straight_through
 from fewmult.quant.curvature import AdamSecondMoment
 from fewmult.quant.quantizers import (
@@ -23,12 +23,15 @@ from fewmult.quant.registry import (
 )
 
 __all__ = [
+    "ActivationQuantizer",
     "AdamSecondMoment",
     "ApproxSign",
     "BinaryConnect",
     "BinaryWeightNetwork",
     "FullPrecision",
+    "Identity",
     "LossAwareBinarization",
+    "RSign",
     "SignActivation",
     "StochasticBinaryConnect",
     "TernaryConnect",

@@ -1,16 +1,20 @@
 """Activation quantizers: the binary activations of LAB2, BNN, XNOR and the modern 1/1 networks.
 
-Registered by name (``create_activation("approx_sign")``, ``list_activations()``). Each class states
-its forward formula, its pseudo-gradient and the paper it comes from; sign(0) = +1 everywhere.
+Registered by name (``create_activation("approx_sign", channels=64)``, ``list_activations()``).
+Each class states its forward formula, its pseudo-gradient and the paper it comes from; sign(0) = +1
+everywhere. Every one is built with ``channels``, the size of dim 1 of what it reads, so that a
+model builds any of them the same way; only those with per-channel parameters (``rsign``) use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from fewmult.errors import UserError
 from fewmult.quant.base import sign_plus
 from fewmult.quant.registry import register_activation
 
@@ -38,8 +42,17 @@ def _approx_sign_gradient(x: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * x.abs()).clamp_(min=0)
 
 
+class ActivationQuantizer(nn.Module):
+    """Base class: ``bits`` per activation (1 binary, 32 real) for counting and ``results.json``."""
+
+    bits: ClassVar[int] = 1
+
+    def __init__(self, channels: int | None = None) -> None:
+        super().__init__()
+
+
 @register_activation("sign")
-class SignActivation(nn.Module):
+class SignActivation(ActivationQuantizer):
     """``sign(x)`` with sign(0) = +1; pseudo-gradient of hard tanh: ``dL/dx = dL/dy * 1{|x| <= 1}``.
 
     Hubara et al.'s straight-through estimator (BNN, arXiv 1602.02830); the authors'
@@ -60,6 +73,32 @@ class ApproxSign(SignActivation):
         return _SignWithSurrogate.apply(x, _approx_sign_gradient)
 
 
+@register_activation("rsign")
+class RSign(ActivationQuantizer):
+    """ReActNet's RSign (Liu et al. 2020, arXiv 2003.03488): ``sign(x - alpha_c)`` with a
+    learnable threshold ``alpha_c`` per channel, initialized to 0 (docs/papers.md G.2).
+
+    Pseudo-gradient: ApproxSign's, ``dL/dx = dL/dy * max(0, 2 - 2|x - alpha_c|)``, and
+    ``dL/dalpha_c`` its negative summed over the channel's entries (the authors' code: a learnable
+    bias before Bi-Real's binary activation; the paper's sign(0) = -1 tie is measure zero).
+    """
+
+    def __init__(self, channels: int | None = None) -> None:
+        super().__init__()
+        if not channels:
+            raise UserError("rsign learns one threshold per channel: build it with channels=C.")
+        self.threshold = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        threshold = self.threshold.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+        return _SignWithSurrogate.apply(x - threshold, _approx_sign_gradient)
+
+
 @register_activation("identity")
-class Identity(nn.Identity):
+class Identity(ActivationQuantizer):
     """Real-valued activations (the 1/32 rows): ``y = x``, gradient 1."""
+
+    bits = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

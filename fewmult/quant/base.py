@@ -96,8 +96,9 @@ class WeightQuantizer(nn.Module):
         raise NotImplementedError
 
     def effective_scale(self, w: torch.Tensor) -> torch.Tensor | None:
-        """The magnitude of the nonzero effective weights (one per layer), without drawing random
-        numbers; None where there is no single one (full precision). For diagnostics and export."""
+        """The magnitude of the nonzero effective weights (one per layer, or one per output channel
+        shaped to broadcast over ``w``), without drawing random numbers; None where there is none
+        (full precision). For diagnostics and export."""
         return None
 
     def most_likely(self, w: torch.Tensor) -> torch.Tensor:

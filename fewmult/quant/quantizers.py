@@ -30,6 +30,17 @@ def _lab_alpha(w: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     return (d * w.abs()).sum() / d.sum()
 
 
+def _lab_alpha_per_channel(w: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    d = v.sqrt() + eps
+    rest = tuple(range(1, w.dim()))
+    return (d * w.abs()).sum(rest, keepdim=True) / d.sum(rest, keepdim=True)
+
+
+def _mean_abs(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """``mean|w|`` of the tensor, or of every output channel (dim 0) shaped to broadcast over ``w``."""
+    return w.abs().mean(tuple(range(1, w.dim())), keepdim=True) if per_channel else w.abs().mean()
+
+
 @register_quantizer("fp")
 class FullPrecision(WeightQuantizer):
     """``q(w) = w``: no quantization (the full-precision baseline of both papers)."""
@@ -189,11 +200,21 @@ class TernaryConnect(_Stochastic):
 
 
 class _ScaledSign(WeightQuantizer):
-    """``q(w) = alpha * sign(w)`` with one scale per weight tensor; latent weights clipped to [-1, 1]."""
+    """``q(w) = alpha * sign(w)`` with one scale per weight tensor, or with ``per_channel`` one per
+    output channel (dim 0: a dense layer's output unit, a convolution's output map); latent weights
+    clipped to [-1, 1]."""
 
     bits = 1
     multiplies = "scaled_sign"
     init_gain = 1.0  # Hou et al.'s code: U(-W0, W0)
+
+    def __init__(self, per_channel: bool = False, eval_policy: str | None = None) -> None:
+        super().__init__(eval_policy)
+        if not isinstance(per_channel, bool):
+            raise UserError(
+                f"method.weight_quantizer.per_channel must be true or false, got {per_channel!r}."
+            )
+        self.per_channel = per_channel
 
     @property
     def clip_bound(self) -> float:
@@ -212,14 +233,16 @@ class _ScaledSign(WeightQuantizer):
 @register_quantizer("bwn")
 @register_quantizer("xnor")
 class BinaryWeightNetwork(_ScaledSign):
-    """BWN: ``q(w) = alpha * sign(w)`` with ``alpha = ||w||_1 / n`` per layer.
+    """BWN: ``q(w) = alpha * sign(w)`` with ``alpha = ||w||_1 / n`` per layer, or with
+    ``per_channel`` ``alpha_c = ||w_c||_1 / n_c`` per output channel (XNOR-Net's own form, Rastegari
+    et al. 2016, arXiv 1603.05279, sec. 3.1; Bi-Real's and ReActNet's weights, docs/papers.md G.2).
 
     Pseudo-gradient: straight through; ``w`` clipped to [-1, 1]. Rastegari et al. 2016 as defined
     in Hou et al. 2017 eq. 2 (docs/papers.md A.6); also the weight part of XNOR-Net (A.10).
     """
 
     def alpha(self, w: torch.Tensor) -> torch.Tensor:
-        return w.abs().mean()
+        return _mean_abs(w, self.per_channel)
 
 
 @register_quantizer("lab")
@@ -233,22 +256,30 @@ class LossAwareBinarization(_ScaledSign):
     training without a bound optimizer is refused, since LAB would silently stay BWN. The last
     ``alpha`` is kept in the buffer ``alpha_last`` (saved with the model), so a checkpoint
     evaluated without its optimizer uses it.
+    ``per_channel``: ``alpha_c = ||d_c * w_c||_1 / ||d_c||_1`` for every output channel ``c``, the
+    same proposition applied to each channel's rows (an extension of Hou et al., who use one alpha
+    per layer; docs/papers.md G.2).
     Pseudo-gradient: straight through (Adam receives ``dL/dq``); ``w`` clipped to [-1, 1].
     Hou et al. 2017, Proposition 3.1 and Algorithm 1 (docs/papers.md A.7); the weight part of LAB2 (A.8).
     """
 
     needs_optimizer_state = True
 
-    def __init__(self, eps: float = 1e-8, eval_policy: str | None = None) -> None:
-        super().__init__(eval_policy)
+    def __init__(self, eps: float = 1e-8, per_channel: bool = False, eval_policy: str | None = None) -> None:
+        super().__init__(per_channel, eval_policy)
         self.eps = eps
         self._curvature: Callable[[], torch.Tensor | None] | None = None  # bound by bind_curvature
         self.register_buffer("alpha_last", torch.tensor(float("nan")))
 
+    def setup(self, layer) -> None:
+        if self.per_channel:  # one alpha per output channel, shaped to broadcast over the weight
+            w = layer.weight
+            self.alpha_last = torch.full((w.shape[0],) + (1,) * (w.dim() - 1), float("nan"))
+
     def effective_scale(self, w: torch.Tensor) -> torch.Tensor:
         """The last ``alpha`` (of the latest training step; BWN's before the first one)."""
         # torch.where, not `if`: a Python branch on a tensor waits for the device
-        return torch.where(self.alpha_last.isnan(), w.detach().abs().mean(), self.alpha_last)
+        return torch.where(self.alpha_last.isnan(), _mean_abs(w.detach(), self.per_channel), self.alpha_last)
 
     def bind_curvature(self, source: Callable[[], torch.Tensor | None]) -> None:
         """``source()`` returns the second moment ``v`` of the weight, or None before any step."""
@@ -264,6 +295,7 @@ class LossAwareBinarization(_ScaledSign):
         v = self._curvature() if self._curvature is not None else None
         if v is None:
             return self.effective_scale(w)
-        alpha = fused_or_eager(_lab_alpha, w.detach(), v, self.eps)
+        formula = _lab_alpha_per_channel if self.per_channel else _lab_alpha
+        alpha = fused_or_eager(formula, w.detach(), v, self.eps)
         self.alpha_last.copy_(alpha)
         return alpha
