@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 from torch.optim import Optimizer
@@ -50,6 +51,44 @@ def delayed_exponential(optimizer: Optimizer, gamma: float, start: int) -> LRSch
     if not 0 < gamma <= 1 or start < 0:
         raise UserError(f"the schedule needs 0 < gamma <= 1 and start >= 0, got {gamma} and {start}.")
     return LambdaLR(optimizer, partial(_delayed_factor, gamma=gamma, start=start))
+
+
+def _warmup_then(epoch: int, epochs: int, warmup: int, decay: str) -> float:
+    if epoch < warmup:  # linear warm-up: lr_0 / warmup, 2 lr_0 / warmup, ..., lr_0 at epoch `warmup`
+        return (epoch + 1) / (warmup + 1)
+    progress = min(1.0, (epoch - warmup) / max(1, epochs - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+
+
+def _check_decay(epochs: int, warmup: int) -> None:
+    require_positive(epochs, "trainer.max_epochs")
+    if not 0 <= warmup < epochs:
+        raise UserError(f"recipe.warmup_epochs must be in [0, max_epochs), got {warmup} of {epochs}.")
+
+
+def cosine(optimizer: Optimizer, epochs: int, warmup: int = 0) -> LRScheduler:
+    """``lr_0 (1 + cos(pi t / T)) / 2`` after ``warmup`` epochs of linear warm-up, with ``t`` the
+    epochs since the warm-up and ``T = epochs - warmup``: 0 after the last epoch (IR-Net's CIFAR
+    code: ``CosineAnnealingLR(T_max=epochs, eta_min=0)``, stepped per epoch, no warm-up)."""
+    _check_decay(epochs, warmup)
+    return LambdaLR(optimizer, partial(_warmup_then, epochs=epochs, warmup=warmup, decay="cosine"))
+
+
+def _shifted(epoch: int, shift: int, factor) -> float:
+    return factor(epoch + shift)
+
+
+def linear_to_zero(
+    optimizer: Optimizer, epochs: int, warmup: int = 0, step_before_epoch: bool = False
+) -> LRScheduler:
+    """``lr_0 (1 - t / T)`` after ``warmup`` epochs of linear warm-up: 0 after the last epoch.
+
+    ``step_before_epoch``: as ReActNet's code (``LambdaLR(lambda step: 1 - step / epochs)`` stepped
+    at the start of every epoch), epoch ``e`` trains at ``lr_0 (1 - (e + 1) / T)``, the last one at 0.
+    """
+    _check_decay(epochs, warmup)
+    factor = partial(_warmup_then, epochs=epochs, warmup=warmup, decay="linear")
+    return LambdaLR(optimizer, partial(_shifted, shift=int(step_before_epoch), factor=factor))
 
 
 def constant(optimizer: Optimizer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -306,6 +307,28 @@ def test_schedules_follow_the_papers():
     # 0.002, times 0.98 after every epoch past the 10th (counted from 1): epoch 12 is the first lower
     assert lstm[:11] == [pytest.approx(0.002)] * 11 and lstm[11] == pytest.approx(0.002 * 0.98)
     assert lstm[199] == pytest.approx(0.002 * 0.98**189)
+
+
+def test_cosine_and_linear_decay_reach_zero_after_their_warm_up():
+    """IR-Net's cosine (``CosineAnnealingLR(T_max=epochs)``), the linear decay and ReActNet's shift by
+    one (its code steps the schedule before every epoch), each through ``schedule=`` and the recipe."""
+    common = ("dataset=synthetic", "optim.lr=0.1", "trainer.max_epochs=10")
+    cosine = learning_rates(*common, "schedule=cosine")
+    assert cosine == [pytest.approx(0.05 * (1 + math.cos(math.pi * e / 10)), abs=1e-12) for e in range(11)]
+    torch_cosine = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(torch_cosine, T_max=10, eta_min=0)
+    for lr in cosine[1:]:
+        torch_cosine.step(), reference.step()
+        assert torch_cosine.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-12)
+    warm = learning_rates(*common, "schedule=cosine", "+recipe.warmup_epochs=3")
+    assert warm[:4] == [pytest.approx(0.1 * k / 4) for k in (1, 2, 3)] + [pytest.approx(0.1)]
+    assert warm[-1] == pytest.approx(0.0, abs=1e-12) and warm[4] > warm[5] > warm[9]
+    linear = learning_rates(*common, "schedule=linear_to_zero")
+    assert linear == [pytest.approx(0.1 * (1 - e / 10), abs=1e-12) for e in range(11)]
+    shifted = learning_rates(*common, "schedule=linear_to_zero", "+recipe.step_before_epoch=true")
+    assert shifted[:10] == [pytest.approx(0.1 * (1 - (e + 1) / 10), abs=1e-12) for e in range(10)]
+    with pytest.raises(UserError, match=r"recipe\.warmup_epochs must be in \[0, max_epochs\)"):
+        schedules.cosine(torch_cosine, epochs=5, warmup=5)
 
 
 @pytest.mark.parametrize("recipe", [{"gamma": 0.5}, {"gamma": 0.5, "milestones": [3], "every": 5}])
