@@ -53,6 +53,8 @@ MAY_GROW = ("trainer.max_epochs",)  # extending a finished or running job
 ADDED_LATER = {
     "method.weight_quantizer.rng": "hash",
     "method.weight_quantizer.per_channel": False,
+    "dataset.augment": "none",
+    "dataset.augment_pad": 4,
 }
 
 

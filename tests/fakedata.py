@@ -77,14 +77,39 @@ def write_svhn(root: Path, sizes: dict[str, int] | None = None, seed: int = 0) -
     return sums
 
 
-def register_cifar10_md5(monkeypatch, sums: dict[str, str]) -> None:
-    """Make torchvision's CIFAR10 expect the checksums of the tiny files (its real check still runs)."""
+def write_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> dict[str, str]:
+    """Writes ``cifar-100-python/{train,test,meta}`` as the real archive holds them (fine and coarse
+    labels); returns {file name: md5}."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (name, n) in enumerate((("train", n_train), ("test", n_test))):
+        fine = (np.arange(n) * 7 + i) % 100
+        batch = {
+            "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+        }
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    meta = {
+        "fine_label_names": [f"fine{i}" for i in range(100)],
+        "coarse_label_names": [f"c{i}" for i in range(20)],
+    }
+    with (folder / "meta").open("wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return {p.name: md5(p) for p in folder.iterdir()}
+
+
+def register_cifar10_md5(monkeypatch, sums: dict[str, str], cls: type | None = None) -> None:
+    """Make torchvision's CIFAR10 (or ``cls``, e.g. CIFAR100) expect the checksums of the tiny files
+    (its real check still runs)."""
     import torchvision
 
-    cls = torchvision.datasets.CIFAR10
+    cls = cls or torchvision.datasets.CIFAR10
     monkeypatch.setattr(cls, "train_list", [[name, sums[name]] for name, _ in cls.train_list])
     monkeypatch.setattr(cls, "test_list", [[name, sums[name]] for name, _ in cls.test_list])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": sums["batches.meta"]})
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": sums[cls.meta["filename"]]})
 
 
 def register_svhn_md5(monkeypatch, sums: dict[str, str]) -> None:

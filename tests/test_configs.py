@@ -39,9 +39,17 @@ def example_batch(
 
 
 def test_groups_have_the_documented_options():
-    assert {"mnist", "cifar10", "svhn", "mnist_mini", "synthetic", "text", "warpeace", "linux"} <= set(
-        options("dataset")
-    )
+    assert {
+        "mnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "mnist_mini",
+        "synthetic",
+        "text",
+        "warpeace",
+        "linux",
+    } <= set(options("dataset"))
     assert {"mlp", "cnn", "lin2016_mlp", "lin2016_cnn", "hou2017_mlp", "hou2017_cnn", "lstm"} <= set(
         options("model")
     )

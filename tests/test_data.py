@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from fewmult.config import compose_config
-from fewmult.data.cifar10 import CIFAR10Data
+from fewmult.data.cifar10 import CIFAR10Data, CIFAR100Data
 from fewmult.data.loader import TensorBatches
 from fewmult.data.mnist import MNISTData
 from fewmult.data.mnist_mini import MNISTMiniData
@@ -59,6 +59,21 @@ def test_cifar10_reads_pickles(tmp_path, monkeypatch):
     assert s.input_shape == (3, 32, 32)
     # validation is the tail of data_batch_5 (labels of batch i start at offset i - 1)
     assert s.val_y.tolist() == [(4 + j) % 10 for j in range(6, 12)]
+
+
+def test_cifar100_reads_the_fine_labels_through_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    sums = fakedata.write_cifar100(tmp_path, n_train=60, n_test=20)
+    fakedata.register_cifar10_md5(monkeypatch, sums, torchvision.datasets.CIFAR100)
+    dm = CIFAR100Data(
+        name="cifar100", root=str(tmp_path), download=False, val_size=10, preprocess="none", **COMMON
+    )
+    s = dm.load()
+    assert s.sizes() == {"train": 50, "val": 10, "test": 20} and s.num_classes == 100
+    assert s.train_y.tolist() == [(7 * j) % 100 for j in range(50)]  # the fine labels, in file order
+    assert s.val_y.tolist() == [(7 * j) % 100 for j in range(50, 60)]  # the last 10 training images
+    assert s.test_y.tolist() == [(7 * j + 1) % 100 for j in range(20)]
 
 
 def test_cifar10_gcn_zca_is_cached_next_to_the_data(tmp_path, monkeypatch):

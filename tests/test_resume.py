@@ -49,6 +49,14 @@ SETUPS = {
     "tc+qbp+torch_rng": [*SMALL_MLP, "method=tc", "qbp=true", "method.weight_quantizer.rng=torch"],
     "lab": [*SMALL_MLP, "method=lab"],
     "lstm+lab": [*TINY_LSTM, "method=lab"],
+    # ReActNet's ResNet-20 (RSign thresholds, RPReLU, per-channel scales, Adam) on augmented batches
+    "resnet20+reactnet+crop_flip": [
+        "dataset=synthetic",
+        *("dataset.n_train=200", "dataset.n_val=100", "dataset.n_test=100", "dataset.batch_size=50"),
+        "dataset.augment=crop_flip",
+        "model=resnet20",
+        "method=reactnet",
+    ],
 }
 TIMINGS = {"train_seconds", "started_at", "finished_at"}
 
@@ -153,11 +161,12 @@ def test_killed_at_every_point_ends_as_if_never_killed(tmp_path):
 
 
 # the setups with state tc+qbp lacks, one stop each inside an epoch (the edges are the matrix's):
-# Adam's moments and LAB's scale, and the LSTM's data order (bc_det, whose state is a subset of
-# tc+qbp's, was dropped for the suite's time budget)
+# Adam's moments and LAB's scale, the LSTM's data order, ReActNet's parameters and the augmentation
+# (bc_det, whose state is a subset of tc+qbp's, was dropped for the suite's time budget)
 SETUP_STOPS = {
     "lab": [("train_batch", 3, "TERM")],
     "lstm+lab": [("train_batch", 3, "KILL")],
+    "resnet20+reactnet+crop_flip": [("train_batch", 3, "KILL")],
 }
 
 

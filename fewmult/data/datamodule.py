@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from fewmult.data.augment import make_augmentation
 from fewmult.data.loader import TensorBatches
 from fewmult.data.splits import Splits
 from fewmult.errors import UserError, require_positive
@@ -25,6 +26,8 @@ class TensorDataModule(L.LightningDataModule):
         seed: seeds the shuffling of the training set.
         data_device: ``auto`` keeps the data on the training device; ``cpu`` keeps it in host
             memory and copies each batch (for data larger than GPU memory).
+        augment, augment_pad: training-time augmentation of images (``none`` or ``crop_flip``,
+            :mod:`fewmult.data.augment`) and its padding in pixels.
     """
 
     def __init__(
@@ -35,6 +38,8 @@ class TensorDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int = 0,
         data_device: str = "auto",
+        augment: str = "none",
+        augment_pad: int = 4,
     ) -> None:
         super().__init__()
         require_positive(batch_size, "dataset.batch_size")
@@ -47,6 +52,9 @@ class TensorDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.data_device = data_device
+        self.augment = make_augmentation(augment, augment_pad)
+        if self.augment is not None and self.input_kind != "images":
+            raise UserError(f"dataset.augment={augment} crops and flips images; '{name}' is not images.")
         self._splits: Splits | None = None
         self._on_device: tuple[torch.device, Splits] | None = None
 
@@ -56,6 +64,10 @@ class TensorDataModule(L.LightningDataModule):
 
     def load_splits(self) -> Splits:
         raise NotImplementedError
+
+    def pad_fill(self) -> torch.Tensor:
+        """What a black pixel is after preprocessing, per channel: the augmentation's padding."""
+        return torch.zeros(self.image_shape[0])
 
     def load(self) -> Splits:
         """Load (once) and return the splits on the CPU."""
@@ -112,6 +124,8 @@ class TensorDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            augment=self.augment if train else None,
+            fill=self.pad_fill() if train and self.augment is not None else None,
         )
 
     def train_dataloader(self) -> TensorBatches:

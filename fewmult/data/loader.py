@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
+from fewmult.data.augment import CropFlip, batch_key
+
 
 class EpochShuffle:
     """The order of the examples in one epoch: a permutation that depends only on (seed, epoch).
@@ -40,8 +42,10 @@ class TensorBatches:
         batch_size: examples per batch (per process under DDP).
         shuffle: training order from :class:`EpochShuffle` (``self.sampler``), or file order.
         drop_last: drop the last incomplete batch (training, as both papers do).
-        seed: makes the sequence of permutations repeatable.
+        seed: makes the sequence of permutations (and of augmentations) repeatable.
         rank, world_size: this process's share under data parallelism.
+        augment, fill: training-time augmentation of every batch (:mod:`fewmult.data.augment`),
+            with the preprocessed value of a black pixel per channel.
     """
 
     def __init__(
@@ -54,8 +58,12 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        augment: CropFlip | None = None,
+        fill: torch.Tensor | None = None,
     ) -> None:
         self.x, self.y = x, y
+        self.seed, self.augment = seed, augment
+        self.fill = fill if fill is not None else torch.zeros(x.shape[1] if x.dim() > 1 else 1)
         self.batch_size = batch_size
         self.sampler = EpochShuffle(seed) if shuffle else None
         self.batch_sampler = None  # Lightning reads it beside ``sampler``, as on a DataLoader
@@ -91,10 +99,14 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
+        epoch = self.sampler.epoch if self.sampler is not None else 0
         for i in range(len(self)):
             if order is None:
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                yield self.x[sl], self.y[sl]
+                x, y = self.x[sl], self.y[sl]
             else:
                 idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                yield self.x[idx], self.y[idx]
+                x, y = self.x[idx], self.y[idx]
+            if self.augment is not None:
+                x = self.augment(x, self.fill, batch_key(self.seed, epoch, self.rank, i))
+            yield x, y

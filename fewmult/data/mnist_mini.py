@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fewmult.data.datamodule import TensorDataModule
-from fewmult.data.preprocess import get_preprocessor
+from fewmult.data.preprocess import get_preprocessor, require_augmentable
 from fewmult.data.splits import Splits, check_val_size, class_balanced_indices, complement
 from fewmult.errors import UserError
 
@@ -29,6 +29,8 @@ class MNISTMiniData(TensorDataModule):
         super().__init__(name=name, **kwargs)
         self.preprocess = preprocess
         get_preprocessor(preprocess)
+        if self.augment is not None:  # its padding is 0, a black pixel without preprocessing
+            require_augmentable(preprocess, allowed=("none",))
 
     def load_splits(self) -> Splits:
         try:

@@ -30,6 +30,14 @@ def center(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor
     return [train - mean] + [x - mean for x in others]
 
 
+def standardize(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-channel mean and standard deviation of the training images (the modern CIFAR recipes'
+    ``Normalize``, with the dataset's own statistics): every pixel of a channel mapped alike."""
+    mean = train.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return [(x - mean) / std for x in [train, *others]]
+
+
 def global_contrast_normalize(
     x: torch.Tensor, scale: float = 55.0, min_divisor: float = 1e-8
 ) -> torch.Tensor:
@@ -114,11 +122,22 @@ def identity(train: torch.Tensor, others: list[torch.Tensor]) -> list[torch.Tens
 PREPROCESSORS = {
     "none": identity,
     "center": center,
+    "standardize": standardize,
     "gcn_zca": gcn_zca,
     "gcn_lcn": gcn_lcn,
     "pylearn2_gcn_lcn": pylearn2_gcn_lcn,
 }
 EXPENSIVE = {"gcn_zca", "gcn_lcn", "pylearn2_gcn_lcn"}
+AUGMENTABLE = ("none", "standardize")  # a black pixel is one value per channel
+
+
+def require_augmentable(preprocess: str, allowed: tuple[str, ...] = AUGMENTABLE) -> None:
+    """Refuse augmentation where its black padding has no single preprocessed value per channel."""
+    if preprocess not in allowed:
+        raise UserError(
+            f"dataset.augment pads images with black pixels, which dataset.preprocess={preprocess} "
+            f"maps differently at every position; use dataset.preprocess={' or '.join(allowed)}."
+        )
 
 
 def get_preprocessor(name: str):

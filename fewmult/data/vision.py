@@ -9,7 +9,7 @@ import torch
 from fewmult.data.cache import cache_path, cached
 from fewmult.data.datamodule import TensorDataModule
 from fewmult.data.files import open_dataset, resolve_root
-from fewmult.data.preprocess import EXPENSIVE, get_preprocessor, to_float
+from fewmult.data.preprocess import EXPENSIVE, get_preprocessor, require_augmentable, to_float
 from fewmult.data.splits import Splits, check_val_size, tail_split
 
 
@@ -23,6 +23,9 @@ class VisionDataModule(TensorDataModule):
         root: data folder (``FEWMULT_DATA`` or a user cache folder by default).
         download: fetch missing files through torchvision.
         preprocess: one of :data:`fewmult.data.preprocess.PREPROCESSORS`.
+
+    Augmentation (``augment=crop_flip``) pads with black pixels as the preprocessing maps them, so
+    it takes the preprocessings that map every pixel alike (``preprocess.AUGMENTABLE``).
     """
 
     num_classes = 10
@@ -35,6 +38,9 @@ class VisionDataModule(TensorDataModule):
         self.download = download
         self.preprocess = preprocess
         get_preprocessor(preprocess)  # fail on a bad name before touching files
+        if self.augment is not None:
+            require_augmentable(preprocess)
+        self._black: torch.Tensor | None = None
 
     @property
     def folder(self) -> Path:
@@ -73,10 +79,11 @@ class VisionDataModule(TensorDataModule):
         def compute() -> dict[str, torch.Tensor]:
             data = loaded or self.raw()
             image_keys = [k for k in data if k.endswith("_x") and k != "train_x"]
-            train, *others = get_preprocessor(self.preprocess)(
-                to_float(data["train_x"]), [to_float(data[k]) for k in image_keys]
+            black = torch.zeros(1, *data["train_x"].shape[1:])  # the augmentation's padding
+            train, *others, black = get_preprocessor(self.preprocess)(
+                to_float(data["train_x"]), [to_float(data[k]) for k in image_keys] + [black]
             )
-            return {**data, "train_x": train, **dict(zip(image_keys, others, strict=True))}
+            return {**data, "train_x": train, **dict(zip(image_keys, others, strict=True)), "black": black}
 
         if self.preprocess not in EXPENSIVE:
             return compute()
@@ -91,4 +98,11 @@ class VisionDataModule(TensorDataModule):
         return {}
 
     def load_splits(self) -> Splits:
-        return self.split(self._preprocessed())
+        data = self._preprocessed()
+        black = data.pop("black", None)  # None in caches written before it was kept
+        self._black = black[0, :, 0, 0] if black is not None else None
+        return self.split(data)
+
+    def pad_fill(self) -> torch.Tensor:
+        self.load()
+        return self._black if self._black is not None else super().pad_fill()
