@@ -28,8 +28,8 @@ import yaml
 from fewmult.published import Published, lookup, run_key
 from fewmult.results import read_metrics
 
-# paper, dataset, method, qbp, time steps (text), the settings that vary between the jobs
-GroupKey = tuple[str, str, str, bool, int | None, str]
+# paper, dataset, model, method, qbp, time steps (text), the settings that vary between the jobs
+GroupKey = tuple[str, str, str, str, bool, int | None, str]
 
 
 METRICS = ("error", "loss")
@@ -86,12 +86,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
-    """One row per paper x dataset x method x QBP (x time steps for language models)."""
+    """One row per paper x dataset x model x method x QBP (x time steps for language models)."""
     groups: dict[GroupKey, list[dict]] = defaultdict(list)
     for r in results:
         key = (
             r.get("paper", "?"),
             r["dataset"],
+            r.get("model", "?"),
             r["method"],
             bool(r.get("qbp")),
             r.get("seq_len"),
@@ -105,13 +106,17 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
         by_lr: dict[float, list[dict]] = defaultdict(list)
         for r in done:
             by_lr[r["lr"]].append(r)
+        first = runs[0]
         row = {
             "paper": key[0],
             "dataset": key[1],
-            "method": key[2],
-            "qbp": key[3],
-            "seq_len": key[4],
-            "setting": key[5],
+            "model": key[2],
+            "method": key[3],
+            "qbp": key[4],
+            "seq_len": key[5],
+            "setting": key[6],
+            # W/A as the papers' tables print it (results.json before it was recorded: blank)
+            "bits": f"{first['weight_bits']}/{first['activation_bits']}" if "weight_bits" in first else "",
             "metric": metric,
             "completed": len(done),
             "failed": sum(r.get("status") == "failed" for r in runs),
@@ -137,6 +142,8 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
             {
                 "paper": "",
                 "dataset": "",
+                "model": "",
+                "bits": "",
                 "method": f"({unfinished} unfinished jobs)",
                 "qbp": False,
                 "metric": "",
@@ -164,7 +171,9 @@ def markdown(rows: list[dict]) -> str:
         *(["setting"] if with_setting else []),
         "paper",
         "dataset",
+        "model",
         "method",
+        "W/A",
         "lr",
         "metric",
         "test (mean ± std)",
@@ -185,7 +194,8 @@ def markdown(rows: list[dict]) -> str:
         )
         setting = f"| {r.get('setting', '')} " if with_setting else ""
         lines.append(
-            f"{setting}| {r['paper']} | {dataset} | {method} | {r.get('lr', '')} | {UNITS[m]} | {test} | "
+            f"{setting}| {r['paper']} | {dataset} | {r['model']} | {method} | {r['bits']} | "
+            f"{r.get('lr', '')} | {UNITS[m]} | {test} | "
             f"{r.get('seeds', 0)} | {_shown(r.get('published'), m)} | "
             f"{_shown(r.get('difference'), m, signed=True)} | {r['failed']} |"
         )
@@ -256,7 +266,9 @@ REPORT_COLUMNS = [
     "setting",
     "paper",
     "dataset",
+    "model",
     "method",
+    "bits",
     "qbp",
     "seq_len",
     "metric",

@@ -60,6 +60,8 @@ def test_language_models_are_chosen_and_compared_by_cross_entropy_per_time_step_
         return {
             **result(lr, 0, 0.5, 0.5, paper="hou2017", dataset="warpeace", method="lab", qbp=False),
             "model": "lstm",
+            "weight_bits": 1,
+            "activation_bits": 32,
             "selected_by": "val_loss",
             "seq_len": seq_len,
             "val_loss": val,
@@ -72,7 +74,8 @@ def test_language_models_are_chosen_and_compared_by_cross_entropy_per_time_step_
     assert by_steps[100]["difference"] == pytest.approx(1.39 - 1.291)
     assert by_steps[50]["published"] == pytest.approx(1.324)
     assert by_steps[50]["test_mean"] == pytest.approx(1.31)
-    assert "| warpeace (50 steps) | lab | 0.002 | test nats/char | 1.310 ± 0.000 |" in markdown(rows)
+    row = "| warpeace (50 steps) | lstm | lab | 1/32 | 0.002 | test nats/char | 1.310 ± 0.000 |"
+    assert row in markdown(rows)
 
 
 def test_report_on_a_real_multirun(run_cli, tmp_path):
@@ -90,7 +93,7 @@ def test_report_on_a_real_multirun(run_cli, tmp_path):
 
     proc = run_cli(str(sweep), module="fewmult.report")
     assert proc.returncode == 0, proc.stderr
-    assert "(1 unfinished jobs)" in proc.stdout and "| synthetic | fp |" in proc.stdout
+    assert "(1 unfinished jobs)" in proc.stdout and "| synthetic | lin2016_mlp | fp | 32/32 |" in proc.stdout
     with (sweep / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["seeds"] == "2" and rows[0]["failed"] == "1" and rows[0]["completed"] == "4"
@@ -106,8 +109,10 @@ def test_a_sweep_over_a_setting_gets_rows_of_its_own_and_its_table_in_wandb(run_
     (sweep,) = tmp_path.glob("multirun/*/*")
     proc = run_cli(str(sweep), module="fewmult.report")
     assert proc.returncode == 0, proc.stderr
-    assert "| model.arch=32FC | lin2016 | synthetic | fp |" in proc.stdout
-    assert "| model.arch=64FC | lin2016 | synthetic | fp |" in proc.stdout  # not one row for both
+    assert "| model.arch=32FC | lin2016 | synthetic | lin2016_mlp | fp |" in proc.stdout
+    assert (
+        "| model.arch=64FC | lin2016 | synthetic | lin2016_mlp | fp |" in proc.stdout
+    )  # not one row for both
     (report_run,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
     info = run_info(report_run)
     group = json.loads(next(sweep.glob("*/results.json")).read_text())["wandb_group"]
@@ -126,3 +131,20 @@ def test_report_errors(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
     assert "no fewmult runs" in capsys.readouterr().err
+
+
+def test_each_model_and_its_w_a_get_a_row_of_their_own():
+    """A sweep over model=resnet20,resnet18 with one method: two rows, each with its W/A."""
+    runs = [
+        result(
+            0.1, seed, 0.1, 0.1 + seed / 100, model=model, method="bireal", weight_bits=1, activation_bits=1
+        )
+        for model in ("resnet20", "resnet18")
+        for seed in (0, 1)
+    ]
+    rows = summarize(runs)
+    assert [(r["model"], r["bits"], r["seeds"]) for r in rows] == [
+        ("resnet18", "1/1", 2),
+        ("resnet20", "1/1", 2),
+    ]
+    assert "| lin2016 | mnist | resnet20 | bireal + QBP | 1/1 |" in markdown(rows)
