@@ -187,9 +187,17 @@ TINY_TEXT = [
 
 
 VARIANTS = [(m, False) for m in list_quantizers()] + [("bc_stoch", True), ("tc", True)]
+# the fast tier trains one of each kind (full precision, LAB's curvature, a sign cell activation,
+# stochastic weights with QBP); the slow tier every other
+FAST_LSTM = {"fp", "lab", "bnn", "tc+qbp"}
+LSTM_IDS = [f"{m}{'+qbp' if q else ''}" for m, q in VARIANTS]
+LSTM_VARIANTS = [
+    pytest.param(m, q, id=i, marks=[] if i in FAST_LSTM else [pytest.mark.slow])
+    for (m, q), i in zip(VARIANTS, LSTM_IDS, strict=True)
+]
 
 
-@pytest.mark.parametrize("method, qbp", VARIANTS, ids=[f"{m}{'+qbp' if q else ''}" for m, q in VARIANTS])
+@pytest.mark.parametrize("method, qbp", LSTM_VARIANTS)
 def test_every_method_trains_the_lstm(tmp_path, method, qbp):
     """Three epochs (seed 0): validation cross-entropy 2.37 (fp) and 2.44 (lab) nats per character;
     untrained (optim.lr=1e-12) 4.454, the uniform guess ln 86, which the bound misses by a nat."""
