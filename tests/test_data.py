@@ -76,6 +76,7 @@ def test_cifar100_reads_the_fine_labels_through_torchvision(tmp_path, monkeypatc
     assert s.test_y.tolist() == [(7 * j + 1) % 100 for j in range(20)]
 
 
+@pytest.mark.slow  # the ZCA of 3,072 dimensions: 9-12 s
 def test_cifar10_gcn_zca_is_cached_next_to_the_data(tmp_path, monkeypatch):
     fakedata.register_cifar10_md5(monkeypatch, fakedata.write_cifar10(tmp_path, per_batch=12, n_test=4))
     kwargs = {
