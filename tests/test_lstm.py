@@ -255,7 +255,8 @@ def test_report_of_a_language_model_sweep_is_in_nats(run_cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     losses = [json.loads((sweep / job / "results.json").read_text())["test_loss"] for job in ("0", "1")]
     mean = sum(losses) / 2
-    assert f"| hou2017 | text (20 steps) | lab | 0.002 | test nats/char | {mean:.3f} ± " in proc.stdout
+    row = f"| hou2017 | text (20 steps) | lstm | lab | 1/32 | 0.002 | test nats/char | {mean:.3f} ± "
+    assert row in proc.stdout
     for name in ("val_loss_curves.png", "loss_vs_lr.png"):
         assert (sweep / name).stat().st_size > 0
     assert not (sweep / "val_error_curves.png").exists()
