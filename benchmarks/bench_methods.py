@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-from hydra.utils import instantiate
 
 from fewmult.build import build_module
 from fewmult.config import compose_config
@@ -58,7 +57,7 @@ def make_step(network: str, variant: str):
     classes = spec.get("vocabulary", 10)
     module = build_module(cfg, spec["shape"], classes)
     model, loss_fn = module.model.train(), module.loss
-    optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    optimizer = module.optimizer_factory(model)
     bind_optimizer(model, optimizer)  # LAB reads Adam's state; latent weights clipped after each step
     if "vocabulary" in spec:  # a language model: character codes in, the next character's scores out
         x = torch.randint(0, classes, (spec["batch"], *spec["shape"]))

@@ -16,7 +16,6 @@ import argparse
 import time
 
 import torch
-from hydra.utils import instantiate
 
 from fewmult.build import build_module
 from fewmult.config import compose_config
@@ -47,7 +46,7 @@ def seconds_per_step(setup: Setup, device: str, steps: int) -> tuple[float, int,
     )
     classes = VOCABULARY[dataset] if text else 10
     module = build_module(cfg, (seq_len,) if text else SHAPE[dataset], classes).to(device).train()
-    optimizer = instantiate(cfg.optim.optimizer)(module.parameters())
+    optimizer = module.optimizer_factory(module.model)
     batch = cfg.dataset.batch_size
     if text:
         x = torch.randint(0, classes, (batch, seq_len), device=device)

@@ -34,7 +34,7 @@ import torch
 from hydra.utils import instantiate
 
 from benchmarks.bench_scale import print_scale_tables
-from fewmult.build import build_model
+from fewmult.build import build_model, optimizer_factory
 from fewmult.config import compose_config
 from fewmult.device import visible_accelerator
 from fewmult.nn import bind_optimizer
@@ -109,7 +109,7 @@ def plain_step_seconds(overrides: list[str], steps: int) -> float:
     device = torch.device(visible_accelerator())
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device).train()
     loss_fn = instantiate(cfg.loss)
-    optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    optimizer = optimizer_factory(cfg)(model)
     bind_optimizer(model, optimizer)  # what a plain loop over fewmult's layers does: LAB, clipping
     x, y = (
         splits.train_x[: cfg.dataset.batch_size].to(device),

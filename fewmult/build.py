@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -11,6 +15,7 @@ from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
 from fewmult.models.base import input_kind_of
 from fewmult.module import ClassifierModule
+from fewmult.optim import parameter_groups
 from fewmult.qbp import QBPSettings
 from fewmult.quant import quantizer_class
 
@@ -94,11 +99,27 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
     )
 
 
+def _optimizer_for(make: Callable, weight_decay: float, decay_on: str, bop: bool, model: nn.Module):
+    return make(parameter_groups(model, weight_decay, decay_on, binary_apart=bop))
+
+
+def optimizer_factory(cfg: DictConfig) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """Builds ``cfg.optim``'s optimizer for a model: weight decay on the parameters the recipe
+    decays (``optim.weight_decay_on``), Bop's binary weights in a group of their own."""
+    return partial(
+        _optimizer_for,
+        instantiate(cfg.optim.optimizer),
+        cfg.optim.weight_decay,
+        cfg.optim.weight_decay_on,
+        cfg.optim.name == "bop",
+    )
+
+
 def build_module(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> ClassifierModule:
     return ClassifierModule(
         model=build_model(cfg, input_shape, num_classes),
         loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optim.optimizer),
+        optimizer=optimizer_factory(cfg),
         scheduler=instantiate(cfg.schedule),
         num_classes=num_classes,
     )

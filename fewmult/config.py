@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
+from fewmult.optim import check_bop_can_flip
 from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
 
@@ -57,6 +60,13 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, resolver, use_cache=cached)
 
 
+def check_schedule(cfg: DictConfig) -> None:
+    """Build the schedule on a stand-in optimizer: its refusals (warm-up longer than the run, ...)
+    come before any data is read."""
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
+    instantiate(cfg.schedule)(stand_in)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work, with the key to fix, before anything is loaded."""
     if cfg.recipe.paper != cfg.paper:  # the recorded paper must be the one whose recipe runs
@@ -67,6 +77,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     require_positive(cfg.optim.lr, "optim.lr", integer=False)
     require_positive(cfg.trainer.max_epochs, "trainer.max_epochs")
+    check_schedule(cfg)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed must be an integer, got {cfg.seed!r}.")
     if str(cfg.trainer.precision) in HALF_LATENT_WEIGHTS:
@@ -77,6 +88,10 @@ def check_config(cfg: DictConfig) -> None:
             "run in 16 bits while the weights stay float32."
         )
     quantizer = cfg.method.weight_quantizer
+    if cfg.optim.name == "bop":
+        check_bop_can_flip(
+            quantizer_class(quantizer.name) if quantizer else None, f"method={cfg.method.name}"
+        )
     if quantizer and quantizer_class(quantizer.name).needs_optimizer_state and cfg.optim.name != "adam":
         raise UserError(
             f"method={cfg.method.name} reads Adam's second moment, but optim={cfg.optim.name}; "

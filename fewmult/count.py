@@ -44,7 +44,6 @@ class LayerCount:
     bits: int = 32  # per effective weight
     weight_bytes: int = 0  # the weights stored packed, as fewmult.export writes them
 
-
     @property
     def without_bn(self) -> int:
         return self.forward + self.backward + self.weight_gradient + self.per_unit

@@ -68,9 +68,7 @@ def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, name: str = 
     # one scale per layer, or the array of one per output channel
     per_channel = scale.numel() > 1
     scale_spec: float | str = (
-        writer.array(f"{name}_scale", scale.flatten().double().numpy())
-        if per_channel
-        else float(scale)
+        writer.array(f"{name}_scale", scale.flatten().double().numpy()) if per_channel else float(scale)
     )
     if quantizer.bits == 1:
         if (codes == 0).any():

@@ -69,7 +69,7 @@ class ClassifierModule(L.LightningModule):
     Args:
         model: the network; its output is one score per class.
         loss: maps (scores, labels) to a scalar.
-        optimizer: builds the optimizer from the parameters (a Hydra ``_partial_``).
+        optimizer: builds the optimizer for the model (:func:`fewmult.build.optimizer_factory`).
         scheduler: builds the per-epoch LR scheduler from the optimizer, or returns None.
         num_classes: for the error metrics.
     """
@@ -78,7 +78,7 @@ class ClassifierModule(L.LightningModule):
         self,
         model: nn.Module,
         loss: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], object] | None,
         num_classes: int,
     ) -> None:
@@ -162,7 +162,7 @@ class ClassifierModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.model)
         bind_optimizer(self.model, optimizer)  # LAB reads its Adam state; latent weights clipped per step
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         if scheduler is None:

@@ -55,6 +55,9 @@ ADDED_LATER = {
     "method.weight_quantizer.per_channel": False,
     "dataset.augment": "none",
     "dataset.augment_pad": 4,
+    "optim.weight_decay": 0.0,
+    "optim.weight_decay_on": "all",
+    "loss.label_smoothing": 0.0,
 }
 
 

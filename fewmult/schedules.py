@@ -87,6 +87,12 @@ def linear_to_zero(
     at the start of every epoch), epoch ``e`` trains at ``lr_0 (1 - (e + 1) / T)``, the last one at 0.
     """
     _check_decay(epochs, warmup)
+    if step_before_epoch and epochs - warmup < 2:
+        raise UserError(
+            f"recipe.step_before_epoch=true trains the last epoch at lr 0, and this run has "
+            f"{epochs - warmup} epoch(s) after its warm-up: it would learn nothing. Give it "
+            "trainer.max_epochs >= 2 (after recipe.warmup_epochs) or recipe.step_before_epoch=false."
+        )
     factor = partial(_warmup_then, epochs=epochs, warmup=warmup, decay="linear")
     return LambdaLR(optimizer, partial(_shifted, shift=int(step_before_epoch), factor=factor))
 

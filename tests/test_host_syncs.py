@@ -14,10 +14,10 @@ from fewmult.config import compose_config
 from fewmult.syncs import HostSyncCount, count_scalar_reads
 from fewmult.train import train
 from tests.test_lstm import TINY_TEXT
-from tests.test_methods_train import IDS, VARIANTS
+from tests.test_methods_train import IDS, VARIANTS, method_args
 
-MLP = ["dataset=synthetic", "model.arch=64FC", "logger=none"]
-CNN = ["dataset=synthetic", "model.arch=4C3-MP2-16FC", "logger=none"]
+MLP = ["dataset=synthetic", "model=mlp", "model.arch=64FC", "logger=none"]
+CNN = ["dataset=synthetic", "model=cnn", "model.arch=4C3-MP2-16FC", "logger=none"]
 
 
 def scalar_reads(tmp_path, *overrides: str) -> dict:
@@ -49,7 +49,7 @@ METHOD_CASES = [
 
 @pytest.mark.parametrize("method, qbp", METHOD_CASES)
 def test_a_training_step_reads_back_what_a_plain_pytorch_step_reads(tmp_path, method, qbp):
-    counts = scalar_reads(tmp_path, *MLP, f"method={method}", f"qbp={qbp}")
+    counts = scalar_reads(tmp_path, *MLP, *method_args(method, qbp))
     assert counts["scalar_reads"] == counts["plain_scalar_reads"]
 
 
@@ -91,7 +91,7 @@ def test_adam_reads_its_step_counter_and_sgd_nothing(tmp_path):
 @pytest.mark.parametrize("method, qbp", VARIANTS, ids=IDS)
 def test_no_cuda_sync_in_a_training_step(tmp_path, method, qbp):
     # HostSyncCount turns set_sync_debug_mode("error") on over its window: a sync raises there
-    counts = scalar_reads(tmp_path, *MLP, "trainer=auto", f"method={method}", f"qbp={qbp}")
+    counts = scalar_reads(tmp_path, *MLP, "trainer=auto", *method_args(method, qbp))
     assert counts["scalar_reads"] == counts["plain_scalar_reads"]
 
 

@@ -72,7 +72,11 @@ def test_each_gate_matrix_has_its_own_scale():
 def test_lab_reads_the_second_moment_of_each_gate_matrix_separately():
     model = make("lab")
     module = ClassifierModule(
-        model, torch.nn.CrossEntropyLoss(), partial(torch.optim.Adam, lr=0.01), None, num_classes=VOCAB
+        model,
+        torch.nn.CrossEntropyLoss(),
+        lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
+        None,
+        num_classes=VOCAB,
     )
     optimizer = module.configure_optimizers()
     gates = [*model.lstm.input_weights.values(), *model.lstm.hidden_weights.values()]

@@ -123,6 +123,7 @@ def test_resnet20_learns_real_digits(tmp_path, method):
     (At Hou et al.'s batch of 100, one epoch is 35 steps: 74 % even in full precision.)"""
     cfg = compose_config(
         "logger=none",
+        "paper=hou2017",  # bireal's own recipe (liu2018) is tested in test_recipes.py
         "dataset=mnist_mini",
         "dataset.preprocess=none",
         "dataset.batch_size=25",

@@ -13,14 +13,14 @@ from fewmult.qbp import QBPSettings
 from fewmult.quant.rng import RandomStream
 from fewmult.train import train
 from tests.test_lstm import TINY_TEXT
-from tests.test_methods_train import IDS, VARIANTS
+from tests.test_methods_train import IDS, VARIANTS, method_args
 
 # Two epochs (12 steps) of the synthetic task: long enough that a trained net and an untrained one
 # are far apart. Measured under bf16-mixed with model.arch=64FC, seed 0: every method and QBP variant
 # ends at 0.045-0.20 test error; with learning switched off (optim.lr=1e-12) at 0.865-0.93.
 TWO_EPOCHS = ["trainer.max_epochs=2"]
 LEARNED = 0.4  # test error bound of the image tests: a trained net is below it, an untrained one far above
-SMALL_MLP = ["dataset=synthetic", "model.arch=64FC"]
+SMALL_MLP = ["dataset=synthetic", "model=mlp", "model.arch=64FC"]
 
 
 def float_tensors(tree) -> list[torch.Tensor]:
@@ -52,7 +52,7 @@ def train_mixed(tmp_path, precision: str, *overrides: str) -> dict:
 def test_every_method_trains_in_bf16_mixed(tmp_path, method, qbp):
     # an MLP: this CPU has no bfloat16 instructions, and emulated bf16 convolutions take seconds a
     # step; the QBP convolution under autocast is checked against float32 below
-    results = train_mixed(tmp_path, "bf16-mixed", *SMALL_MLP, f"method={method}", f"qbp={qbp}")
+    results = train_mixed(tmp_path, "bf16-mixed", *SMALL_MLP, *method_args(method, qbp))
     assert results["test_error"] < LEARNED
 
 
@@ -64,7 +64,7 @@ NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 def test_the_lstm_trains_in_mixed_precision(tmp_path, precision, method, qbp):
     """One epoch (bf16-mixed, seed 0): validation cross-entropy 3.03 (lab) and 3.07 (tc+qbp) nats per
     character; untrained (optim.lr=1e-12) 4.454 for both, the uniform guess ln 86."""
-    overrides = [*TINY_TEXT, f"method={method}", f"qbp={qbp}", "optim.lr=0.01", "trainer.max_epochs=1"]
+    overrides = [*TINY_TEXT, *method_args(method, qbp), "optim.lr=0.01", "trainer.max_epochs=1"]
     results = train_mixed(tmp_path, precision, *overrides)
     assert results["val_loss"] < 3.6
 
@@ -85,7 +85,7 @@ def test_the_authors_qbp_trains_in_mixed_precision(tmp_path, precision):
 def test_every_method_trains_in_mixed_precision_on_a_gpu(tmp_path, precision, method, qbp):
     # on the GPU (trainer=auto); with 16-mixed the GradScaler unscales the gradients before Adam's
     # step, so LAB's second moment is that of the true gradients
-    results = train_mixed(tmp_path, precision, *SMALL_MLP, f"method={method}", f"qbp={qbp}")
+    results = train_mixed(tmp_path, precision, *SMALL_MLP, *method_args(method, qbp))
     assert results["test_error"] < LEARNED
 
 

@@ -49,13 +49,16 @@ SETUPS = {
     "tc+qbp+torch_rng": [*SMALL_MLP, "method=tc", "qbp=true", "method.weight_quantizer.rng=torch"],
     "lab": [*SMALL_MLP, "method=lab"],
     "lstm+lab": [*TINY_LSTM, "method=lab"],
-    # ReActNet's ResNet-20 (RSign thresholds, RPReLU, per-channel scales, Adam) on augmented batches
-    "resnet20+reactnet+crop_flip": [
+    # ReActNet's ResNet-20 (RSign thresholds, RPReLU, per-channel scales) on augmented batches, its
+    # binary weights flipped by Bop (the gradients' moving averages), the rest trained by Adam
+    "resnet20+reactnet+crop_flip+bop": [
         "dataset=synthetic",
         *("dataset.n_train=200", "dataset.n_val=100", "dataset.n_test=100", "dataset.batch_size=50"),
         "dataset.augment=crop_flip",
         "model=resnet20",
         "method=reactnet",
+        "optim=bop",
+        "optim.threshold=1e-6",  # flips in the first steps: the resumed averages decide which
     ],
 }
 TIMINGS = {"train_seconds", "started_at", "finished_at"}
@@ -161,12 +164,12 @@ def test_killed_at_every_point_ends_as_if_never_killed(tmp_path):
 
 
 # the setups with state tc+qbp lacks, one stop each inside an epoch (the edges are the matrix's):
-# Adam's moments and LAB's scale, the LSTM's data order, ReActNet's parameters and the augmentation
+# Adam's moments and LAB's scale, the LSTM's data order, ReActNet's parameters, the augmentation and Bop
 # (bc_det, whose state is a subset of tc+qbp's, was dropped for the suite's time budget)
 SETUP_STOPS = {
     "lab": [("train_batch", 3, "TERM")],
     "lstm+lab": [("train_batch", 3, "KILL")],
-    "resnet20+reactnet+crop_flip": [("train_batch", 3, "KILL")],
+    "resnet20+reactnet+crop_flip+bop": [("train_batch", 3, "KILL")],
 }
 
 

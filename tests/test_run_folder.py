@@ -215,8 +215,6 @@ def test_a_refused_config_leaves_no_folder_and_an_existing_one_as_it_was(tmp_pat
     run_dir = tmp_path / "finished"
     assert finish(train_cli(tmp_path, *SMALL, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"))[0] == 0
     before = snapshot(run_dir)
-    code, _, err = finish(
-        train_cli(tmp_path, *SMALL, "method=lab", "optim=sgd", f"hydra.run.dir={run_dir}")
-    )
+    code, _, err = finish(train_cli(tmp_path, *SMALL, "method=lab", "optim=sgd", f"hydra.run.dir={run_dir}"))
     assert code == 2 and "method=lab reads Adam's second moment, but optim=sgd" in err
     assert snapshot(run_dir) == before  # Hydra's .hydra/ records of the finished run included

@@ -136,7 +136,11 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
             ["dataset=svhn", "dataset.download=false"], "missing train_32x32.mat", marks=pytest.mark.slow
         ),
         (["dataset=mnist"], "could not download"),
-        pytest.param(["method=reactnet"], "use model=resnet20, resnet18 or resnet34", marks=pytest.mark.slow),
+        pytest.param(
+            ["method=reactnet", "paper=hou2017"],
+            "use model=resnet20, resnet18 or resnet34",
+            marks=pytest.mark.slow,
+        ),
         # Lin et al.'s method picks their paper, which has no language-model recipe
         (["dataset=text", "method=bc_stoch"], "paper=lin2016 has no setup for dataset=text"),
     ],

@@ -201,4 +201,3 @@ def test_ddp_inside_a_multirun_gives_one_folder_and_one_wandb_run_per_job(run_cl
         # the spawned ranks attach to the job's W&B run: its files (the diagnostics' charts) are there
         charts = job.glob("wandb/offline-run-*/files/media/table/layers/*.table.json")
         assert {p.name.split("_table")[0] for p in charts} == {"flip_rate", "mean_abs_w"}  # fp
-
