@@ -76,11 +76,17 @@ def builds_and_steps(cfg) -> None:
     instantiate(cfg.trainer, accelerator="cpu", logger=False)
 
 
+# one dataset of each kind of net a paper gives (MLP on digits, CNN or ResNet on colour images, LSTM);
+# every paper's net on every dataset is built by test_a_run_is_recorded_under_the_paper_whose_recipe_runs
+BUILT_ON = ("mnist_mini", "cifar10", "text")
+
+
 @pytest.mark.parametrize("dataset", options("dataset"))
 @pytest.mark.parametrize("method", options("method"))
-def test_every_method_composes_and_builds_on_every_dataset(dataset, method):
-    """Each method with the paper its preset picks (the grid's other axis, paper x dataset, is below:
-    the full product took a third of the inner loop)."""
+def test_every_method_composes_on_every_dataset(dataset, method):
+    """Each method with the paper its preset picks, checked as a launch checks it; built and stepped
+    on BUILT_ON (the grid's other axis, paper x dataset, is below: the full product of both, built,
+    took a third of the inner loop)."""
     cfg = compose_config(f"dataset={dataset}", f"method={method}")
     assert cfg.dataset.name == dataset and cfg.method.name == method
     if cfg.recipe.paper != cfg.paper:  # a paper without this dataset (Lin et al., ReActNet: no LSTM)
@@ -88,10 +94,12 @@ def test_every_method_composes_and_builds_on_every_dataset(dataset, method):
             check_config(cfg)
         return
     check_config(cfg)
-    builds_and_steps(cfg)
+    if dataset in BUILT_ON:
+        builds_and_steps(cfg)
 
 
-@pytest.mark.parametrize("model", options("model"))
+# model/auto/<paper>_<dataset> only names one of these: each is built on its dataset below
+@pytest.mark.parametrize("model", [m for m in options("model") if not m.startswith("auto/")])
 def test_every_model_option_builds(model):
     cfg = compose_config(f"model={model}")
     reads_text = cfg.model.name == "lstm"

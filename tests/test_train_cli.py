@@ -108,7 +108,8 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
     assert results["train_samples"] == 3500
     assert results["published_test_error"] is None  # no paper trained on 3,500 digits
     assert results["test_error"] < 0.08  # measured 0.040 with seed 0; chance is 0.9
-    assert results["train_seconds"] < 120
+    # measured 37.5 s alone on the 2-core CI machine (2026-12-03), ~115 s beside the suite's other workers
+    assert results["train_seconds"] < 300
 
 
 @pytest.mark.parametrize(
