@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -13,6 +14,7 @@ from torch import nn
 from fewmult.config import check_config
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
+from fewmult.init_from import matching_weights
 from fewmult.models.base import input_kind_of
 from fewmult.module import ClassifierModule
 from fewmult.optim import parameter_groups
@@ -80,6 +82,9 @@ def checked_datamodule(cfg: DictConfig) -> TensorDataModule:
     check_config(cfg)
     datamodule = instantiate(cfg.dataset)
     check_model_fits_data(cfg, datamodule)
+    if cfg.get("init_from") and datamodule.input_kind == "images":  # text: its vocabulary needs the file
+        model = build_model(cfg, datamodule.image_shape, datamodule.num_classes)
+        matching_weights(model, Path(cfg.init_from).expanduser())
     return datamodule
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
+from fewmult.init_from import run_files
 from fewmult.optim import check_bop_can_flip
 from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
@@ -87,6 +88,11 @@ def check_config(cfg: DictConfig) -> None:
             "are rounded away. Use trainer.precision=bf16-mixed (or 16-mixed on a GPU): the products "
             "run in 16 bits while the weights stay float32."
         )
+    if cfg.get("init_from"):
+        try:
+            run_files(Path(cfg.init_from).expanduser())
+        except UserError as exc:
+            raise UserError(f"init_from={cfg.init_from}: {exc}") from exc
     quantizer = cfg.method.weight_quantizer
     if cfg.optim.name == "bop":
         check_bop_can_flip(

@@ -13,6 +13,9 @@ per example (weights x output positions), ``u`` output units per example and min
 
 For the MNIST MLP at B = 200 this gives the paper's 1.7480e9 (full precision) and 1.8492e6
 (ternary connect + QBP) without BN, 1.7535e9 and 7.4245e6 with BN.
+
+Beside it, the inference cost of one example as Bi-Real Net and ReActNet count it (docs/papers.md
+G.4): BOPs, FLOPs and OPs = BOPs/64 + FLOPs (:func:`count_operations`).
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from fewmult.models.base import QuantModel, feedforward_uses
+from fewmult.models.base import LayerUse, QuantModel, binary_input_layers, feedforward_uses
 
 if TYPE_CHECKING:
     from fewmult.data import TensorDataModule
 
 PER_UNIT = 3
 PER_BN_UNIT = 9
+BOPS_PER_OP = 64  # Bi-Real's and ReActNet's convention: one 64-bit XNOR + popcount per real operation
 
 
 @dataclass
@@ -56,17 +60,9 @@ class LayerCount:
 def count_multiplications(
     model: nn.Module, input_shape: tuple[int, ...], batch_size: int
 ) -> list[LayerCount]:
-    """Per-layer counts for one training minibatch of ``batch_size`` (see the module docstring).
-
-    fewmult's models list their layer uses (:class:`~fewmult.models.base.QuantModel`); any other
-    module is read as a feed-forward stack of blocks.
-    """
-    if isinstance(model, QuantModel):
-        uses = model.layer_uses(input_shape)
-    else:
-        uses = feedforward_uses(model, input_shape)
+    """Per-layer counts for one training minibatch of ``batch_size`` (see the module docstring)."""
     rows = []
-    for use in uses:
+    for use in layer_uses(model, input_shape):
         quantizer = use.layer.weight_quantizer
         kind = "full" if quantizer is None else quantizer.multiplies
         bits = 32 if quantizer is None else quantizer.bits
@@ -85,6 +81,52 @@ def count_multiplications(
             )
         )
     return rows
+
+
+def layer_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
+    """fewmult's models list their layer uses (:class:`~fewmult.models.base.QuantModel`); any other
+    module is read as a feed-forward stack of blocks."""
+    if isinstance(model, QuantModel):
+        return model.layer_uses(input_shape)
+    return feedforward_uses(model, input_shape)
+
+
+@dataclass
+class OpsCount:
+    """One layer's share of the inference of one example."""
+
+    name: str
+    bops: int  # multiply-accumulates of binary weights with +-1 inputs: XNOR + popcount
+    flops: int  # every other multiply-accumulate
+
+    @property
+    def ops(self) -> float:
+        return self.bops / BOPS_PER_OP + self.flops
+
+
+def count_operations(model: nn.Module, input_shape: tuple[int, ...]) -> list[OpsCount]:
+    """Per layer, for one example: BOPs where 1-bit weights meet 1-bit inputs, FLOPs for every other
+    multiply-accumulate (real-valued weights or inputs, ternary weights too), as Bi-Real Net (arXiv
+    1808.00278) and ReActNet (arXiv 2003.03488) count them; OPs = BOPs/64 + FLOPs. BN, scales,
+    pooling and additions are not counted, as there."""
+    binary = binary_input_layers(model, input_shape)
+    rows = []
+    for use in layer_uses(model, input_shape):
+        quantizer = use.layer.weight_quantizer
+        xnor = quantizer is not None and quantizer.bits == 1 and use.layer in binary
+        rows.append(OpsCount(use.name, use.macs if xnor else 0, 0 if xnor else use.macs))
+    return rows
+
+
+def format_operations(rows: list[OpsCount]) -> str:
+    width = max(8, *(len(r.name) + 2 for r in rows))
+    lines = ["inference of one example: OPs = BOPs/64 + FLOPs (Bi-Real Net, ReActNet)", ""]
+    lines.append(f"{'layer':<{width}}{'BOPs':>16}{'FLOPs':>16}{'OPs':>16}")
+    for r in rows:
+        lines.append(f"{r.name:<{width}}{r.bops:>16,}{r.flops:>16,}{r.ops:>16,.0f}")
+    bops, flops = sum(r.bops for r in rows), sum(r.flops for r in rows)
+    lines.append(f"{'total':<{width}}{bops:>16.3e}{flops:>16.3e}{bops / BOPS_PER_OP + flops:>16.3e}")
+    return "\n".join(lines)
 
 
 def packed_bytes(weights: int, bits: int) -> int:
@@ -167,7 +209,9 @@ def count_for_config(
 def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from hydra.utils import instantiate
 
+    from fewmult.build import build_model, check_model_fits_data
     from fewmult.config import CONF_DIR, register_resolvers
     from fewmult.errors import report_user_error
 
@@ -176,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
-        rows, totals = count_for_config(cfg)
+        datamodule = instantiate(cfg.dataset)
+        check_model_fits_data(cfg, datamodule)
+        model = build_model(cfg, datamodule.image_shape, datamodule.num_classes)
+        rows, totals = count_for_config(cfg, model, datamodule)
+        operations = count_operations(model, datamodule.image_shape)
     except HydraException as exc:
         print(f"fewmult.count: error: {exc}", file=sys.stderr)
         return 2
@@ -185,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     qbp = "on" if cfg.qbp else "off"
     print(f"{cfg.model.name}, method {cfg.method.name}, qbp {qbp}, dataset {cfg.dataset.name}")
     print(format_table(rows, totals, cfg.dataset.batch_size))
+    print()
+    print(format_operations(operations))
     return 0
 
 

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from omegaconf import OmegaConf
 from torch import nn
 
 from fewmult.count import format_bytes
 from fewmult.errors import UserError, report_user_error
+from fewmult.init_from import recorded_network
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
 from fewmult.nn.layers import QuantConv2d, QuantLinear
@@ -212,30 +211,10 @@ def torch_predictions(model: nn.Module, x: torch.Tensor, latent_eval: bool) -> n
                 layer.weight.copy_(weight)
 
 
-def _load_run(run_dir: Path):
-    """The run's config, its network with the weights of ``best.ckpt``, and its data module."""
-    from hydra.utils import instantiate
-
-    from fewmult.build import build_model
-    from fewmult.config import register_resolvers
-
-    record, best = run_dir / "run_config.yaml", run_dir / "checkpoints" / "best.ckpt"
-    for path in (record, best):
-        if not path.is_file():
-            raise UserError(f"{path} is missing: give the folder of a run that validated at least once.")
-    register_resolvers()
-    cfg = OmegaConf.create(yaml.safe_load(record.read_text()))
-    datamodule = instantiate(cfg.dataset)
-    model = build_model(cfg, datamodule.image_shape, datamodule.num_classes)
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    return cfg, model.eval(), datamodule
-
-
 def export_run(run_dir: Path) -> dict[str, Any]:
     """Write ``RUN_DIR/export/model.npz``, check it against PyTorch on the test split, return the numbers."""
     run_dir = Path(run_dir)
-    cfg, model, datamodule = _load_run(run_dir)
+    cfg, model, datamodule = recorded_network(run_dir)
     ops, arrays = pack_network(model)
     quantizers = [m.weight_quantizer for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
     latent_eval = any(q is not None and q.eval_policy == "latent" and q.bits < 32 for q in quantizers)

@@ -126,4 +126,5 @@ def setup_line(cfg: DictConfig) -> str:
         f"schedule {chosen('schedule', choices.get('schedule', '-'))}, lr {value('optim.lr', cfg.optim.lr)}, "
         f"batch {value('dataset.batch_size', cfg.dataset.batch_size)}, "
         f"epochs {value('trainer.max_epochs', cfg.trainer.max_epochs)}"
+        + (f", weights from {cfg.init_from} (init_from)" if cfg.get("init_from") else "")
     )

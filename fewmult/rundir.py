@@ -58,6 +58,7 @@ ADDED_LATER = {
     "optim.weight_decay": 0.0,
     "optim.weight_decay_on": "all",
     "loss.label_smoothing": 0.0,
+    "init_from": None,
 }
 
 

@@ -35,6 +35,7 @@ from fewmult.count import count_for_config
 from fewmult.data import TensorDataModule
 from fewmult.diagnostics import LayerDiagnostics, stop_counting
 from fewmult.errors import UserError, report_user_error
+from fewmult.init_from import load_weights_from
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
 from fewmult.published import published_fields, settings_differing, setup_fields
@@ -74,6 +75,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         **setup,
         **method_bits(cfg),  # W/A: weight_bits, activation_bits
         "seed": cfg.seed,
+        "init_from": str(Path(cfg.init_from).expanduser().resolve()) if cfg.get("init_from") else None,
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,
         **published_fields(setup),  # the paper's number for this setup, if it has one
@@ -143,6 +145,8 @@ def _fit(
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
         module = build_module(cfg, splits.input_shape, splits.num_classes)
+        if cfg.get("init_from") and ckpt_path is None:  # a relaunch continues from its own last.ckpt
+            load_weights_from(module.model, Path(cfg.init_from).expanduser())
         if not cfg.diagnostics:
             stop_counting(module.model)
         results["multiplications"] = count_for_config(cfg, module.model, datamodule)[1]

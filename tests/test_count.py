@@ -1,4 +1,5 @@
-"""Multiplication counts against Lin et al.'s table (docs/papers.md C.2)."""
+"""Multiplication counts against Lin et al.'s table (docs/papers.md C.2); BOPs, FLOPs and OPs as Bi-Real
+Net and ReActNet count them (G.4)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import json
 
 import pytest
 
+from fewmult.build import build_model
 from fewmult.config import compose_config
-from fewmult.count import count_for_config, main
+from fewmult.count import count_for_config, count_operations, main
 from fewmult.nn.recurrent import GATES
 
 
@@ -110,3 +112,74 @@ def test_cli_prints_bits_and_memory(capsys):
     out = capsys.readouterr().out
     assert "bits" in out.splitlines()[3] and "memory" in out.splitlines()[3]
     assert "weights: 710.5 KiB packed, 11.1 MiB as float32 (16.0x smaller)" in out  # 784-1024x3-10
+
+
+IMAGENET_RESNET18 = [
+    "dataset=synthetic",
+    "dataset.shape=[3,224,224]",
+    "dataset.num_classes=1000",
+    "model=resnet18",
+]
+
+
+def resnet18_operations(method: str) -> list:
+    cfg = compose_config(*IMAGENET_RESNET18, f"method={method}")
+    return count_operations(build_model(cfg, (3, 224, 224), 1000), (3, 224, 224))
+
+
+def conv_macs(cin: int, cout: int, k: int, side: int) -> int:
+    return cin * cout * k * k * side * side
+
+
+# He et al.'s ResNet-18 on 224-pixel images, written out: the 7x7 stem, four stages of four 3x3
+# convolutions (the first of stages 2-4 strided, from the previous width), three 1x1 shortcuts
+BINARY_3X3 = 4 * conv_macs(64, 64, 3, 56) + sum(
+    conv_macs(c // 2, c, 3, s) + 3 * conv_macs(c, c, 3, s) for c, s in ((128, 28), (256, 14), (512, 7))
+)
+REAL = (
+    conv_macs(3, 64, 7, 112)
+    + sum(conv_macs(c // 2, c, 1, s) for c, s in ((128, 28), (256, 14), (512, 7)))
+    + 512 * 1000
+)
+
+
+def test_binary_operations_of_the_imagenet_resnet18_as_bi_real_counts():
+    """Bi-Real's ResNet-18 (1/1): the 16 binary 3x3 convolutions are BOPs; the real-valued stem, 1x1
+    shortcuts and classifier are FLOPs (docs/papers.md G.4)."""
+    rows = resnet18_operations("bireal")
+    bops, flops = sum(r.bops for r in rows), sum(r.flops for r in rows)
+    assert (bops, flops) == (BINARY_3X3, REAL) == (1_676_279_808, 137_793_536)
+    assert sum(r.ops for r in rows) == bops / 64 + flops == pytest.approx(1.640e8, rel=1e-3)
+    assert [r.name for r in rows if r.bops] == [r.name for r in rows if r.flops == 0]
+
+
+CIFAR_RESNET18 = ["dataset=synthetic", "dataset.shape=[3,32,32]", "model=resnet18"]
+
+
+def cifar_resnet18_operations(method: str) -> list:
+    return count_operations(
+        build_model(compose_config(*CIFAR_RESNET18, f"method={method}"), (3, 32, 32), 10), (3, 32, 32)
+    )
+
+
+def test_real_valued_activations_make_every_product_a_flop():
+    # binary weights alone (bwn, 1/32) are not XNOR + popcount: every product of the 1/1 net is a FLOP
+    binary, weights_only = cifar_resnet18_operations("bireal"), cifar_resnet18_operations("bwn")
+    assert sum(r.bops for r in weights_only) == 0
+    assert sum(r.flops for r in weights_only) == sum(r.bops + r.flops for r in binary)
+
+
+@pytest.mark.slow
+def test_full_precision_imagenet_resnet18_has_he_et_als_multiply_accumulates():
+    rows = resnet18_operations("fp")  # He et al. 2015, Table 1: 1.8e9
+    assert sum(r.bops for r in rows) == 0 and sum(r.flops for r in rows) == BINARY_3X3 + REAL == 1_814_073_344
+
+
+def test_cli_prints_the_operations(capsys):
+    # the CIFAR ResNet-18 (3x3 stem, 32 pixels): the totals of count_operations, checked above
+    assert main([*CIFAR_RESNET18, "method=reactnet"]) == 0
+    total = capsys.readouterr().out.splitlines()[-1].split()
+    rows = cifar_resnet18_operations("reactnet")
+    bops, flops = sum(r.bops for r in rows), sum(r.flops for r in rows)
+    assert bops > 50 * flops > 0  # all but the stem, shortcuts and classifier are binary
+    assert total == ["total", f"{bops:.3e}", f"{flops:.3e}", f"{bops / 64 + flops:.3e}"]

@@ -72,6 +72,31 @@ def output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
     return shapes
 
 
+def binary_input_layers(model: nn.Module, input_shape: tuple[int, ...]) -> set[nn.Module]:
+    """The quantizable layers that read only +-1 in a forward pass of random inputs: those a sign
+    activation feeds, whose products with binary weights are XNOR + popcount (``fewmult.count``'s
+    BOPs). A model of token codes has none (its first layer is a lookup)."""
+    if input_kind_of(type(model)) != "images":
+        return set()
+    binary: set[nn.Module] = set()
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if inputs[0].abs().eq(1).all():
+            binary.add(module)
+
+    layers = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    hooks = [m.register_forward_pre_hook(record) for m in layers]
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model(torch.randn(1, *input_shape, generator=generator))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return binary
+
+
 def feedforward_uses(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUse]:
     """Layer uses of a feed-forward net of blocks (its children), from one forward pass's shapes.
 
