@@ -114,17 +114,10 @@ def test_cli_prints_bits_and_memory(capsys):
     assert "weights: 710.5 KiB packed, 11.1 MiB as float32 (16.0x smaller)" in out  # 784-1024x3-10
 
 
-IMAGENET_RESNET18 = [
-    "dataset=synthetic",
-    "dataset.shape=[3,224,224]",
-    "dataset.num_classes=1000",
-    "model=resnet18",
-]
-
-
-def resnet18_operations(method: str) -> list:
-    cfg = compose_config(*IMAGENET_RESNET18, f"method={method}")
-    return count_operations(build_model(cfg, (3, 224, 224), 1000), (3, 224, 224))
+def resnet18_operations(method: str, shape: tuple[int, ...] = (3, 224, 224), classes: int = 1000) -> list:
+    dims = [f"dataset.shape=[{','.join(map(str, shape))}]", f"dataset.num_classes={classes}"]
+    cfg = compose_config("dataset=synthetic", "model=resnet18", *dims, f"method={method}")
+    return count_operations(build_model(cfg, shape, classes), shape)
 
 
 def conv_macs(cin: int, cout: int, k: int, side: int) -> int:
@@ -157,9 +150,7 @@ CIFAR_RESNET18 = ["dataset=synthetic", "dataset.shape=[3,32,32]", "model=resnet1
 
 
 def cifar_resnet18_operations(method: str) -> list:
-    return count_operations(
-        build_model(compose_config(*CIFAR_RESNET18, f"method={method}"), (3, 32, 32), 10), (3, 32, 32)
-    )
+    return resnet18_operations(method, (3, 32, 32), 10)
 
 
 def test_real_valued_activations_make_every_product_a_flop():

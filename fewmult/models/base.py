@@ -54,21 +54,33 @@ def input_kind_of(model_class: type) -> str:
     return getattr(model_class, "input_kind", "images")
 
 
+def _forward_observed(model: nn.Module, x: torch.Tensor, hooks: list) -> None:
+    """One forward pass of ``x`` in eval mode without gradients, with ``hooks`` (handles) removed
+    after it and the model's training mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+
+
+def _quantizable(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+
+
 def output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, torch.Size]:
     """The output shape (one example) of every BN and quantizable layer, from one forward pass."""
     shapes: dict[nn.Module, torch.Size] = {}
+    modules = [*_quantizable(model), *(m for m in model.modules() if isinstance(m, _BatchNorm))]
     hooks = [
         m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(mod, out.shape[1:]))
-        for m in model.modules()
-        if isinstance(m, (_BatchNorm, QuantLinear, QuantConv2d))
+        for m in modules
     ]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    _forward_observed(model, torch.zeros(1, *input_shape), hooks)
     return shapes
 
 
@@ -84,16 +96,9 @@ def binary_input_layers(model: nn.Module, input_shape: tuple[int, ...]) -> set[n
         if inputs[0].abs().eq(1).all():
             binary.add(module)
 
-    layers = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
-    hooks = [m.register_forward_pre_hook(record) for m in layers]
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        model(torch.randn(1, *input_shape, generator=generator))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    hooks = [m.register_forward_pre_hook(record) for m in _quantizable(model)]
+    x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
+    _forward_observed(model, x, hooks)
     return binary
 
 
