@@ -14,12 +14,14 @@ from torch import nn
 from fewmult.config import check_config
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
-from fewmult.init_from import matching_weights
 from fewmult.models.base import input_kind_of
 from fewmult.module import ClassifierModule
 from fewmult.optim import parameter_groups
 from fewmult.qbp import QBPSettings
 from fewmult.quant import quantizer_class
+from fewmult.stages.init_from import matching_weights, trained_weights, weight_differences
+from fewmult.stages.teacher import load_teacher
+from fewmult.stages.two_stage import stage1_config
 
 
 def qbp_settings(cfg: DictConfig) -> dict[str, QBPSettings | None]:
@@ -49,7 +51,7 @@ def method_bits(cfg: DictConfig) -> dict[str, int]:
     method = cfg.method
     weights = quantizer_class(method.weight_quantizer.name).bits if method.weight_quantizer else 32
     activations = get_class(method.activation._target_).bits if method.activation else 32
-    return {"weight_bits": weights, "activation_bits": activations}
+    return {"bits_w": weights, "bits_a": activations}
 
 
 def _check_residual_activation(cfg: DictConfig, model_class: type) -> None:
@@ -77,14 +79,29 @@ def check_model_fits_data(cfg: DictConfig, datamodule: TensorDataModule) -> None
 
 def checked_datamodule(cfg: DictConfig) -> TensorDataModule:
     """The run's data module (nothing loaded yet), after every refusal that depends on the config
-    alone: its values, the data module's arguments, whether the model reads that data. Runs before
-    a run folder is touched, so a refused run leaves none behind."""
+    alone: its values, the data module's arguments, whether the model reads that data, whether the
+    networks of ``init_from``, ``teacher`` and ``two_stage`` fit. Runs before a run folder is
+    touched, so a refused run leaves none behind."""
     check_config(cfg)
     datamodule = instantiate(cfg.dataset)
     check_model_fits_data(cfg, datamodule)
-    if cfg.get("init_from") and datamodule.input_kind == "images":  # text: its vocabulary needs the file
+    images = datamodule.input_kind == "images"  # text: the network's vocabulary needs the file
+    if cfg.get("teacher"):
+        load_teacher(cfg, datamodule.input_kind)
+    if cfg.get("init_from") and images:
         model = build_model(cfg, datamodule.image_shape, datamodule.num_classes)
         matching_weights(model, Path(cfg.init_from).expanduser())
+    if cfg.get("two_stage"):
+        first = stage1_config(cfg)
+        checked_datamodule(first)
+        if images:
+            shape, classes = datamodule.image_shape, datamodule.num_classes
+            ours, theirs = (trained_weights(build_model(c, shape, classes)) for c in (cfg, first))
+            if shown := weight_differences(ours, theirs):
+                raise UserError(
+                    f"two_stage={list(cfg.two_stage)}: stage 1's network does not fit stage 2's ({shown}); "
+                    "stage 1 may change how weights are quantized, not which weights there are."
+                )
     return datamodule
 
 
@@ -120,11 +137,14 @@ def optimizer_factory(cfg: DictConfig) -> Callable[[nn.Module], torch.optim.Opti
     )
 
 
-def build_module(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> ClassifierModule:
+def build_module(
+    cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, input_kind: str = "images"
+) -> ClassifierModule:
     return ClassifierModule(
         model=build_model(cfg, input_shape, num_classes),
         loss=instantiate(cfg.loss),
         optimizer=optimizer_factory(cfg),
         scheduler=instantiate(cfg.schedule),
         num_classes=num_classes,
+        teacher=load_teacher(cfg, input_kind) if cfg.get("teacher") else None,
     )

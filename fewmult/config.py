@@ -11,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
-from fewmult.init_from import run_files
 from fewmult.optim import check_bop_can_flip
 from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
+from fewmult.stages.init_from import run_files
+from fewmult.stages.teacher import check_teacher_weight
 
 
 def _conf_dir() -> Path:
@@ -88,11 +89,19 @@ def check_config(cfg: DictConfig) -> None:
             "are rounded away. Use trainer.precision=bf16-mixed (or 16-mixed on a GPU): the products "
             "run in 16 bits while the weights stay float32."
         )
-    if cfg.get("init_from"):
-        try:
-            run_files(Path(cfg.init_from).expanduser())
-        except UserError as exc:
-            raise UserError(f"init_from={cfg.init_from}: {exc}") from exc
+    if cfg.get("two_stage") and cfg.get("init_from"):
+        raise UserError(
+            "two_stage and init_from both say where this run's weights start: two_stage starts stage 2 "
+            "from stage 1. Leave one out."
+        )
+    for key in ("init_from", "teacher"):
+        if cfg.get(key):
+            try:
+                run_files(Path(cfg[key]).expanduser())
+            except UserError as exc:
+                raise UserError(f"{key}={cfg[key]}: {exc}") from exc
+    if cfg.get("teacher"):
+        check_teacher_weight(cfg.teacher_weight)
     quantizer = cfg.method.weight_quantizer
     if cfg.optim.name == "bop":
         check_bop_can_flip(

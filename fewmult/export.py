@@ -27,7 +27,6 @@ from torch import nn
 
 from fewmult.count import format_bytes
 from fewmult.errors import UserError, report_user_error
-from fewmult.init_from import recorded_network
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
 from fewmult.nn.layers import QuantConv2d, QuantLinear
@@ -36,6 +35,7 @@ from fewmult.packed_forward import FORMAT, VERSION, PackedNetwork
 from fewmult.packing import pack_bits
 from fewmult.qbp import TapError
 from fewmult.quant.activations import SignActivation
+from fewmult.stages.init_from import recorded_network
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

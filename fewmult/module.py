@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fewmult.errors import UserError
 from fewmult.nn.training import bind_optimizer
+from fewmult.stages.teacher import Teacher
 
 EVAL_SPLITS = ("val", "test")  # the order of TensorDataModule.val_dataloader()
 
@@ -63,8 +64,10 @@ class ClassifierModule(L.LightningModule):
     errors are means over all positions (for the cross-entropy loss: nats per character).
 
     Logged per epoch: ``train/loss``, ``train/error``, ``val/loss``, ``val/error``, ``test/loss``,
-    ``test/error`` and ``lr``. The test split is evaluated with the validation split at every
-    validation, so that the test error at the epoch of best validation error can be reported.
+    ``test/error`` and ``lr``; with a teacher also ``train/distill``, the distribution loss
+    (``train/loss`` stays the task's loss, comparable with ``val/loss``). The test split is
+    evaluated with the validation split at every validation, so that the test error at the epoch of
+    best validation error can be reported.
 
     Args:
         model: the network; its output is one score per class.
@@ -72,6 +75,7 @@ class ClassifierModule(L.LightningModule):
         optimizer: builds the optimizer for the model (:func:`fewmult.build.optimizer_factory`).
         scheduler: builds the per-epoch LR scheduler from the optimizer, or returns None.
         num_classes: for the error metrics.
+        teacher: a frozen network whose softmax the model also learns to match (``teacher=``).
     """
 
     def __init__(
@@ -81,9 +85,11 @@ class ClassifierModule(L.LightningModule):
         optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], object] | None,
         num_classes: int,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.teacher = teacher
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -102,7 +108,11 @@ class ClassifierModule(L.LightningModule):
         loss = self.loss(logits, y)
         self.error["train_"].update(logits.detach(), y)
         self._losses["train"].add(loss, len(y))
-        return loss
+        if self.teacher is None:
+            return loss
+        divergence = self.teacher.divergence(x, logits)
+        self._losses["distill"].add(divergence, len(y))
+        return (1 - self.teacher.weight) * loss + self.teacher.weight * divergence
 
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -133,8 +143,14 @@ class ClassifierModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval_losses()
 
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:  # not a submodule (see Teacher), so Lightning does not move it
+            self.teacher.to(self.device)
+
     def on_train_epoch_start(self) -> None:
         self._losses["train"] = LossMean(self.device)
+        if self.teacher is not None:
+            self._losses["distill"] = LossMean(self.device)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -150,6 +166,10 @@ class ClassifierModule(L.LightningModule):
         self.log("train/error", self.error["train_"].compute(), on_step=False, on_epoch=True, sync_dist=True)
         self.error["train_"].reset()
         self._epoch_loss = loss
+        if self.teacher is not None:
+            divergence = self._losses.pop("distill").compute(self.trainer.strategy)
+            self.log("train/distill", divergence, on_step=False, on_epoch=True, sync_dist=True)
+            self._epoch_loss = loss + divergence  # NaN if either is
 
     def on_train_epoch_end(self) -> None:
         # runs after the callbacks' on_train_epoch_end, so metrics.csv already has this epoch's row

@@ -127,4 +127,5 @@ def setup_line(cfg: DictConfig) -> str:
         f"batch {value('dataset.batch_size', cfg.dataset.batch_size)}, "
         f"epochs {value('trainer.max_epochs', cfg.trainer.max_epochs)}"
         + (f", weights from {cfg.init_from} (init_from)" if cfg.get("init_from") else "")
+        + (f", taught by {cfg.teacher} (teacher, weight {cfg.teacher_weight})" if cfg.get("teacher") else "")
     )

@@ -116,7 +116,7 @@ def summarize(results: list[dict], unfinished: int = 0) -> list[dict]:
             "seq_len": key[5],
             "setting": key[6],
             # W/A as the papers' tables print it (results.json before it was recorded: blank)
-            "bits": f"{first['weight_bits']}/{first['activation_bits']}" if "weight_bits" in first else "",
+            "bits": f"{first['bits_w']}/{first['bits_a']}" if "bits_w" in first else "",
             "metric": metric,
             "completed": len(done),
             "failed": sum(r.get("status") == "failed" for r in runs),

@@ -22,11 +22,21 @@ METRIC_COLUMNS = [
     "lr",
     "epoch_seconds",
 ]
+# columns of some runs only, after the others: the distribution loss of a run with a teacher
+OPTIONAL_COLUMNS = ["train/distill"]
 
 
-def _csv_text(rows: list[dict[str, str]], header: bool) -> str:
+def _columns(old_text: str, row: dict[str, float]) -> list[str]:
+    """The file's own header when it has one (a folder written by an earlier version keeps its
+    columns), else the contract's and the optional ones this run logs."""
+    if old_text:
+        return next(csv.reader(io.StringIO(old_text)))
+    return METRIC_COLUMNS + [k for k in OPTIONAL_COLUMNS if k in row]
+
+
+def _csv_text(rows: list[dict[str, str]], header: bool, columns: list[str]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     if header:
         writer.writeheader()
     writer.writerows(rows)
@@ -39,10 +49,11 @@ def append_metrics_row(path: Path, row: dict[str, float]) -> None:
     The file is replaced whole (atomically), so a kill leaves it with or without the new row,
     never with half of it; at a few hundred bytes per epoch the rewrite costs nothing.
     """
-    cells = {k: _short(row[k]) if k in row else "" for k in METRIC_COLUMNS}
-    cells["epoch"] = int(row["epoch"])
     old = path.read_text() if path.exists() else ""
-    atomic_write_text(path, old + _csv_text([cells], header=not old))
+    columns = _columns(old, row)
+    cells = {k: _short(row[k]) if k in row else "" for k in columns}
+    cells["epoch"] = int(row["epoch"])
+    atomic_write_text(path, old + _csv_text([cells], header=not old, columns=columns))
 
 
 def _short(value: float) -> float:

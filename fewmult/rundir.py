@@ -59,6 +59,9 @@ ADDED_LATER = {
     "optim.weight_decay_on": "all",
     "loss.label_smoothing": 0.0,
     "init_from": None,
+    "teacher": None,
+    "teacher_weight": 1.0,
+    "two_stage": None,
 }
 
 

@@ -35,12 +35,13 @@ from fewmult.count import count_for_config
 from fewmult.data import TensorDataModule
 from fewmult.diagnostics import LayerDiagnostics, stop_counting
 from fewmult.errors import UserError, report_user_error
-from fewmult.init_from import load_weights_from
 from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
 from fewmult.published import published_fields, settings_differing, setup_fields
 from fewmult.results import best_epoch, read_metrics, write_json
 from fewmult.rundir import claim_run_dir, discard_unused_folder, prepare_run_dir, task_config
+from fewmult.stages.init_from import load_weights_from
+from fewmult.stages.two_stage import finished, stage1_config, stage1_dir, stage1_lock, stage2_config
 
 
 def quiet_lightning() -> None:
@@ -52,30 +53,41 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
-def _run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """Name, group and tags of this job for the experiment logger."""
+def _sweep_dir() -> Path | None:
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def _run_identity(cfg: DictConfig, stage: int | None = None) -> dict[str, Any]:
+    """Name, group and tags of this job for the experiment logger (a two-stage run's stages apart)."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     return {
-        "name": hc.job.override_dirname or "defaults",
+        "name": (hc.job.override_dirname or "defaults") + (f" (stage {stage})" if stage else ""),
         "group": str(Path(hc.sweep.dir)) if multirun else None,
         "tags": [
             f"dataset:{cfg.dataset.name}",
             f"model:{cfg.model.name}",
             f"method:{cfg.method.name}",
             f"qbp:{str(bool(cfg.qbp)).lower()}",
+            *([f"stage:{stage}"] if stage else []),
         ],
         "job_type": cfg.method.name,
     }
+
+
+def _absolute(run_dir: str | None) -> str | None:
+    return str(Path(run_dir).expanduser().resolve()) if run_dir else None
 
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:
     setup = setup_fields(cfg)  # paper, dataset, model, method, qbp, seq_len, width
     return {
         **setup,
-        **method_bits(cfg),  # W/A: weight_bits, activation_bits
+        **method_bits(cfg),  # W/A: bits_w, bits_a
         "seed": cfg.seed,
-        "init_from": str(Path(cfg.init_from).expanduser().resolve()) if cfg.get("init_from") else None,
+        **{key: _absolute(cfg.get(key)) for key in ("init_from", "teacher")},
+        "teacher_weight": cfg.teacher_weight if cfg.get("teacher") else None,
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,
         **published_fields(setup),  # the paper's number for this setup, if it has one
@@ -95,7 +107,9 @@ def _best_results(best: dict[str, float], per_character_nats: bool) -> dict[str,
     return fields
 
 
-def train(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule | None = None, stage: int | None = None
+) -> dict[str, Any]:
     """Train one model into ``run_dir``; return the ``results.json`` payload (also written there).
 
     ``datamodule``: from :func:`~fewmult.build.checked_datamodule` (called here when not given), so a
@@ -121,9 +135,26 @@ def train(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule | None = 
         for folder in (run_dir, checkpoints):  # temporary files of writers killed in an earlier launch
             remove_stale_temporaries(folder)
         ckpt_path = resume_point(checkpoints / "last.ckpt", metrics, run_dir / "layers.csv")
-        return _fit(cfg, run_dir, config, datamodule, ckpt_path)
+        return _fit(cfg, run_dir, config, datamodule, ckpt_path, stage)
     finally:
         lock.release()
+
+
+def train_stages(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule) -> dict[str, Any]:
+    """:func:`train`, or with ``two_stage`` stage 1 (unless it is already done) and then this run
+    from its best weights (:mod:`fewmult.stages.two_stage`); returns this run's results."""
+    if not cfg.get("two_stage"):
+        return train(cfg, run_dir, datamodule)
+    first = stage1_config(cfg)
+    first_dir = stage1_dir(first, run_dir, _sweep_dir())
+    with stage1_lock(first_dir):
+        if finished(first_dir, first):
+            print(f"fewmult: stage 1 of 2 is done in {first_dir}; starting stage 2 from it", flush=True)
+        else:
+            print(f"fewmult: stage 1 of 2 ({', '.join(cfg.two_stage)}), in {first_dir}", flush=True)
+            train(first, first_dir, checked_datamodule(first), stage=1)
+    print(f"fewmult: stage 2 of 2, in {run_dir}", flush=True)
+    return train(stage2_config(cfg, first_dir), run_dir, datamodule, stage=2)
 
 
 def _fit(
@@ -132,6 +163,7 @@ def _fit(
     config: dict[str, Any],
     datamodule: TensorDataModule,
     ckpt_path: str | None,
+    stage: int | None,
 ) -> dict[str, Any]:
     results = {**_base_results(cfg), "started_at": time.time()}
     results_path = run_dir / "results.json"
@@ -144,13 +176,13 @@ def _fit(
         results["selected_by"] = f"val_{metric}"  # also in a failed run's results, for the report
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
-        module = build_module(cfg, splits.input_shape, splits.num_classes)
+        module = build_module(cfg, splits.input_shape, splits.num_classes, datamodule.input_kind)
         if cfg.get("init_from") and ckpt_path is None:  # a relaunch continues from its own last.ckpt
             load_weights_from(module.model, Path(cfg.init_from).expanduser())
         if not cfg.diagnostics:
             stop_counting(module.model)
         results["multiplications"] = count_for_config(cfg, module.model, datamodule)[1]
-        logger = make_logger(config["logger"], run_dir, run_config=config, **_run_identity(cfg))
+        logger = make_logger(config["logger"], run_dir, run_config=config, **_run_identity(cfg, stage))
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
@@ -209,7 +241,7 @@ def main(cfg: DictConfig) -> float | None:
         discard_unused_folder(run_dir, written_by_hydra={".hydra", f"{HydraConfig.get().job.name}.log"})
         sys.exit(report_user_error("fewmult", exc))
     try:
-        results = train(cfg, run_dir, datamodule)
+        results = train_stages(cfg, run_dir, datamodule)
     except SIGTERMException:  # a SystemExit with code 0: the job would look successful to its scheduler
         print(
             f"fewmult: stopped by SIGTERM (preempted, cancelled or at its time limit). Relaunch the same "

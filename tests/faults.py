@@ -42,16 +42,25 @@ def _kill_now(signum: int = signal.SIGKILL) -> None:
 
 class KillAt(L.Callback):
     def __init__(
-        self, at: str, epoch: int, marker: str, batch: int = 1, min_bytes: int = 1 << 20, signal: str = "KILL"
+        self,
+        at: str,
+        epoch: int,
+        marker: str,
+        batch: int = 1,
+        min_bytes: int = 1 << 20,
+        signal: str = "KILL",
+        in_folder: str | None = None,
     ) -> None:
         if at not in POINTS:
             raise ValueError(f"at must be one of {POINTS}, got {at!r}")
         self.at, self.epoch, self.batch, self.min_bytes = at, epoch, batch, min_bytes
         self.marker = Path(marker)
         self.signum = _signal_number(signal)
+        self.in_folder = in_folder  # only in the run folder of this name (a stage of a two-stage run)
 
     def _armed(self, trainer: L.Trainer, at: str) -> bool:
-        return at == self.at and trainer.current_epoch == self.epoch and not self.marker.exists()
+        here = self.in_folder is None or Path(trainer.default_root_dir).name == self.in_folder
+        return here and at == self.at and trainer.current_epoch == self.epoch and not self.marker.exists()
 
     def _kill(self) -> None:
         self.marker.write_text(self.at)

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from fewmult.init_from import trained_weights
+from fewmult.stages.init_from import trained_weights
 from tests.conftest import only_run_dir
 
 SMALL = ["dataset=synthetic", "model=mlp", "model.arch=64FC", "logger=none", "method=bnn"]

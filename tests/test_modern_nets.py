@@ -93,9 +93,9 @@ def test_every_method_trains_a_step_of_resnet20(method):
     assert all(p.grad is not None for p in net.parameters())
     bits = method_bits(cfg)
     binary_layers = {m.weight_quantizer.bits for m in quant_layers(net) if m.weight_quantizer is not None}
-    assert binary_layers <= {bits["weight_bits"]}
+    assert binary_layers <= {bits["bits_w"]}
     activations = [m for m in net.modules() if isinstance(m, ActivationQuantizer)]
-    assert {a.bits for a in activations} <= {bits["activation_bits"]}
+    assert {a.bits for a in activations} <= {bits["bits_a"]}
 
 
 def test_reactnet_puts_rsign_before_every_binary_convolution_and_rprelu_after_every_sum():

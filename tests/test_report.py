@@ -60,8 +60,8 @@ def test_language_models_are_chosen_and_compared_by_cross_entropy_per_time_step_
         return {
             **result(lr, 0, 0.5, 0.5, paper="hou2017", dataset="warpeace", method="lab", qbp=False),
             "model": "lstm",
-            "weight_bits": 1,
-            "activation_bits": 32,
+            "bits_w": 1,
+            "bits_a": 32,
             "selected_by": "val_loss",
             "seq_len": seq_len,
             "val_loss": val,
@@ -136,9 +136,7 @@ def test_report_errors(tmp_path, capsys):
 def test_each_model_and_its_w_a_get_a_row_of_their_own():
     """A sweep over model=resnet20,resnet18 with one method: two rows, each with its W/A."""
     runs = [
-        result(
-            0.1, seed, 0.1, 0.1 + seed / 100, model=model, method="bireal", weight_bits=1, activation_bits=1
-        )
+        result(0.1, seed, 0.1, 0.1 + seed / 100, model=model, method="bireal", bits_w=1, bits_a=1)
         for model in ("resnet20", "resnet18")
         for seed in (0, 1)
     ]

@@ -24,7 +24,7 @@ import torch
 from fewmult.checkpointing import epochs_done
 from tests.conftest import REPO
 
-EPOCHS = 7
+EPOCHS = 7  # launch() sets it; a test may give its own trainer.max_epochs after
 # (point, epoch, signal): one kill per launch, in this order; the launch after the last completes
 KILLS = [
     ("train_batch", 1, "KILL"),
@@ -84,10 +84,14 @@ def launch(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     )
 
 
-def kill_callbacks(markers: Path, kills: list[tuple[str, int, str]]) -> str:
+def kill_callbacks(
+    markers: Path, kills: list[tuple[str, int, str]], in_folder: list[str] | None = None
+) -> str:
+    """``KillAt`` callbacks, one per kill (each only in run folders of that name, when given)."""
     items = [
-        f"{{_target_:tests.faults.KillAt,at:{at},epoch:{epoch},signal:{sig},marker:{markers / at}}}"
-        for at, epoch, sig in kills
+        f"{{_target_:tests.faults.KillAt,at:{at},epoch:{epoch},signal:{sig},marker:{markers / str(n)}"
+        + (f",in_folder:{in_folder[n]}}}" if in_folder else "}")
+        for n, (at, epoch, sig) in enumerate(kills)
     ]
     return f"callbacks=[{','.join(items)}]"
 
@@ -110,9 +114,9 @@ def kill_and_relaunch(tmp_path: Path, args: list[str], kills: list[tuple[str, in
     run_dir, markers = tmp_path / "killed", tmp_path / "markers"
     markers.mkdir()
     callbacks = kill_callbacks(markers, kills)
-    for at, epoch, sig in kills:
+    for n, (at, epoch, sig) in enumerate(kills):
         proc = launch(run_dir, *args, "logger=none", callbacks)
-        assert (markers / at).is_file(), f"the launch died before reaching {at}: {proc.stderr[-3000:]}"
+        assert (markers / str(n)).is_file(), f"the launch died before reaching {at}: {proc.stderr[-3000:]}"
         if sig == "KILL":
             assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
         else:  # SIGTERM: Lightning stops after the batch; the job says so and does not exit 0
@@ -177,3 +181,31 @@ SETUP_STOPS = {
 @pytest.mark.parametrize("setup", list(SETUP_STOPS))
 def test_every_setup_killed_ends_as_if_never_killed(tmp_path, setup):
     check_same_as_uninterrupted(tmp_path, SETUPS[setup], SETUP_STOPS[setup])
+
+
+@pytest.mark.slow
+def test_a_two_stage_run_killed_in_each_stage_ends_as_if_never_killed(tmp_path):
+    """stages=two: SIGKILL inside stage 1, then inside stage 2 (which starts from stage 1's best
+    weights); each relaunch is the very same command. Both stages end as the uninterrupted ones."""
+    args = [*SMALL_MLP, "method=bnn", "stages=two", "trainer.max_epochs=4"]
+    reference, killed, markers = tmp_path / "reference", tmp_path / "killed", tmp_path / "markers"
+    markers.mkdir()
+    assert launch(reference, *args, "logger=none").returncode == 0
+    kills = [("train_batch", 2, "KILL"), ("validation", 1, "KILL")]
+    callbacks = kill_callbacks(markers, kills, in_folder=["stage1", "killed"])
+    for n, folder in enumerate((killed / "stage1", killed)):
+        proc = launch(killed, *args, "logger=none", callbacks)
+        assert proc.returncode == -signal.SIGKILL and (markers / str(n)).is_file(), proc.stderr[-3000:]
+        assert not (folder / "results.json").is_file() or results(folder)["status"] != "completed"
+    proc = launch(killed, *args, "logger=none", callbacks)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"stage 1 of 2 is done in {killed / 'stage1'}" in proc.stdout
+    for stage in ("stage1", "."):
+        assert metric_rows(killed / stage) == metric_rows(reference / stage)
+        assert (killed / stage / "layers.csv").read_text() == (reference / stage / "layers.csv").read_text()
+    ours, theirs = results(killed), results(reference)
+    assert (ours.pop("init_from"), theirs.pop("init_from")) == (
+        str(killed / "stage1"),
+        str(reference / "stage1"),
+    )
+    assert ours == theirs and ours["status"] == "completed"

@@ -21,8 +21,8 @@ RESULT_KEYS = {
     "model",
     "method",
     "qbp",
-    "weight_bits",
-    "activation_bits",
+    "bits_w",
+    "bits_a",
     "seed",
     "lr",
     "epochs",
@@ -54,7 +54,7 @@ def test_synthetic_run_writes_the_whole_contract(run_cli, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert set(results) >= RESULT_KEYS
     assert results["status"] == "completed" and results["qbp"] is False
-    assert (results["weight_bits"], results["activation_bits"]) == (32, 32)  # W/A of full precision
+    assert (results["bits_w"], results["bits_a"]) == (32, 32)  # W/A of full precision
     assert (results["dataset"], results["model"], results["method"]) == ("synthetic", "lin2016_mlp", "fp")
     assert results["seed"] == 3 and results["epochs"] == 4 and results["train_samples"] == 600
     assert 0 <= results["val_error"] <= 1 and 0 <= results["test_error"] <= 1
@@ -166,7 +166,7 @@ def test_a_run_of_a_published_setup_records_the_papers_number(run_cli, tmp_path)
     results = json.loads((only_run_dir(tmp_path / "outputs") / "results.json").read_text())
     assert results["published_test_error"] == pytest.approx(0.0115)  # docs/papers.md C.1
     assert results["published_in"] == "docs/papers.md C.1" and results["published_test_loss"] is None
-    assert (results["weight_bits"], results["activation_bits"]) == (2, 32)  # ternary weights (W/A 2/32)
+    assert (results["bits_w"], results["bits_a"]) == (2, 32)  # ternary weights (W/A 2/32)
 
 
 def test_corrupt_dataset_file(run_cli, tmp_path):

@@ -27,3 +27,17 @@ class SquaredHingeLoss(nn.Module):
         if self.class_reduction == "sum":
             return per_unit.sum(dim=1).mean()
         return per_unit.mean()
+
+
+def distribution_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """ReActNet's distribution loss (Liu et al. 2020, arXiv 2003.03488, Sec. 4.2):
+    ``KL(p_T || p_S) = mean_n sum_c p_T(c) (log p_T(c) - log p_S(c))`` between the teacher's and the
+    student's softmax, per example, averaged over the batch.
+
+    It differs from the authors' cross-entropy with soft targets by the teacher's entropy, a constant
+    of the student, so the gradients are the same and a perfect student scores 0. Computed in float32:
+    under autocast the logits may be bfloat16, whose log-probabilities lose the small differences.
+    """
+    student = torch.log_softmax(student_logits.float(), dim=-1)
+    teacher = torch.log_softmax(teacher_logits.float(), dim=-1)
+    return nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")

@@ -57,6 +57,22 @@ def trained_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
+def weight_differences(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
+    """The first few weights that keep two networks' :func:`trained_weights` from corresponding one
+    to one (missing on either side, or of another shape), or None when they do."""
+    differences = [f"{k} is missing there" for k in ours if k not in theirs]
+    differences += [f"{k} is only there" for k in theirs if k not in ours]
+    differences += [
+        f"{k} is {tuple(theirs[k].shape)} there, {tuple(t.shape)} here"
+        for k, t in ours.items()
+        if k in theirs and theirs[k].shape != t.shape
+    ]
+    if not differences:
+        return None
+    more = len(differences) - 3
+    return "; ".join(differences[:3]) + (f"; and {more} more" if more > 0 else "")
+
+
 def matching_weights(model: nn.Module, run_dir: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pairs (``model``'s, ``run_dir``'s best) of every trained weight; refused, naming the first
     weights that differ, when the two networks' weights do not correspond one to one."""
@@ -65,16 +81,7 @@ def matching_weights(model: nn.Module, run_dir: Path) -> list[tuple[torch.Tensor
     except UserError as exc:
         raise UserError(f"init_from={run_dir}: {exc}") from exc
     theirs, ours = trained_weights(source), trained_weights(model)
-    differences = [f"{k} is missing there" for k in ours if k not in theirs]
-    differences += [f"{k} is only there" for k in theirs if k not in ours]
-    differences += [
-        f"{k} is {tuple(theirs[k].shape)} there, {tuple(t.shape)} here"
-        for k, t in ours.items()
-        if k in theirs and theirs[k].shape != t.shape
-    ]
-    if differences:
-        more = len(differences) - 3
-        shown = "; ".join(differences[:3]) + (f"; and {more} more" if more > 0 else "")
+    if shown := weight_differences(ours, theirs):
         raise UserError(
             f"init_from={run_dir}: its network does not fit this one ({shown}); give a run of the same "
             "model with the same dataset and activations (model=, dataset=, method=), or leave init_from out."
