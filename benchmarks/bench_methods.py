@@ -1,7 +1,8 @@
 """Training-step time of every method relative to full precision, side by side in one process.
 
 For each network (Lin et al.'s MNIST MLP at batch 200; Lin et al.'s CIFAR-10 CNN at batch 50;
-Hou et al.'s 512-cell character LSTM at 100 windows of 100 characters over 100 symbols), every
+Hou et al.'s 512-cell character LSTM at 100 windows of 100 characters over 100 symbols; the CIFAR
+ResNet-18 of today's rows at batch 32, with Bi-Real and ReActNet too), every
 method trains with the optimizer of its paper (Adam for every method on the LSTM), and its
 baseline is full precision with the same optimizer and network. A step is forward, loss, backward,
 optimizer step and the latent-weight clipping. Methods are timed in interleaved rounds so machine
@@ -28,6 +29,25 @@ NETWORKS = {
     "mlp": {"overrides": ["dataset=mnist", "model=lin2016_mlp"], "shape": (1, 28, 28), "batch": 200},
     "cnn": {"overrides": ["dataset=cifar10", "model=lin2016_cnn"], "shape": (3, 32, 32), "batch": 50},
     "lstm": {"overrides": ["dataset=text", "model=lstm"], "shape": (100,), "batch": 100, "vocabulary": 100},
+    # the CIFAR-stem ResNet-18 of today's rows, with the methods of those papers (no QBP: Lin et al.'s nets)
+    "resnet18": {
+        "overrides": ["dataset=cifar10", "model=resnet18"],
+        "shape": (3, 32, 32),
+        "batch": 32,
+        "variants": [
+            "fp@sgd",
+            "bc_det",
+            "bc_stoch",
+            "tc",
+            "fp@adam",
+            "bwn",
+            "lab",
+            "bnn",
+            "xnor",
+            "bireal",
+            "reactnet",
+        ],
+    },
 }
 VARIANTS = [
     "fp@sgd",
@@ -76,19 +96,20 @@ def make_step(network: str, variant: str):
 
 def bench_network(network: str, rounds: int, steps: int) -> dict[str, tuple[float, float]]:
     """{variant: (median seconds per step, ratio to fp with the same optimizer)}."""
-    made = {v: make_step(network, v) for v in VARIANTS}
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for v in VARIANTS:  # warm-up, and an optimizer state for LAB
+    variants = NETWORKS[network].get("variants", VARIANTS)
+    made = {v: make_step(network, v) for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for v in variants:  # warm-up, and an optimizer state for LAB
         for _ in range(2):
             made[v][0]()
     for _ in range(rounds):
-        for v in VARIANTS:
+        for v in variants:
             start = time.perf_counter()
             for _ in range(steps):
                 made[v][0]()
             times[v].append((time.perf_counter() - start) / steps)
     medians = {v: statistics.median(t) for v, t in times.items()}
-    return {v: (medians[v], medians[v] / medians[f"fp@{made[v][1]}"]) for v in VARIANTS}
+    return {v: (medians[v], medians[v] / medians[f"fp@{made[v][1]}"]) for v in variants}
 
 
 def saved_bytes(variant_overrides: list[str]) -> int:

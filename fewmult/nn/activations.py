@@ -6,6 +6,31 @@ import torch
 from torch import nn
 
 
+class _ShiftedPReLU(torch.autograd.Function):
+    """``PReLU_beta(x - gamma) + zeta`` with per-channel ``gamma``, ``beta``, ``zeta`` of shape
+    (1, C, 1, ...), as one autograd node: the three channel gradients are plain reductions of what
+    PReLU's backward kernel returns, and the output shift is added in place."""
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, zeta: torch.Tensor
+    ) -> torch.Tensor:
+        shifted = x - gamma
+        ctx.save_for_backward(shifted, beta)
+        return torch.nn.functional.prelu(shifted, beta.reshape(-1)).add_(zeta)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        shifted, beta = ctx.saved_tensors
+        grad_x, grad_beta = torch.ops.aten._prelu_kernel_backward(grad, shifted, beta)
+        others = [d for d in range(grad.dim()) if d != 1]
+
+        def per_channel(t: torch.Tensor) -> torch.Tensor:
+            return t.sum(dim=others, keepdim=True)
+
+        return grad_x, per_channel(grad_x).neg_(), per_channel(grad_beta), per_channel(grad)
+
+
 class RPReLU(nn.Module):
     """ReActNet's RPReLU (Liu et al. 2020, arXiv 2003.03488), per channel ``c``:
     ``y = PReLU_c(x - gamma_c) + zeta_c``, i.e. ``x - gamma_c + zeta_c`` where ``x > gamma_c`` and
@@ -21,5 +46,7 @@ class RPReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1, *([1] * (x.dim() - 2)))
-        h = self.prelu(x - self.shift_in.to(x.dtype).view(shape))
-        return h + self.shift_out.to(h.dtype).view(shape)
+        gamma, beta, zeta = (
+            p.to(x.dtype).view(shape) for p in (self.shift_in, self.prelu.weight, self.shift_out)
+        )
+        return _ShiftedPReLU.apply(x, gamma, beta, zeta)
