@@ -5,30 +5,43 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewmult.quant.rng import fused_or_eager
+
+
+def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(dim=[d for d in range(t.dim()) if d != 1], keepdim=True)
+
+
+def _rprelu(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
+    shifted = x - gamma
+    return torch.where(shifted > 0, shifted, beta * shifted) + zeta
+
+
+def _rprelu_backward(
+    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    shifted = x - gamma
+    positive = shifted > 0
+    grad_x = torch.where(positive, grad, beta * grad)
+    grad_beta = _channel_sum(torch.where(positive, 0.0, grad * shifted))
+    return grad_x, -_channel_sum(grad_x), grad_beta, _channel_sum(grad)
+
 
 class _ShiftedPReLU(torch.autograd.Function):
     """``PReLU_beta(x - gamma) + zeta`` with per-channel ``gamma``, ``beta``, ``zeta`` of shape
-    (1, C, 1, ...), as one autograd node: the three channel gradients are plain reductions of what
-    PReLU's backward kernel returns, and the output shift is added in place."""
+    (1, C, 1, ...): forward one fused loop, backward one loop and its channel sums (under
+    torch.compile; eager where it cannot compile), instead of six autograd nodes."""
 
     @staticmethod
     def forward(
         ctx, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, zeta: torch.Tensor
     ) -> torch.Tensor:
-        shifted = x - gamma
-        ctx.save_for_backward(shifted, beta)
-        return torch.nn.functional.prelu(shifted, beta.reshape(-1)).add_(zeta)
+        ctx.save_for_backward(x, gamma, beta)
+        return fused_or_eager(_rprelu, x, gamma, beta, zeta)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        shifted, beta = ctx.saved_tensors
-        grad_x, grad_beta = torch.ops.aten._prelu_kernel_backward(grad, shifted, beta)
-        others = [d for d in range(grad.dim()) if d != 1]
-
-        def per_channel(t: torch.Tensor) -> torch.Tensor:
-            return t.sum(dim=others, keepdim=True)
-
-        return grad_x, per_channel(grad_x).neg_(), per_channel(grad_beta), per_channel(grad)
+        return fused_or_eager(_rprelu_backward, *ctx.saved_tensors, grad)
 
 
 class RPReLU(nn.Module):

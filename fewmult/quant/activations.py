@@ -15,56 +15,71 @@ import torch
 from torch import nn
 
 from fewmult.errors import UserError
-from fewmult.quant.base import sign_plus
 from fewmult.quant.registry import register_activation
+from fewmult.quant.rng import fused_or_eager
 
 
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = +1 (NaN stays NaN, for the loss check): one pass under torch.compile."""
+    return torch.sign(torch.sign(x) + 0.5)
+
+
+def _hard_tanh_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return torch.where(x.abs() <= 1, grad, 0.0)
+
+
+def _approx_sign_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return grad * (2 - 2 * x.abs()).clamp(min=0)
+
+
+def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every dim but 1 (the channels), kept for broadcasting."""
+    return t.sum(dim=[d for d in range(t.dim()) if d != 1], keepdim=True)
+
+
+def _shifted_sign_backward(
+    x: torch.Tensor, threshold: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_x = _approx_sign_backward(x - threshold, grad)
+    return grad_x, -_channel_sum(grad_x)
+
+
+# Every forward and backward below is one fused loop under torch.compile (fused_or_eager, the same
+# numbers either way): a binary activation runs on every activation of the network, twice a step,
+# and in eager each of its elementwise operations is a pass over memory of its own (measured on the
+# CIFAR ResNet-18, BENCHMARKS.md).
 class _SignWithSurrogate(torch.autograd.Function):
-    """``sign(x)`` forward; backward ``dL/dy * surrogate(x)``, the activation's pseudo-gradient."""
+    """``sign(x)`` forward; backward ``backward_kernel(x, dL/dy)``, the pseudo-gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, surrogate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, backward_kernel: Callable) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.surrogate = surrogate
-        return sign_plus(x)
+        ctx.backward_kernel = backward_kernel
+        return fused_or_eager(_sign, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        return ctx.surrogate(x).mul_(grad), None
+        return fused_or_eager(ctx.backward_kernel, x, grad), None
 
 
 class _ShiftedSign(torch.autograd.Function):
     """``sign(x - t)`` with ``t`` broadcast from shape (1, C, 1, ...); backward ApproxSign's
-    pseudo-gradient at ``x - t`` for ``x``, and its negative summed over all but dim 1 for ``t``.
-
-    One autograd node with the pseudo-gradient written in place: half the time of the subtraction,
-    sign and broadcast reduction left to autograd (CPU, 32 x 128 x 16 x 16: 2.1 vs 4.0 ms forward +
-    backward, interleaved medians).
-    """
+    pseudo-gradient at ``x - t`` for ``x``, and its negative summed over all but dim 1 for ``t``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-        shifted = x - threshold
-        ctx.save_for_backward(shifted)
-        return sign_plus(shifted)
+        ctx.save_for_backward(x, threshold)
+        return fused_or_eager(_shifted_sign, x, threshold)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (shifted,) = ctx.saved_tensors
-        grad_x = _approx_sign_gradient(shifted).mul_(grad)
-        others = [d for d in range(grad_x.dim()) if d != 1]
-        return grad_x, grad_x.sum(dim=others, keepdim=True).neg_()
+        x, threshold = ctx.saved_tensors
+        return fused_or_eager(_shifted_sign_backward, x, threshold, grad)
 
 
-# Pseudo-gradients, each a new tensor written in place (one allocation: these run on every
-# activation of the network, twice per step)
-def _hard_tanh_gradient(x: torch.Tensor) -> torch.Tensor:
-    return (x.abs() <= 1).to(x.dtype)
-
-
-def _approx_sign_gradient(x: torch.Tensor) -> torch.Tensor:
-    return x.abs().mul_(-2).add_(2).clamp_(min=0)
+def _shifted_sign(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return _sign(x - threshold)
 
 
 class ActivationQuantizer(nn.Module):
@@ -85,7 +100,7 @@ class SignActivation(ActivationQuantizer):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SignWithSurrogate.apply(x, _hard_tanh_gradient)
+        return _SignWithSurrogate.apply(x, _hard_tanh_backward)
 
 
 @register_activation("approx_sign")
@@ -95,7 +110,7 @@ class ApproxSign(SignActivation):
     0 elsewhere, i.e. ``max(0, 2 - 2|x|)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SignWithSurrogate.apply(x, _approx_sign_gradient)
+        return _SignWithSurrogate.apply(x, _approx_sign_backward)
 
 
 @register_activation("rsign")
