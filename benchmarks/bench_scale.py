@@ -30,11 +30,19 @@ IMAGES = ("mnist", "cifar10", "svhn")
 SETUPS: list[Setup] = [(p, d, None) for p in ("lin2016", "hou2017") for d in IMAGES]
 SETUPS += [("hou2017", "warpeace", 100), ("hou2017", "linux", 100)]
 SETUPS += [("hou2017", "warpeace", t) for t in (10, 50, 150)]
+# today's rows (model auto: IR-Net's ResNet-20, Bi-Real's and ReActNet's ResNet-18), full precision
+SETUPS += [(p, "cifar10", None) for p in ("qin2020", "liu2018", "liu2020")]
 GRIDS: dict[str, list[tuple[Setup, int]]] = {  # setups and jobs per setup
     "lin2016_table": [(("lin2016", d, None), 3 * 2 * 3) for d in IMAGES],
     "hou2017_table": [(("hou2017", d, None), 7 * 3) for d in IMAGES],
     "hou2017_lstm_table": [(("hou2017", d, 100), 7 * 3) for d in ("warpeace", "linux")],
     "hou2017_timesteps_table": [(("hou2017", "warpeace", t), 4 * 3) for t in (10, 50, 100, 150)],
+    # one row each (three seeds) of the ResNet recipes; a two-stage run (stages=two) counts twice
+    "resnet_rows": [
+        (("qin2020", "cifar10", None), 3),
+        (("liu2018", "cifar10", None), 3),
+        (("liu2020", "cifar10", None), 2 * 3),
+    ],
 }
 
 

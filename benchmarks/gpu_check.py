@@ -46,6 +46,9 @@ SYNC_FIRST, SYNC_STEPS = 2, 3  # the HostSyncCount window
 TIMED_FIRST = SYNC_FIRST + SYNC_STEPS + 1  # timing starts after it (syncs allowed again)
 # Lin et al.'s MNIST MLP for both papers (Hou et al.'s, twice as wide, is slow in emulated bf16 on a CPU)
 MLP = ["dataset=synthetic", "dataset.n_train=4000", "model.arch=1024FC-1024FC-1024FC", "logger=none"]
+# today's rows: a ResNet-20 (Bi-Real's block) on 28-pixel inputs, with Bi-Real's and ReActNet's methods
+RESNET = ["dataset=synthetic", "dataset.batch_size=32", "model=resnet20", "logger=none"]
+RESNET_METHODS = {"bireal": "liu2018", "reactnet": "liu2020"}  # and the paper whose optimizer each takes
 LSTM = [
     "dataset=text",
     "dataset.max_bytes=200000",
@@ -141,13 +144,18 @@ def variants(methods: list[str]) -> list[tuple[str, list[str]]]:
         found = [("fp", [*MLP, "method=fp", f"paper={p}"]) for p in ("lin2016", "hou2017")] + found
     found += [(f"{m}+qbp", [*MLP, f"method={m}", "qbp=true"]) for m in ("bc_stoch", "tc") if m in methods]
     found += [(f"lstm {m}", [*LSTM, f"method={m}"]) for m in ("fp", "lab") if m in methods]  # fp first
+    for method, paper in RESNET_METHODS.items():
+        if method in methods:
+            if "fp" in methods:
+                found.append((f"resnet20 fp ({paper})", [*RESNET, "method=fp", f"paper={paper}"]))
+            found.append((f"resnet20 {method}", [*RESNET, f"method={method}"]))
     return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (GPU 20, CPU 5)")
-    parser.add_argument("--methods", default=",".join(list_quantizers()))
+    parser.add_argument("--methods", default=",".join([*list_quantizers(), *RESNET_METHODS]))
     parser.add_argument("--no-scale", action="store_true", help="skip the paper setups' epoch times")
     args = parser.parse_args()
     quiet_lightning()

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 @pytest.mark.slow  # about two minutes: bf16 is emulated on this CPU
 def test_the_machine_check_passes_here(tmp_path):
     env = {**os.environ, "FEWMULT_DATA": str(tmp_path / "data"), "WANDB_MODE": "offline"}
-    args = ["--methods", "fp,tc", "--no-scale", "--steps", "2"]
+    args = ["--methods", "fp,tc,reactnet", "--no-scale", "--steps", "2"]
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_check", *args],
         cwd=REPO,
@@ -28,8 +28,9 @@ def test_the_machine_check_passes_here(tmp_path):
     assert proc.stdout.rstrip().endswith("all checks passed")
     precisions = 3 if torch.cuda.is_available() else 2
     # fp once per paper (the reference of each paper's methods), the others once
-    for label, networks in (("fp", 2), ("tc", 1), ("tc+qbp", 1), ("lstm fp", 1)):
+    for label, networks in (("fp", 2), ("tc", 1), ("tc+qbp", 1), ("lstm fp", 1), ("resnet20 reactnet", 1)):
         rows = [line for line in proc.stdout.splitlines() if line.startswith(f"| {label} |")]
         assert len(rows) == networks * precisions, proc.stdout
     compiled = next(line for line in proc.stdout.splitlines() if line.startswith("torch.compile: compiled"))
     assert "_stochastic_ternary" in compiled and "_pow2_from_bits" in compiled and "_cell_forward" in compiled
+    assert "_shifted_sign" in compiled and "_rprelu_backward" in compiled  # ReActNet's fused activations
