@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fewmult import schedules
-from fewmult.build import build_model, check_model_fits_data, optimizer_factory
+from fewmult.build import build_model, check_model_fits_data, checked_datamodule, optimizer_factory
 from fewmult.config import CONF_DIR, check_config, compose_config
 from fewmult.data import TensorDataModule
 from fewmult.errors import UserError
@@ -249,6 +249,9 @@ def test_every_sweep_composes_and_each_of_its_jobs_too(sweep):
     for key, value in (o.split("=") for o in first_job):
         chosen = choices[key] if key in choices else OmegaConf.select(job, key)
         assert str(chosen).lower() == value.lower()
+    # the last job passes every check made before data is read (e.g. ReActNet needs residual additions)
+    last_job = [f"{key}={str(values).split(',')[-1]}" for key, values in params.items()]
+    checked_datamodule(compose_config(f"+experiment={sweep}", *last_job))
 
 
 def test_wandb_sweep_drives_the_cli_with_overrides_the_config_has():
