@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 
@@ -378,6 +379,31 @@ def test_hashed_uniforms_look_uniform_and_independent():
     assert abs(pairs) < 0.005  # neighbours uncorrelated
     v = hashed_uniform(torch.empty(1_000_000), torch.tensor(8))
     assert abs(torch.corrcoef(torch.stack([u, v]))[0, 1]) < 0.005  # successive keys uncorrelated
+
+
+def _lowbias32(x: np.ndarray) -> np.ndarray:
+    """Wellons' lowbias32 in NumPy's uint32, whose products wrap by definition: the reference."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+@pytest.mark.parametrize("key", [0, 7, 2**31, 2**32 - 1, 123_456_789_012])
+def test_hashed_uniforms_are_the_lowbias32_formula_compiled_or_not(key):
+    """fewmult computes in int32 (wrapping products, masked shifts) for speed; the numbers must be
+    the uint32 formula's, in eager mode and in the torch.compile'd loop alike."""
+    from fewmult.quant.rng import hashed_uniform, run_fused
+
+    n = 100_003  # not a multiple of a vector width: the compiled loop's scalar tail is checked too
+    with np.errstate(over="ignore"):
+        k = _lowbias32(np.array([key & 0xFFFFFFFF], dtype=np.uint32))
+        x = _lowbias32((np.arange(n, dtype=np.uint32) * np.uint32(0x9E3779B1)) ^ k)
+    expected = torch.from_numpy((x >> np.uint32(8)).astype(np.float32) / 16777216)
+    assert torch.equal(hashed_uniform(torch.empty(n), torch.tensor(key)), expected)
+    fused = run_fused(hashed_uniform, torch.empty(n), torch.tensor(key))
+    assert fused is not None and torch.equal(fused, expected)
 
 
 # the pseudo-gradient each activation quantizer's paper states, dy/dx as a function of x
