@@ -176,7 +176,8 @@ class QBPSettings:
             return capped.round(x.float(), key).to(x.dtype)
         q = None
         if self.stochastic and key is not None and x.dtype == torch.float32:
-            q = run_fused(_pow2_from_bits, x, key, self.exp_min, self.exp_max)
+            q = run_fused(_pow2_from_bits, x.reshape(-1), key, self.exp_min, self.exp_max)
+            q = None if q is None else q.view_as(x)
         if q is None:
             q = pow2_quantize(x, self.exp_min, self.exp_max, self.stochastic)
         if self.zero_to_min and self.exp_min is not None:
@@ -192,7 +193,7 @@ class QBPSettings:
         """
         low = 2.0**self.exp_min if self.exp_min is not None else 0.0
         high = 2.0 ** (self.exp_max + 1) if self.exp_max is not None else math.inf
-        return fused_or_eager(_clipped_counts, x.detach(), low, high, self.zero_to_min)
+        return fused_or_eager(_clipped_counts, x.detach().reshape(-1), low, high, self.zero_to_min)
 
     def encode(self, x: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
         """The rounded input as saved for backward (a float tensor, or sign * (exponent - offset))."""

@@ -32,6 +32,16 @@ def _approx_sign_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return grad * (2 - 2 * x.abs()).clamp(min=0)
 
 
+def channel_rows(x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` (N, C, ...) as (N, C, L) and each of ``others`` as (1, C, 1) (per-channel parameters) or
+    (N, C, L) (like ``x``): long rows for the fused loops (:func:`fewmult.quant.rng.run_fused`)."""
+    n, c = x.shape[0], x.shape[1]
+    return [
+        x.reshape(n, c, -1),
+        *(o.reshape(1, c, 1) if o.shape[0] == 1 else o.reshape(n, c, -1) for o in others),
+    ]
+
+
 def _channel_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over every dim but 1 (the channels), kept for broadcasting."""
     return t.sum(dim=[d for d in range(t.dim()) if d != 1], keepdim=True)
@@ -55,12 +65,12 @@ class _SignWithSurrogate(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, backward_kernel: Callable) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.backward_kernel = backward_kernel
-        return fused_or_eager(_sign, x)
+        return fused_or_eager(_sign, x.reshape(-1)).view_as(x)  # one long row: run_fused
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        return fused_or_eager(ctx.backward_kernel, x, grad), None
+        return fused_or_eager(ctx.backward_kernel, x.reshape(-1), grad.reshape(-1)).view_as(x), None
 
 
 class _ShiftedSign(torch.autograd.Function):
@@ -70,12 +80,14 @@ class _ShiftedSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, threshold)
-        return fused_or_eager(_shifted_sign, x, threshold)
+        return fused_or_eager(_shifted_sign, *channel_rows(x, threshold)).view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, threshold = ctx.saved_tensors
-        return fused_or_eager(_shifted_sign_backward, x, threshold, grad)
+        rows, t, g = channel_rows(x, threshold, grad)
+        grad_x, grad_t = fused_or_eager(_shifted_sign_backward, rows, t, g)
+        return grad_x.view_as(x), grad_t.view_as(threshold)
 
 
 def _shifted_sign(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:

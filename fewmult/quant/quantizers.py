@@ -111,7 +111,7 @@ class BinaryConnect(_ScaledByW0):
     multiplies = "sign"
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return fused_or_eager(_scaled_sign, w.detach(), self.level.to(w.dtype))
+        return fused_or_eager(_scaled_sign, w.detach().reshape(-1), self.level.to(w.dtype)).view_as(w)
 
 
 def _stochastic_binary(w: torch.Tensor, s: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -141,9 +141,10 @@ class _Stochastic(_ScaledByW0):
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         if self.rng == "hash":
-            q = run_fused(type(self).kernel, w.detach(), self.level.to(w.dtype), self.stream.next_key())
+            flat = w.detach().reshape(-1)  # see fewmult.quant.rng.run_fused: one long loop, same numbers
+            q = run_fused(type(self).kernel, flat, self.level.to(w.dtype), self.stream.next_key())
             if q is not None:
-                return q
+                return q.view_as(w)
         return self.quantize_with_torch_rng(w)
 
     def quantize_with_torch_rng(self, w: torch.Tensor) -> torch.Tensor:
@@ -227,7 +228,10 @@ class _ScaledSign(WeightQuantizer):
         return self.alpha(w.detach())
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return fused_or_eager(_scaled_sign, w.detach(), self.alpha(w))
+        alpha = self.alpha(w)  # a scalar, or one per output channel (dim 0)
+        rows = w.detach().reshape(w.shape[0], -1) if w.dim() > 1 else w.detach()
+        scale = alpha.reshape(-1, 1) if alpha.numel() > 1 else alpha
+        return fused_or_eager(_scaled_sign, rows, scale).view_as(w)
 
 
 @register_quantizer("bwn")

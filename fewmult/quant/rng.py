@@ -88,7 +88,12 @@ def fused_or_eager(fn: Callable, *args):
 
 
 def run_fused(fn: Callable, *args):
-    """``torch.compile(fn)(*args)``; None when compiling is impossible here (warned once)."""
+    """``torch.compile(fn)(*args)``; None when compiling is impossible here (warned once).
+
+    Callers pass long rows: compiled with dynamic shapes, the loop's vectorized inner dimension is
+    the tensor's last one, so a (512, 512, 3, 3) kernel ran 16-lane vectors over rows of 3 (its
+    stochastic binarization took 7.1 ms; flattened 1.3 ms, the same numbers).
+    """
     if fn not in _COMPILED:
         _COMPILED[fn] = torch.compile(fn, dynamic=True)
     compiled = _COMPILED[fn]
