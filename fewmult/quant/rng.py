@@ -47,9 +47,9 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 16)
 
 
-def _key32(key: torch.Tensor) -> torch.Tensor:
-    """The low 32 bits of an int64 key, as int32."""
-    low = key & MASK
+def _key32(key: torch.Tensor | int) -> torch.Tensor:
+    """The low 32 bits of an int64 key (a tensor or a Python int), as int32."""
+    low = torch.as_tensor(key, dtype=torch.int64) & MASK
     return torch.where(low >= 1 << 31, low - (1 << 32), low).to(torch.int32)
 
 
