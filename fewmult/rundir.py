@@ -136,8 +136,13 @@ def as_override(value: Any) -> str:
 _MISSING = object()
 
 
+def may_change(key: str) -> bool:
+    """Whether ``key`` (dotted) is, or lies under, a key of :data:`MAY_CHANGE`."""
+    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
+
+
 def _allowed(key: str, old: Any, new: Any) -> bool:
-    if any(key == k or key.startswith(k + ".") for k in MAY_CHANGE):
+    if may_change(key):
         return True
     if old is _MISSING and key in ADDED_LATER and _same(new, ADDED_LATER[key]):
         return True

@@ -476,3 +476,17 @@ def test_an_unknown_activation_names_the_registered_ones():
     registered = "approx_sign, identity, rsign, sign"
     with pytest.raises(UserError, match=f"unknown activation 'sgn'; registered: {registered}"):
         create_activation("sgn")
+
+
+def test_per_channel_activations_take_a_batch_of_one():
+    """RSign and RPReLU reshape their inputs to (N, C, H*W) rows for the fused loops; a batch of one
+    example must not be taken for a per-channel parameter (it was, and its backward failed)."""
+    x = torch.randn(1, 4, 3, 3)
+    for act in (create_activation("rsign", channels=4), RPReLU(4)):
+        one, two = x.clone().requires_grad_(), torch.cat([x, x]).requires_grad_()
+        act(one).sum().backward()
+        grads_one = [p.grad.clone() for p in act.parameters()]
+        act.zero_grad()
+        act(two).sum().backward()
+        assert torch.allclose(one.grad, two.grad[:1])
+        assert all(torch.allclose(2 * g, p.grad) for g, p in zip(grads_one, act.parameters(), strict=True))

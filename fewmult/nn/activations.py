@@ -5,11 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewmult.quant.activations import channel_rows, channel_sum
 from fewmult.quant.rng import fused_or_eager
-
-
-def _channel_sum(t: torch.Tensor) -> torch.Tensor:
-    return t.sum(dim=[d for d in range(t.dim()) if d != 1], keepdim=True)
 
 
 def _rprelu(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:
@@ -23,8 +20,8 @@ def _rprelu_backward(
     shifted = x - gamma
     positive = shifted > 0
     grad_x = torch.where(positive, grad, beta * grad)
-    grad_beta = _channel_sum(torch.where(positive, 0.0, grad * shifted))
-    return grad_x, -_channel_sum(grad_x), grad_beta, _channel_sum(grad)
+    grad_beta = channel_sum(torch.where(positive, 0.0, grad * shifted))
+    return grad_x, -channel_sum(grad_x), grad_beta, channel_sum(grad)
 
 
 class _ShiftedPReLU(torch.autograd.Function):
@@ -37,11 +34,13 @@ class _ShiftedPReLU(torch.autograd.Function):
         ctx, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, zeta: torch.Tensor
     ) -> torch.Tensor:
         ctx.save_for_backward(x, gamma, beta)
-        return fused_or_eager(_rprelu, x, gamma, beta, zeta)
+        return fused_or_eager(_rprelu, *channel_rows(x, gamma, beta, zeta)).view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return fused_or_eager(_rprelu_backward, *ctx.saved_tensors, grad)
+        x, gamma, beta = ctx.saved_tensors
+        grads = fused_or_eager(_rprelu_backward, *channel_rows(x, gamma, beta, grad))
+        return tuple(g.view_as(like) for g, like in zip(grads, (x, gamma, beta, gamma), strict=True))
 
 
 class RPReLU(nn.Module):

@@ -15,13 +15,9 @@ import torch
 from torch import nn
 
 from fewmult.errors import UserError
+from fewmult.quant.base import sign_plus
 from fewmult.quant.registry import register_activation
 from fewmult.quant.rng import fused_or_eager
-
-
-def _sign(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1 (NaN stays NaN, for the loss check): one pass under torch.compile."""
-    return torch.sign(torch.sign(x) + 0.5)
 
 
 def _hard_tanh_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -38,11 +34,11 @@ def channel_rows(x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     n, c = x.shape[0], x.shape[1]
     return [
         x.reshape(n, c, -1),
-        *(o.reshape(1, c, 1) if o.shape[0] == 1 else o.reshape(n, c, -1) for o in others),
+        *(o.reshape(1, c, 1) if o.numel() == c else o.reshape(n, c, -1) for o in others),
     ]
 
 
-def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+def channel_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over every dim but 1 (the channels), kept for broadcasting."""
     return t.sum(dim=[d for d in range(t.dim()) if d != 1], keepdim=True)
 
@@ -51,7 +47,7 @@ def _shifted_sign_backward(
     x: torch.Tensor, threshold: torch.Tensor, grad: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     grad_x = _approx_sign_backward(x - threshold, grad)
-    return grad_x, -_channel_sum(grad_x)
+    return grad_x, -channel_sum(grad_x)
 
 
 # Every forward and backward below is one fused loop under torch.compile (fused_or_eager, the same
@@ -65,7 +61,7 @@ class _SignWithSurrogate(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, backward_kernel: Callable) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.backward_kernel = backward_kernel
-        return fused_or_eager(_sign, x.reshape(-1)).view_as(x)  # one long row: run_fused
+        return fused_or_eager(sign_plus, x.reshape(-1)).view_as(x)  # one long row: run_fused
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -91,7 +87,7 @@ class _ShiftedSign(torch.autograd.Function):
 
 
 def _shifted_sign(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    return _sign(x - threshold)
+    return sign_plus(x - threshold)
 
 
 class ActivationQuantizer(nn.Module):

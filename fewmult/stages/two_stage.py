@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fewmult.errors import UserError
 from fewmult.locks import FileLock
-from fewmult.rundir import MAY_CHANGE, RECORD, flatten, task_config
+from fewmult.rundir import RECORD, flatten, may_change, task_config
 
 
 def stage1_config(cfg: DictConfig) -> DictConfig:
@@ -62,11 +62,7 @@ def stage2_config(cfg: DictConfig, stage1_dir: Path) -> DictConfig:
 
 def _computed_from(config: dict) -> dict:
     """A recorded config without the keys that cannot change what the run computes."""
-    return {
-        k: v
-        for k, v in flatten(config).items()
-        if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)
-    }
+    return {k: v for k, v in flatten(config).items() if not may_change(k)}
 
 
 def fingerprint(cfg: DictConfig) -> str:
