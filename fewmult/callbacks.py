@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
-from torch import nn
 
+from fewmult.nn.bn_statistics import reestimate_batch_norm
 from fewmult.results import append_metrics_row, is_better
 
 
@@ -77,26 +76,21 @@ class BestCheckpoint(L.Callback):
 
 
 class RecomputeBatchNorm(L.Callback):
-    """Before every validation, recompute BN statistics from scratch (Lin et al.'s code, docs/papers.md B.1).
+    """Before every validation, re-estimate BN statistics from the training and validation sets
+    (Lin et al.'s code, docs/papers.md B.1 and D.6), in the form ``form``
+    (:mod:`fewmult.nn.bn_statistics`).
 
-    The running mean and variance of every BN layer are replaced by the plain average of the
-    minibatch statistics over the whole training and validation sets, computed with the weights
-    the evaluation uses (the real-valued ones for stochastic BinaryConnect and ternary connect).
+    ``batch_stats`` visits the training set in file order; ``authors_code`` in the order of the
+    epoch just trained, as Lin et al.'s code keeps its shuffled copy of the set. Both are functions
+    of the epoch alone, so a resumed run re-estimates exactly as the uninterrupted one.
     """
+
+    def __init__(self, form: str = "batch_stats") -> None:
+        self.form = form
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        norms = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [bn.momentum for bn in norms]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average of the batch statistics
-            bn.train()  # the rest of the model stays in eval mode: quantizers use their eval policy
-        with torch.no_grad():
-            for batches in trainer.datamodule.statistics_batches():
-                for x, _ in batches:
-                    pl_module(x)
-        for bn, momentum in zip(norms, momenta, strict=True):
-            bn.momentum = momentum
-            bn.eval()
+        epoch = trainer.current_epoch if self.form == "authors_code" else None
+        with trainer.precision_plugin.forward_context():  # the arithmetic the evaluation will use
+            reestimate_batch_norm(pl_module, trainer.datamodule.statistics_batches(epoch), self.form)

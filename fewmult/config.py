@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
+from fewmult.nn.bn_statistics import BN_REESTIMATE_FORMS
 from fewmult.optim import check_bop_can_flip
 from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
@@ -102,6 +103,13 @@ def check_config(cfg: DictConfig) -> None:
                 raise UserError(f"{key}={cfg[key]}: {exc}") from exc
     if cfg.get("teacher"):
         check_teacher_weight(cfg.teacher_weight)
+    if not isinstance(cfg.bn_reestimate, bool):
+        raise UserError(f"bn_reestimate must be true or false, got {cfg.bn_reestimate!r}.")
+    if cfg.bn_reestimate_form not in BN_REESTIMATE_FORMS:
+        raise UserError(
+            f"bn_reestimate_form={cfg.bn_reestimate_form} is not a form of BN re-estimation; use "
+            f"{' or '.join(BN_REESTIMATE_FORMS)} (docs/papers.md D.6)."
+        )
     quantizer = cfg.method.weight_quantizer
     if cfg.optim.name == "bop":
         check_bop_can_flip(

@@ -194,7 +194,7 @@ def _fit(
                 LastCheckpoint(checkpoints / "last.ckpt"),
                 RandomStates(),
                 *([LayerDiagnostics(run_dir / "layers.csv")] if cfg.diagnostics else []),
-                *([RecomputeBatchNorm()] if cfg.bn_reestimate else []),
+                *([RecomputeBatchNorm(cfg.bn_reestimate_form)] if cfg.bn_reestimate else []),
                 *(instantiate(c) for c in cfg.callbacks),
             ],
         )

@@ -59,6 +59,18 @@ def test_groups_have_the_documented_options():
     assert {"wandb", "csv", "none"} <= set(options("logger"))
 
 
+@pytest.mark.parametrize("procedure", options("procedure"))
+def test_every_procedure_composes_to_forms_that_exist(procedure):
+    """procedure=: the clean forms, or Lin et al.'s code (a new order every 2 epochs except on SVHN,
+    whose examples their code never reshuffles)."""
+    cfg = compose_config(f"procedure={procedure}")
+    lin = procedure.startswith("lin2016_code")
+    assert cfg.bn_reestimate is lin and cfg.bn_reestimate_form == ("authors_code" if lin else "batch_stats")
+    assert cfg.dataset.eval_whole_batches is lin
+    assert cfg.dataset.shuffle_every == (2 if lin and procedure != "lin2016_code_svhn" else 1)
+    check_config(cfg)
+
+
 def builds_and_steps(cfg) -> None:
     """The composed run's model reads a batch of its data; its optimizer, schedule, loss and trainer
     instantiate, with the learning rate the recipe sets in every parameter group."""

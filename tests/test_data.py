@@ -219,6 +219,59 @@ def test_the_order_depends_only_on_seed_and_epoch():
     assert [t.tolist() for _, t in other_seed] != orders[0]
 
 
+def lin_training_orders(n_epoch: int, step: int, shuffle) -> list[list[int]]:
+    """The order of every training epoch in Lin et al.'s ``Trainer.train`` / ``update``
+    (``shuffle_examples=True``): ``update`` shuffles the set, then trains ``monitor_step`` epochs
+    on it, then evaluates. ``shuffle(k)``: the k-th shuffle's order."""
+    orders, epoch, k = [], 0, 0
+    while epoch < n_epoch:  # train()
+        order = shuffle(k)  # update(): self.train_set = self.shuffle(self.train_set)
+        k += 1
+        for _ in range(step):  # for k in range(self.step): self.train_epoch(...)
+            orders.append(order)
+        epoch += step
+    return orders
+
+
+def test_a_new_order_every_two_epochs_as_lin_et_als_code():
+    """``dataset.shuffle_every=2``: epochs 2k and 2k + 1 train in one order, the k-th; the code's
+    shuffle permutes its previous order where fewmult draws the k-th order afresh from (seed, k),
+    both uniform permutations, which keeps a resumed run exact."""
+    x, y = torch.zeros(30, 1), torch.arange(30)
+    loader = TensorBatches(x, y, 5, shuffle=True, drop_last=True, seed=2, shuffle_every=2)
+
+    def fewmult_order(epoch: int) -> list[int]:
+        loader.set_epoch(epoch)
+        return torch.cat([b[1] for b in loader]).tolist()
+
+    expected = lin_training_orders(8, 2, shuffle=lambda k: fewmult_order(2 * k))
+    assert [fewmult_order(e) for e in range(8)] == expected
+    assert len({str(o) for o in expected}) == 4  # four shuffles, each a permutation
+    assert all(sorted(o) == list(range(30)) for o in expected)
+    every_epoch = TensorBatches(x, y, 5, shuffle=True, drop_last=True, seed=2)
+    every_epoch.set_epoch(1)
+    assert torch.cat([b[1] for b in every_epoch]).tolist() != expected[1]  # the default: a new one
+
+
+def test_whole_batch_scoring_scores_what_lin_et_als_test_epoch_does():
+    """``dataset.eval_whole_batches=true``: the validation and test splits lose the examples after
+    the last whole training batch (Lin et al.'s ``test_epoch``: ``floor(n / batch_size)`` batches,
+    error divided by their size); by default every example is scored."""
+    kept = {}
+    for whole in (True, False):
+        data = SyntheticData(
+            batch_size=100, eval_batch_size=30, n_val=250, n_test=199, eval_whole_batches=whole
+        )
+        splits = data.load()
+        val, test = data.val_dataloader()
+        kept[whole] = [torch.cat([b[1] for b in loader]) for loader in (val, test)]
+        for got, y in zip(kept[whole], (splits.val_y, splits.test_y), strict=True):
+            n = len(y) - len(y) % 100 if whole else len(y)
+            assert torch.equal(got, y[:n])  # the first ones, in file order
+    assert [len(t) for t in kept[True]] == [200, 100]
+    assert [len(t) for t in kept[False]] == [250, 199]
+
+
 def test_ddp_shards_are_disjoint_and_even():
     x, y = torch.zeros(103, 1), torch.arange(103)
     shards = [

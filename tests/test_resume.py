@@ -46,7 +46,15 @@ SMALL_MLP = ["dataset=synthetic", "model.arch=256FC-256FC"]  # still BN after ev
 SETUPS = {
     "tc+qbp": [*SMALL_MLP, "method=tc", "qbp=true"],
     # the quantizer draws from torch.rand (the global generator), QBP from its hashed stream
-    "tc+qbp+torch_rng": [*SMALL_MLP, "method=tc", "qbp=true", "method.weight_quantizer.rng=torch"],
+    # ... with Lin et al.'s code around the step: BN re-estimated in their form from the epoch's
+    # order, a new order every 2 epochs, whole-batch scoring
+    "tc+qbp+torch_rng+lin_code": [
+        *SMALL_MLP,
+        "method=tc",
+        "qbp=true",
+        "method.weight_quantizer.rng=torch",
+        "procedure=lin2016_code",
+    ],
     "lab": [*SMALL_MLP, "method=lab"],
     "lstm+lab": [*TINY_LSTM, "method=lab"],
     # ReActNet's ResNet-20 (RSign thresholds, RPReLU, per-channel scales) on augmented batches, its
@@ -155,10 +163,11 @@ def check_same_as_uninterrupted(tmp_path: Path, args: list[str], kills: list[tup
 def test_a_run_killed_and_preempted_ends_as_if_never_killed(tmp_path):
     """Fast tier: both kinds of random numbers (ternary connect drawing from torch's global generator,
     ``method.weight_quantizer.rng=torch``, which the relaunch takes from last.ckpt; QBP from its hashed
-    stream), SGD with its schedule and the data order, through a SIGKILL inside the checkpoint write
-    and a SIGTERM mid-epoch. (The slow tier kills the all-hashed tc+qbp at every point.)"""
+    stream), SGD with its schedule and the data order (Lin et al.'s: a new one every 2 epochs, with
+    their BN re-estimation from it), through a SIGKILL inside the checkpoint write and a SIGTERM
+    mid-epoch (epoch 4, the first of an order). (The slow tier kills the all-hashed tc+qbp at every point.)"""
     kills = [("checkpoint_write", 2, "KILL"), ("train_batch", 4, "TERM")]
-    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng"], kills)
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng+lin_code"], kills)
 
 
 @pytest.mark.slow

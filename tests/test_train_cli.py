@@ -12,8 +12,11 @@ from hydra.utils import instantiate
 
 from fewmult.build import build_model
 from fewmult.config import compose_config
+from fewmult.data.loader import EpochShuffle
+from fewmult.nn import QuantLinear
 from tests import fakedata
 from tests.conftest import only_run_dir
+from tests.test_bn_statistics import NumpyNet, lin_set_bn_mean_var
 from tests.wandb_reader import exit_code, history, run_info
 
 RESULT_KEYS = {
@@ -126,6 +129,16 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
             ["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller", marks=pytest.mark.slow
         ),
         pytest.param(
+            ["bn_reestimate=true", "bn_reestimate_form=lin"],
+            "bn_reestimate_form=lin is not a form of BN re-estimation; use batch_stats or authors_code",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["dataset.shuffle_every=0"],
+            "dataset.shuffle_every must be a positive integer",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
             ["dataset=mnist", "dataset.download=false"],
             "missing train-images-idx3-ubyte",
             marks=pytest.mark.slow,  # "could not download" and the corrupt-file test stay fast
@@ -232,23 +245,70 @@ def recomputed_bn_statistics(overrides: list[str], state_dict: dict) -> list[tup
     return [tuple(torch.stack(s).mean(0) for s in zip(*seen[bn], strict=True)) for bn in norms]
 
 
+def lin_code_bn_statistics(overrides: list[str], checkpoint: dict) -> list[tuple[torch.Tensor, ...]]:
+    """The BN statistics of Lin et al.'s ``set_BN_mean_var``, by the NumPy transcription of
+    tests/test_bn_statistics.py, from a checkpoint's weights: the training set in the order of the
+    checkpoint's epoch, then the validation set, in training-size batches."""
+    cfg = compose_config(*overrides)
+    splits = instantiate(cfg.dataset).load()
+    model = build_model(cfg, splits.input_shape, splits.num_classes)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
+    kinds = (QuantLinear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Flatten)
+    leaves = [m for m in model.modules() if isinstance(m, kinds)]
+    flat = torch.nn.Sequential(  # ternary connect evaluates with its latent weights
+        *(
+            torch.nn.Linear(m.in_features, m.out_features, bias=False) if isinstance(m, QuantLinear) else m
+            for m in leaves
+        )
+    )
+    for plain, leaf in zip(flat, leaves, strict=True):
+        if isinstance(plain, torch.nn.Linear):
+            plain.weight.data = leaf.weight.data
+    order = EpochShuffle(cfg.seed, every=cfg.dataset.shuffle_every)
+    order.set_epoch(checkpoint["epoch"])
+    train = splits.train_x[order.permutation(len(splits.train_y))]
+    reference = NumpyNet(flat)
+    lin_set_bn_mean_var(
+        reference, [train.double().numpy(), splits.val_x.double().numpy()], cfg.dataset.batch_size
+    )
+    return [
+        (torch.as_tensor(reference.mean[i]), torch.as_tensor(reference.var[i]))
+        for i in sorted(reference.mean)
+    ]
+
+
 def test_bn_reestimation_sets_the_evaluated_statistics(run_cli, tmp_path):
-    """``bn_reestimate=true`` (Lin et al.'s presets): the BN statistics the best epoch was evaluated with
-    (saved in best.ckpt) are the re-estimated ones; with ``false`` they are the running averages,
-    which differ from them by far more than the tolerance. Measured (largest difference of a mean or
-    relative difference of a variance): 3.2e-7 with ``true``, 1.66 with ``false``."""
+    """``bn_reestimate=true``: the BN statistics the best epoch was evaluated with (saved in best.ckpt)
+    are the re-estimated ones, computed here from the checkpoint's weights in each form;
+    ``procedure=lin2016_code`` (the Lin presets) gives Lin et al.'s form; with ``false`` they are the
+    running averages. Each differs from the other forms by far more than the tolerance. Measured
+    (largest difference of a mean or relative difference of a variance): each form against its own
+    computation 3.2e-7 (clean) and 2.3e-7 (Lin's); clean against Lin's 0.16 and 0.30; the running
+    averages against the clean form 1.66."""
+    runs = {
+        "false": ["bn_reestimate=false"],
+        "batch_stats": ["bn_reestimate=true"],
+        "lin": ["procedure=lin2016_code"],
+    }
     gaps = {}
-    for flag in ("true", "false"):
-        run_dir = tmp_path / flag
-        proc = run_cli(*BN_RUN, f"bn_reestimate={flag}", "logger=none", f"hydra.run.dir={run_dir}")
+    for name, args in runs.items():
+        run_dir = tmp_path / name
+        proc = run_cli(*BN_RUN, *args, "logger=none", f"hydra.run.dir={run_dir}")
         assert proc.returncode == 0, proc.stderr[-3000:]
-        state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+        checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+        state = checkpoint["state_dict"]
         means = [k for k in state if k.endswith("running_mean")]
         saved = [(state[k], state[k.replace("running_mean", "running_var")]) for k in means]
-        expected = recomputed_bn_statistics(BN_RUN, state)
-        assert len(saved) == len(expected) == 4  # three hidden layers and the output layer
-        gaps[flag] = max(
-            max((m - em).abs().max().item(), ((v - ev) / ev).abs().max().item())
-            for (m, v), (em, ev) in zip(saved, expected, strict=True)
-        )
-    assert gaps["true"] < 1e-4 < 1e-2 < gaps["false"], gaps
+        for form, expected in (
+            ("batch_stats", recomputed_bn_statistics(BN_RUN, state)),
+            ("lin", lin_code_bn_statistics([*BN_RUN, *args], checkpoint)),
+        ):
+            assert len(saved) == len(expected) == 4  # three hidden layers and the output layer
+            gaps[name, form] = max(
+                max((m - em).abs().max().item(), ((v - ev) / ev).abs().max().item())
+                for (m, v), (em, ev) in zip(saved, expected, strict=True)
+            )
+    assert gaps["batch_stats", "batch_stats"] < 1e-4 and gaps["lin", "lin"] < 1e-4, gaps
+    assert min(gaps["false", "batch_stats"], gaps["batch_stats", "lin"], gaps["lin", "batch_stats"]) > 1e-2, (
+        gaps
+    )

@@ -28,6 +28,10 @@ class TensorDataModule(L.LightningDataModule):
             memory and copies each batch (for data larger than GPU memory).
         augment, augment_pad: training-time augmentation of images (``none`` or ``crop_flip``,
             :mod:`fewmult.data.augment`) and its padding in pixels.
+        shuffle_every: a new training order every this many epochs (Lin et al.'s code: 2).
+        eval_whole_batches: score only the first ``floor(n / batch_size) * batch_size`` examples of
+            the validation and test splits, as Lin et al.'s code does (their ``test_epoch``); the
+            default scores every example.
     """
 
     def __init__(
@@ -40,10 +44,13 @@ class TensorDataModule(L.LightningDataModule):
         data_device: str = "auto",
         augment: str = "none",
         augment_pad: int = 4,
+        shuffle_every: int = 1,
+        eval_whole_batches: bool = False,
     ) -> None:
         super().__init__()
         require_positive(batch_size, "dataset.batch_size")
         require_positive(eval_batch_size, "dataset.eval_batch_size")
+        require_positive(shuffle_every, "dataset.shuffle_every")
         if data_device not in ("auto", "cpu"):
             raise UserError(f"dataset.data_device must be 'auto' or 'cpu', got {data_device!r}.")
         self.name = name
@@ -53,6 +60,8 @@ class TensorDataModule(L.LightningDataModule):
         self.seed = seed
         self.data_device = data_device
         self.augment = make_augmentation(augment, augment_pad)
+        self.shuffle_every = shuffle_every
+        self.eval_whole_batches = bool(eval_whole_batches)
         if self.augment is not None and self.input_kind != "images":
             raise UserError(f"dataset.augment={augment} crops and flips images; '{name}' is not images.")
         self._splits: Splits | None = None
@@ -115,6 +124,9 @@ class TensorDataModule(L.LightningDataModule):
 
     def _batches(self, x: torch.Tensor, y: torch.Tensor, train: bool) -> TensorBatches:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if not train and self.eval_whole_batches:
+            scored = len(y) - len(y) % self.batch_size
+            x, y = x[:scored], y[:scored]
         return TensorBatches(
             x,
             y,
@@ -126,6 +138,7 @@ class TensorDataModule(L.LightningDataModule):
             world_size=world,
             augment=self.augment if train else None,
             fill=self.pad_fill() if train and self.augment is not None else None,
+            shuffle_every=self.shuffle_every,
         )
 
     def train_dataloader(self) -> TensorBatches:
@@ -136,17 +149,27 @@ class TensorDataModule(L.LightningDataModule):
         s = self._device_splits()
         return [self._batches(s.val_x, s.val_y, train=False), self._batches(s.test_x, s.test_y, train=False)]
 
-    def statistics_batches(self) -> list[TensorBatches]:
-        """Training then validation split in training-size batches, in file order, whole on every rank.
+    def statistics_batches(self, train_order_of: int | None = None) -> list[TensorBatches]:
+        """Training then validation split in whole training-size batches, whole on every rank.
 
         For re-estimating batch-norm statistics (Lin et al.); every DDP rank sees all of it so
-        that all ranks evaluate the same network.
+        that all ranks evaluate the same network. The training split comes in file order, or,
+        given ``train_order_of=epoch``, in the order that epoch trained in (Lin et al.'s code keeps
+        its shuffled copy of the set); validation always in file order.
         """
         s = self._device_splits()
-        return [
-            TensorBatches(x, y, self.batch_size, shuffle=False, drop_last=True)
-            for x, y in ((s.train_x, s.train_y), (s.val_x, s.val_y))
-        ]
+        train = TensorBatches(
+            s.train_x,
+            s.train_y,
+            self.batch_size,
+            shuffle=train_order_of is not None,
+            drop_last=True,
+            seed=self.seed,
+            shuffle_every=self.shuffle_every,
+        )
+        if train_order_of is not None:
+            train.set_epoch(train_order_of)
+        return [train, TensorBatches(s.val_x, s.val_y, self.batch_size, shuffle=False, drop_last=True)]
 
     def test_dataloader(self) -> TensorBatches:
         s = self._device_splits()

@@ -20,17 +20,20 @@ class EpochShuffle:
     As with ``DistributedSampler``, the trainer says which epoch comes next through
     :meth:`set_epoch` (Lightning calls it on ``loader.sampler`` before every training epoch), so a
     run resumed at epoch k draws exactly the orders the uninterrupted run drew from epoch k on.
+    ``every``: a new order every this many epochs (Lin et al.'s code: 2, its evaluation interval);
+    epochs ``[k * every, (k + 1) * every)`` share the order ``k``.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, every: int = 1) -> None:
         self.seed = seed
+        self.every = every
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def permutation(self, n: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch // self.every)
         return torch.randperm(n, generator=g)
 
 
@@ -41,6 +44,7 @@ class TensorBatches:
         x, y: the whole split, on the device where the batches are wanted.
         batch_size: examples per batch (per process under DDP).
         shuffle: training order from :class:`EpochShuffle` (``self.sampler``), or file order.
+        shuffle_every: epochs that share one order (``shuffle``).
         drop_last: drop the last incomplete batch (training, as both papers do).
         seed: makes the sequence of permutations (and of augmentations) repeatable.
         rank, world_size: this process's share under data parallelism.
@@ -60,12 +64,13 @@ class TensorBatches:
         world_size: int = 1,
         augment: CropFlip | None = None,
         fill: torch.Tensor | None = None,
+        shuffle_every: int = 1,
     ) -> None:
         self.x, self.y = x, y
         self.seed, self.augment = seed, augment
         self.fill = fill if fill is not None else torch.zeros(x.shape[1] if x.dim() > 1 else 1)
         self.batch_size = batch_size
-        self.sampler = EpochShuffle(seed) if shuffle else None
+        self.sampler = EpochShuffle(seed, shuffle_every) if shuffle else None
         self.batch_sampler = None  # Lightning reads it beside ``sampler``, as on a DataLoader
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
