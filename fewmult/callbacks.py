@@ -80,9 +80,11 @@ class RecomputeBatchNorm(L.Callback):
     (Lin et al.'s code, docs/papers.md B.1 and D.6), in the form ``form``
     (:mod:`fewmult.nn.bn_statistics`).
 
-    ``batch_stats`` visits the training set in file order; ``authors_code`` in the order of the
-    epoch just trained, as Lin et al.'s code keeps its shuffled copy of the set. Both are functions
-    of the epoch alone, so a resumed run re-estimates exactly as the uninterrupted one.
+    Both visit the training set in the order of the epoch just trained, as Lin et al.'s code keeps
+    its shuffled copy of the set; the validation set in file order (``authors_code``, as the code)
+    or in an order drawn once from the seed (``batch_stats``: file order biases the estimate when a
+    file is sorted by class, as mnist_mini is). Both are functions of the epoch alone, so a resumed
+    run re-estimates exactly as the uninterrupted one.
     """
 
     def __init__(self, form: str = "batch_stats") -> None:
@@ -91,6 +93,8 @@ class RecomputeBatchNorm(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        epoch = trainer.current_epoch if self.form == "authors_code" else None
+        batch_sets = trainer.datamodule.statistics_batches(
+            trainer.current_epoch, shuffle_val=self.form == "batch_stats"
+        )
         with trainer.precision_plugin.forward_context():  # the arithmetic the evaluation will use
-            reestimate_batch_norm(pl_module, trainer.datamodule.statistics_batches(epoch), self.form)
+            reestimate_batch_norm(pl_module, batch_sets, self.form)

@@ -149,27 +149,21 @@ class TensorDataModule(L.LightningDataModule):
         s = self._device_splits()
         return [self._batches(s.val_x, s.val_y, train=False), self._batches(s.test_x, s.test_y, train=False)]
 
-    def statistics_batches(self, train_order_of: int | None = None) -> list[TensorBatches]:
+    def statistics_batches(self, epoch: int, shuffle_val: bool) -> list[TensorBatches]:
         """Training then validation split in whole training-size batches, whole on every rank.
 
         For re-estimating batch-norm statistics (Lin et al.); every DDP rank sees all of it so
-        that all ranks evaluate the same network. The training split comes in file order, or,
-        given ``train_order_of=epoch``, in the order that epoch trained in (Lin et al.'s code keeps
-        its shuffled copy of the set); validation always in file order.
+        that all ranks evaluate the same network. The training split comes in the order ``epoch``
+        trained in (Lin et al.'s code keeps its shuffled copy of the set); the validation split in
+        file order, or with ``shuffle_val`` in one fixed order drawn from the seed. A split stored
+        sorted by class (mnist_mini is) gives batches of one or two classes in file order, whose
+        statistics average to the within-class variance only.
         """
         s = self._device_splits()
-        train = TensorBatches(
-            s.train_x,
-            s.train_y,
-            self.batch_size,
-            shuffle=train_order_of is not None,
-            drop_last=True,
-            seed=self.seed,
-            shuffle_every=self.shuffle_every,
-        )
-        if train_order_of is not None:
-            train.set_epoch(train_order_of)
-        return [train, TensorBatches(s.val_x, s.val_y, self.batch_size, shuffle=False, drop_last=True)]
+        common = {"batch_size": self.batch_size, "drop_last": True, "seed": self.seed}
+        train = TensorBatches(s.train_x, s.train_y, shuffle=True, shuffle_every=self.shuffle_every, **common)
+        train.set_epoch(epoch)
+        return [train, TensorBatches(s.val_x, s.val_y, shuffle=shuffle_val, **common)]
 
     def test_dataloader(self) -> TensorBatches:
         s = self._device_splits()

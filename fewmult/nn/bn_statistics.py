@@ -6,7 +6,8 @@ evaluation uses: the rest of the model stays in eval mode):
 
 * ``batch_stats`` (the clean form): each layer normalizes with its own batch's statistics and
   the running values become the plain average of the batch means and of the unbiased batch
-  variances over all batches.
+  variances over all batches. The batches must be random samples (shuffled): batches of one
+  class average to the within-class variance only.
 * ``authors_code``: Lin et al.'s ``Trainer.set_mean_var`` with ``BN_fast_eval=True`` (their
   ``trainer.py`` and ``layer.py``). For each set of batches in turn, its first batch is passed
   once with every layer normalizing with the batch's statistics, then every batch (the first one
