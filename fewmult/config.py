@@ -1,22 +1,19 @@
-"""Where the Hydra configs live, and the checks that run before any data is touched."""
+"""Where the Hydra configs live, and the checks that run before any data is touched.
+
+Imported before Hydra composes, so it imports no torch or Lightning at the top: a typo in an option
+or a bad value is refused within a second of launch (:func:`check_values`), before the checks that
+need the library (:func:`check_config`) import it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fewmult.device import deterministic_on, visible_accelerator
 from fewmult.errors import UserError, require_positive
-from fewmult.nn.bn_statistics import BN_REESTIMATE_FORMS
-from fewmult.optim import check_bop_can_flip
-from fewmult.quant import quantizer_class
 from fewmult.rundir import new_dir
-from fewmult.stages.init_from import run_files
-from fewmult.stages.teacher import check_teacher_weight
 
 
 def _conf_dir() -> Path:
@@ -50,12 +47,24 @@ def compose_config(*overrides: str) -> DictConfig:
     return cfg
 
 
+def _visible_accelerator() -> str:
+    from fewmult.device import visible_accelerator  # imports torch, once the value is needed
+
+    return visible_accelerator()
+
+
+def _deterministic_on(accelerator: str) -> bool:
+    from fewmult.device import deterministic_on
+
+    return deterministic_on(accelerator)
+
+
 def register_resolvers() -> None:
     """The ``fewmult.*`` resolvers the configs use; before Hydra composes."""
     resolvers = {
         "fewmult.new_dir": (new_dir, True),  # cached per config, as Hydra's ``now``
-        "fewmult.visible_accelerator": (visible_accelerator, False),
-        "fewmult.deterministic_on": (deterministic_on, False),
+        "fewmult.visible_accelerator": (_visible_accelerator, False),
+        "fewmult.deterministic_on": (_deterministic_on, False),
         "fewmult.data_root": (data_root, False),
     }
     for name, (resolver, cached) in resolvers.items():
@@ -66,12 +75,23 @@ def register_resolvers() -> None:
 def check_schedule(cfg: DictConfig) -> None:
     """Build the schedule on a stand-in optimizer: its refusals (warm-up longer than the run, ...)
     come before any data is read."""
+    import torch
+    from hydra.utils import instantiate
+
     stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
     instantiate(cfg.schedule)(stand_in)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Reject values that cannot work, with the key to fix, before anything is loaded."""
+def check_teacher_weight(weight: object) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+        raise UserError(
+            f"teacher_weight must be a number in (0, 1], got {weight!r}: the loss is (1 - w) * loss + "
+            "w * KL(teacher || student), and ReActNet trains with 1."
+        )
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Reject values that cannot work, with the key to fix, from the config alone (no torch)."""
     if cfg.recipe.paper != cfg.paper:  # the recorded paper must be the one whose recipe runs
         raise UserError(
             f"paper={cfg.paper} has no setup for dataset={cfg.dataset.name}: the recipe there is "
@@ -80,7 +100,9 @@ def check_config(cfg: DictConfig) -> None:
         )
     require_positive(cfg.optim.lr, "optim.lr", integer=False)
     require_positive(cfg.trainer.max_epochs, "trainer.max_epochs")
-    check_schedule(cfg)
+    for key in ("batch_size", "eval_batch_size", "shuffle_every"):
+        if key in cfg.dataset:
+            require_positive(cfg.dataset[key], f"dataset.{key}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed must be an integer, got {cfg.seed!r}.")
     if str(cfg.trainer.precision) in HALF_LATENT_WEIGHTS:
@@ -95,16 +117,29 @@ def check_config(cfg: DictConfig) -> None:
             "two_stage and init_from both say where this run's weights start: two_stage starts stage 2 "
             "from stage 1. Leave one out."
         )
+    if cfg.get("teacher"):
+        check_teacher_weight(cfg.teacher_weight)
+    if not isinstance(cfg.bn_reestimate, bool):
+        raise UserError(f"bn_reestimate must be true or false, got {cfg.bn_reestimate!r}.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that cannot work, with the key to fix, before anything is loaded:
+    :func:`check_values`, then what needs the library (the schedule, the quantizer's registry, the
+    files of ``init_from`` and ``teacher``)."""
+    from fewmult.nn.bn_statistics import BN_REESTIMATE_FORMS
+    from fewmult.optim import check_bop_can_flip
+    from fewmult.quant import quantizer_class
+    from fewmult.stages.init_from import run_files
+
+    check_values(cfg)
+    check_schedule(cfg)
     for key in ("init_from", "teacher"):
         if cfg.get(key):
             try:
                 run_files(Path(cfg[key]).expanduser())
             except UserError as exc:
                 raise UserError(f"{key}={cfg[key]}: {exc}") from exc
-    if cfg.get("teacher"):
-        check_teacher_weight(cfg.teacher_weight)
-    if not isinstance(cfg.bn_reestimate, bool):
-        raise UserError(f"bn_reestimate must be true or false, got {cfg.bn_reestimate!r}.")
     if cfg.bn_reestimate_form not in BN_REESTIMATE_FORMS:
         raise UserError(
             f"bn_reestimate_form={cfg.bn_reestimate_form} is not a form of BN re-estimation; use "

@@ -15,17 +15,21 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from fewmult.config import check_values
 from fewmult.errors import report_user_error
 
 
 class RefuseBeforeFolder(Callback):
-    """``on_run_start``: :func:`fewmult.build.checked_datamodule` on the composed config; a refusal
-    ends the launch with ``fewmult: error: ...`` and exit code 2."""
+    """``on_run_start``: :func:`fewmult.config.check_values` on the composed config (no torch
+    imported yet, so a bad value is refused within a second), then
+    :func:`fewmult.build.checked_datamodule`; a refusal ends the launch with ``fewmult: error: ...``
+    and exit code 2."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from fewmult.build import checked_datamodule  # the job's own imports, once Hydra has composed
-
         try:
+            check_values(config)
+            from fewmult.build import checked_datamodule  # the job's own imports, once the values pass
+
             checked_datamodule(config)
         except Exception as exc:
             sys.exit(report_user_error("fewmult", exc))

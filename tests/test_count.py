@@ -67,7 +67,7 @@ def test_cli_unknown_option(capsys):
 
 
 def test_training_writes_the_counts(tmp_path):
-    from fewmult.train import train
+    from fewmult.run.job import train
 
     train(
         compose_config("dataset=synthetic", "method=tc", "qbp=true", "trainer.max_epochs=1", "logger=none"),

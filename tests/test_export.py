@@ -204,7 +204,7 @@ def test_the_export_fails_when_a_prediction_differs(tmp_path, monkeypatch, capsy
     """The proof has teeth: with one of the file's predictions changed (the one stand-in here: a
     wrapped ``PackedNetwork.predict``), ``python -m fewmult.export`` exits 1 and says how many differ."""
     from fewmult import export
-    from fewmult.train import train
+    from fewmult.run.job import train
 
     run_dir = tmp_path / "run"
     cfg = compose_config(*TRAINED["lab2"], "trainer.max_epochs=1", "logger=none")

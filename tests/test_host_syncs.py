@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fewmult.config import compose_config
+from fewmult.run.job import train
 from fewmult.syncs import HostSyncCount, count_scalar_reads
-from fewmult.train import train
 from tests.test_lstm import TINY_TEXT
 from tests.test_methods_train import IDS, VARIANTS, method_args
 

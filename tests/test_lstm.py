@@ -17,7 +17,7 @@ from fewmult.models.charlstm import CharLSTM
 from fewmult.module import ClassifierModule
 from fewmult.nn.recurrent import GATES, QuantLSTM, clip_gradient
 from fewmult.quant import SignActivation, create_quantizer, list_quantizers
-from fewmult.train import train
+from fewmult.run.job import train
 from tests.conftest import only_run_dir
 
 VOCAB, HIDDEN, STEPS, BATCH = 11, 8, 7, 5

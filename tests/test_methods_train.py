@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from fewmult.config import CONF_DIR, compose_config
-from fewmult.train import train
+from fewmult.run.job import train
 from tests.test_configs import options
 
 # every method the papers' MLPs and CNNs take (reactnet's RPReLU needs residual additions: its

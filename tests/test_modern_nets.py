@@ -13,7 +13,7 @@ from fewmult.errors import UserError
 from fewmult.models import ResNet
 from fewmult.nn import RPReLU, bind_optimizer, quant_layers
 from fewmult.quant import ActivationQuantizer, RSign
-from fewmult.train import train
+from fewmult.run.job import train
 
 
 def parameters(model: torch.nn.Module) -> int:

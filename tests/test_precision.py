@@ -11,7 +11,7 @@ from fewmult.config import check_config, compose_config
 from fewmult.errors import UserError
 from fewmult.qbp import QBPSettings
 from fewmult.quant.rng import RandomStream
-from fewmult.train import train
+from fewmult.run.job import train
 from tests.test_lstm import TINY_TEXT
 from tests.test_methods_train import IDS, VARIANTS, method_args
 

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from fewmult.build import build_model
 from fewmult.config import compose_config
 from fewmult.results import best_epoch
-from fewmult.train import train
+from fewmult.run.job import train
 from tests.conftest import only_run_dir
 
 

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from fewmult.config import check_teacher_weight
 from fewmult.errors import UserError
 from fewmult.nn.losses import distribution_loss
 from fewmult.stages.init_from import recorded_network
@@ -36,14 +37,6 @@ class Teacher:
         with torch.no_grad():
             teacher_logits = self.network(x)
         return distribution_loss(student_logits, teacher_logits.reshape(student_logits.shape))
-
-
-def check_teacher_weight(weight: object) -> None:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
-        raise UserError(
-            f"teacher_weight must be a number in (0, 1], got {weight!r}: the loss is (1 - w) * loss + "
-            "w * KL(teacher || student), and ReActNet trains with 1."
-        )
 
 
 def load_teacher(cfg: DictConfig, input_kind: str) -> Teacher:
