@@ -62,6 +62,11 @@ ADDED_LATER = {
     "teacher": None,
     "teacher_weight": 1.0,
     "two_stage": None,
+    "dataset.shuffle_every": 1,
+    "dataset.eval_whole_batches": False,
+    # batch_stats visited the sets in file order until this version: a relaunched run's evaluations
+    # after that use the shuffled order (its training is unchanged)
+    "bn_reestimate_form": "batch_stats",
 }
 
 

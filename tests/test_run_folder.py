@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from fewmult.config import compose_config
 from fewmult.locks import FileLock
-from fewmult.rundir import RECORD, config_changes, flatten, task_config
+from fewmult.rundir import ADDED_LATER, RECORD, config_changes, flatten, task_config
 from tests.conftest import REPO
 from tests.wandb_reader import run_info
 
@@ -132,6 +132,30 @@ def test_a_key_added_later_at_its_old_behaviour_lets_older_runs_relaunch(method,
         compose_config("dataset=synthetic", f"method={method}", f"method.weight_quantizer.{key}={other}")
     )
     assert [k for k, _, _ in config_changes(recorded, changed)] == [f"method.weight_quantizer.{key}"]
+
+
+def test_every_key_added_later_is_in_a_fresh_config_at_its_old_behaviour():
+    """A run folder recorded before any of ADDED_LATER's keys existed relaunches: deleting every one
+    that today's config has (a method's quantizer has only some) from the record changes nothing."""
+    now = task_config(compose_config("dataset=synthetic", "method=lab"))
+    recorded, deleted = copy.deepcopy(now), set()
+    for key in ADDED_LATER:
+        *parents, leaf = key.split(".")
+        node = recorded
+        for parent in parents:
+            node = node.get(parent, {})
+        if leaf in node:
+            del node[leaf]
+            deleted.add(key)
+    assert {"bn_reestimate_form", "dataset.shuffle_every", "dataset.eval_whole_batches", "teacher"} <= deleted
+    assert config_changes(recorded, now) == []
+    lin = task_config(compose_config("dataset=synthetic", "method=lab", "procedure=lin2016_code"))
+    assert {k for k, _, _ in config_changes(recorded, lin)} == {
+        "bn_reestimate",
+        "bn_reestimate_form",
+        "dataset.shuffle_every",
+        "dataset.eval_whole_batches",
+    }
 
 
 @pytest.mark.slow  # two training processes; the lock itself is tested fast (released by SIGKILL)
