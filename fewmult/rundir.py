@@ -218,6 +218,34 @@ def has_training_state(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "last.ckpt").exists() or (run_dir / "metrics.csv").exists()
 
 
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a relaunch into ``run_dir`` must continue (None: nothing to continue there).
+
+    Raises :class:`UserError` when the folder holds training state without a readable record.
+    """
+    record = run_dir / RECORD
+    if not has_training_state(run_dir):
+        return None
+    if not record.is_file():
+        raise UserError(
+            f"{run_dir} holds training state but no {RECORD}, so it cannot be checked that this "
+            f"launch continues the same run. Train in a new folder, or {start_over_advice(run_dir)}."
+        )
+    try:
+        return yaml.safe_load(record.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"cannot read {record} ({exc}). Train in a new folder, or {start_over_advice(run_dir)}."
+        ) from exc
+
+
+def check_relaunch(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse a relaunch into ``run_dir`` whose ``config`` departs from the recorded one; reads only."""
+    recorded = recorded_config(run_dir)
+    if recorded is not None and (changes := config_changes(recorded, config)):
+        _refuse_changes(run_dir, changes)
+
+
 def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
     """Check a relaunch against the recorded config (or start over), then record ``config``.
 
@@ -227,18 +255,6 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> None
     if not resume:
         if (archive := start_over(run_dir)) is not None:
             print(f"resume=false: the earlier run in this folder was moved to {archive}", flush=True)
-    elif has_training_state(run_dir):
-        if not record.is_file():
-            raise UserError(
-                f"{run_dir} holds training state but no {RECORD}, so it cannot be checked that this "
-                f"launch continues the same run. Train in a new folder, or {start_over_advice(run_dir)}."
-            )
-        try:
-            recorded = yaml.safe_load(record.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(
-                f"cannot read {record} ({exc}). Train in a new folder, or {start_over_advice(run_dir)}."
-            ) from exc
-        if changes := config_changes(recorded or {}, config):
-            _refuse_changes(run_dir, changes)
+    else:
+        check_relaunch(run_dir, config)
     atomic_write_text(record, yaml.safe_dump(config, sort_keys=False))

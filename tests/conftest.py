@@ -74,6 +74,13 @@ def run_cli(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     return _run
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a process imported, from its ``-X importtime`` (PYTHONPROFILEIMPORTTIME) lines."""
+    return {
+        line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")
+    }
+
+
 def only_run_dir(root: Path) -> Path:
     """The one folder under ``root`` that holds a results.json."""
     found = sorted(p.parent for p in root.rglob("results.json"))

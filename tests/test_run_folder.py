@@ -17,14 +17,20 @@ from omegaconf import OmegaConf
 from fewmult.config import compose_config
 from fewmult.locks import FileLock
 from fewmult.rundir import ADDED_LATER, RECORD, config_changes, flatten, task_config
-from tests.conftest import REPO
+from tests.conftest import REPO, imported_modules
 from tests.wandb_reader import run_info
 
 SMALL = ["dataset=synthetic", "model.arch=64FC", "logger=none"]
 
 
-def train_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def train_cli(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        **extra_env,
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "fewmult.train", *args],
         cwd=tmp_path,
@@ -57,11 +63,16 @@ def test_a_relaunch_that_would_change_the_result_is_refused_and_changes_nothing(
     }
 
     code, _, err = finish(
-        train_cli(tmp_path, f"hydra.run.dir={run}", *SMALL, "trainer.max_epochs=2", "optim.lr=0.1")
+        train_cli(
+            tmp_path,
+            *(f"hydra.run.dir={run}", *SMALL, "trainer.max_epochs=2", "optim.lr=0.1"),
+            PYTHONPROFILEIMPORTTIME="1",
+        )
     )
     assert code == 2 and "Traceback" not in err
     assert "optim.lr: 0.3 when the run was started, 0.1 now" in err
     assert "optim.lr=0.3" in err and "resume=false" in err  # the fixes
+    assert not {"torch", "lightning"} & imported_modules(err)  # refused before the library loads
     after = {k: v for k, v in snapshot(run).items() if k in before}
     assert after == before  # results, metrics, checkpoints and the record untouched
 
@@ -232,13 +243,17 @@ def test_an_unreadable_record_is_refused(tmp_path, content):
 def test_a_refused_config_leaves_no_folder_and_an_existing_one_as_it_was(tmp_path):
     """Refusals that depend on the config alone come before Hydra makes the run folder. (A multirun
     job, whose folder Hydra makes before the job runs, takes it back: tests/test_gpu_pool.py.)"""
-    code, _, err = finish(train_cli(tmp_path, *SMALL, "optim.lr=-1"))
+    code, _, err = finish(train_cli(tmp_path, *SMALL, "optim.lr=-1"))  # refused before torch loads
     assert code == 2 and "optim.lr must be a positive number" in err
-    assert not (tmp_path / "outputs").exists()  # a single run: no dated folder at all
+    fresh = tmp_path / "fresh"  # refused once torch is loaded (the quantizer's registry)
+    code, _, err = finish(train_cli(tmp_path, *SMALL, "method=lab", "optim=sgd", f"hydra.run.dir={fresh}"))
+    assert code == 2 and "method=lab reads Adam's second moment, but optim=sgd" in err
+    assert not (tmp_path / "outputs").exists() and not fresh.exists()  # a single run: no folder at all
 
     run_dir = tmp_path / "finished"
     assert finish(train_cli(tmp_path, *SMALL, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"))[0] == 0
     before = snapshot(run_dir)
     code, _, err = finish(train_cli(tmp_path, *SMALL, "method=lab", "optim=sgd", f"hydra.run.dir={run_dir}"))
-    assert code == 2 and "method=lab reads Adam's second moment, but optim=sgd" in err
+    # into a folder that holds a run, the relaunch's difference is named first (before torch loads)
+    assert code == 2 and "method.name: 'fp' when the run was started, 'lab' now" in err
     assert snapshot(run_dir) == before  # Hydra's .hydra/ records of the finished run included

@@ -15,7 +15,7 @@ from fewmult.config import compose_config
 from fewmult.data.loader import EpochShuffle
 from fewmult.nn import QuantLinear
 from tests import fakedata
-from tests.conftest import only_run_dir
+from tests.conftest import imported_modules, only_run_dir
 from tests.test_bn_statistics import NumpyNet, lin_set_bn_mean_var
 from tests.wandb_reader import exit_code, history, run_info
 
@@ -182,11 +182,7 @@ def test_refusals_come_before_torch_and_lightning_are_imported(run_cli, tmp_path
     imported Lightning first (both while two training jobs shared the 2 cores)."""
     proc = run_cli(*args, "logger=none", PYTHONPROFILEIMPORTTIME="1")
     assert proc.returncode != 0 and message in proc.stderr
-    imported = {
-        line.rsplit("|", 1)[-1].strip()
-        for line in proc.stderr.splitlines()
-        if line.startswith("import time:")
-    }
+    imported = imported_modules(proc.stderr)
     assert "hydra" in imported and "omegaconf" in imported  # the profile is there
     assert not {"torch", "lightning", "numpy"} & imported, sorted(imported & {"torch", "lightning", "numpy"})
 
