@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from fewmult.build import build_model, build_module
 from fewmult.config import compose_config
 from fewmult.data.loader import TensorBatches
-from fewmult.train import quiet_lightning
+from fewmult.run.job import quiet_lightning
 from tests.fakedata import write_mnist
 
 

@@ -26,7 +26,7 @@ from fewmult.build import build_module
 from fewmult.config import compose_config
 from fewmult.diagnostics import LayerDiagnostics
 from fewmult.nn.layers import quant_layers
-from fewmult.train import quiet_lightning
+from fewmult.run.job import quiet_lightning
 from tests.fakedata import write_mnist
 
 MNIST = ("dataset=mnist", "dataset.download=false")  # 60,000 random digits in MNIST's files, written here

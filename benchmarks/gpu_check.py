@@ -40,7 +40,7 @@ from fewmult.device import visible_accelerator
 from fewmult.nn import bind_optimizer
 from fewmult.quant import list_quantizers
 from fewmult.quant.rng import _COMPILED
-from fewmult.train import quiet_lightning, train
+from fewmult.run.job import quiet_lightning, train
 
 SYNC_FIRST, SYNC_STEPS = 2, 3  # the HostSyncCount window
 TIMED_FIRST = SYNC_FIRST + SYNC_STEPS + 1  # timing starts after it (syncs allowed again)
