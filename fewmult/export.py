@@ -4,7 +4,9 @@ Writes ``RUN_DIR/export/model.npz`` in the format of :mod:`fewmult.packed_forwar
 weight, 2 per ternary, one scale per layer, batch norm folded into a per-unit scale and shift, or
 into thresholds where a sign activation follows), then proves it: the NumPy forward of that file
 on the run's test split must give the same predictions as the PyTorch network it came from, and
-its test error is printed beside the run's. ``export.json`` next to it records the numbers.
+its test error is printed beside the run's; so must the compiled runtime (:mod:`fewmult.runtime`).
+``export.json`` next to it records the numbers. ``--bench`` then times the runtime against the NumPy
+reference and PyTorch float32 (:mod:`fewmult.runtime.bench`).
 
 Methods evaluated with their latent weights (stochastic BinaryConnect, ternary connect: Lin et
 al. evaluate the real-valued net) are exported as their deterministic quantization, the most likely
@@ -35,6 +37,7 @@ from fewmult.packed_forward import FORMAT, VERSION, PackedNetwork
 from fewmult.packing import pack_bits
 from fewmult.qbp import TapError
 from fewmult.quant.activations import SignActivation
+from fewmult.runtime import CompiledNetwork
 from fewmult.stages.init_from import recorded_network
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -237,7 +240,10 @@ def export_run(run_dir: Path) -> dict[str, Any]:
     splits = datamodule.load()
     x, y = splits.test_x, splits.test_y.numpy()
     x = x if datamodule.input_kind == "tokens" else x.float()
-    packed = PackedNetwork(str(path)).predict(x.numpy())
+    scores = PackedNetwork(str(path)).forward(x.numpy())
+    packed = scores.argmax(-1)
+    runtime = CompiledNetwork(str(path))
+    runtime_scores = runtime.forward(x.numpy())
     reference = torch_predictions(model, x, latent_eval)
     results_path = run_dir / "results.json"
     run_results = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -249,6 +255,11 @@ def export_run(run_dir: Path) -> dict[str, Any]:
         * sum(a.numel() for a in model.state_dict().values() if a.is_floating_point()),
         "test_examples": int(y.size),  # a language model's: every position of every window
         "predictions_identical": int((packed == reference).sum()),
+        "runtime": f"{runtime.isa}, {runtime.threads} threads"
+        if runtime.compiled
+        else "NumPy (not compiled)",
+        "runtime_predictions_identical": int((runtime_scores.argmax(-1) == packed).sum()),
+        "runtime_largest_score_difference": float(np.abs(runtime_scores - scores).max()),
         "export_test_error": float((packed != y).mean()),
         "run_test_error": run_results.get("test_error", math.nan),
         "latent_weights_at_evaluation": latent_eval,
@@ -257,10 +268,29 @@ def export_run(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def _sizes(text: str) -> list[int]:
+    return [_positive(t) for t in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fewmult.export", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "run_dir", type=Path, help="a run folder of fewmult.train (it holds checkpoints/best.ckpt)"
+    )
+    parser.add_argument(
+        "--bench", action="store_true", help="time the compiled runtime, the NumPy reference and PyTorch"
+    )
+    parser.add_argument(
+        "--batches", type=_sizes, default=[1, 64], help="batch sizes of --bench (default: 1,64)"
+    )
+    parser.add_argument(
+        "--threads", type=_positive, default=None, help="threads of --bench (default: the cores)"
     )
     args = parser.parse_args(argv)
     try:
@@ -281,10 +311,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"NumPy forward of the file vs PyTorch: {same} of {n} test predictions identical")
     run_label = "run (latent weights)" if s["latent_weights_at_evaluation"] else "run"
     print(f"test error: export {s['export_test_error']:.4f}, {run_label} {s['run_test_error']:.4f}")
+    same_runtime = s["runtime_predictions_identical"]
+    print(
+        f"compiled runtime ({s['runtime']}) vs NumPy: {same_runtime} of {n} test predictions identical, "
+        f"scores within {s['runtime_largest_score_difference']:.2g}"
+    )
     if same != n:
         print(f"fewmult.export: error: {n - same} predictions differ from PyTorch's", file=sys.stderr)
         return 1
+    if same_runtime != n:
+        print(
+            f"fewmult.export: error: {n - same_runtime} predictions of the compiled runtime differ from "
+            "the NumPy reference's",
+            file=sys.stderr,
+        )
+        return 1
+    if args.bench:
+        bench(args.run_dir, Path(s["file"]), args.batches, args.threads)
     return 0
+
+
+def bench(run_dir: Path, path: Path, batches: list[int], threads: int | None) -> None:
+    """Print and record (``export.json``'s ``bench``) images/s of the runtime, NumPy and PyTorch."""
+    from fewmult.runtime import bench as timing
+    from fewmult.runtime import max_threads
+
+    _, _, datamodule = recorded_network(run_dir)
+    x = datamodule.load().test_x.float().numpy()
+    repeats = -(-max(batches) // len(x))
+    x = np.concatenate([x] * repeats) if repeats > 1 else x
+    threads = threads or max_threads()
+    rows = timing.images_per_second(str(path), x, batches, threads)
+    print(timing.format_rows(rows, threads, CompiledNetwork(str(path), threads=threads).isa))
+    summary_path = path.parent / "export.json"
+    summary = json.loads(summary_path.read_text())
+    summary["bench"] = {"threads": threads, "rows": rows}
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

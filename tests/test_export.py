@@ -202,7 +202,7 @@ def test_export_of_a_folder_without_a_checkpoint_says_what_is_missing(run_cli, t
 
 def test_the_export_fails_when_a_prediction_differs(tmp_path, monkeypatch, capsys):
     """The proof has teeth: with one of the file's predictions changed (the one stand-in here: a
-    wrapped ``PackedNetwork.predict``), ``python -m fewmult.export`` exits 1 and says how many differ."""
+    wrapped ``PackedNetwork.forward``), ``python -m fewmult.export`` exits 1 and says how many differ."""
     from fewmult import export
     from fewmult.run.job import train
 
@@ -210,13 +210,13 @@ def test_the_export_fails_when_a_prediction_differs(tmp_path, monkeypatch, capsy
     cfg = compose_config(*TRAINED["lab2"], "trainer.max_epochs=1", "logger=none")
     assert train(cfg, run_dir)["status"] == "completed"
     assert export.main([str(run_dir)]) == 0
-    predict = PackedNetwork.predict
+    forward = PackedNetwork.forward
 
-    def one_off(self, x):
-        predictions = predict(self, x)
-        predictions[0] = (predictions[0] + 1) % 10
-        return predictions
+    def one_off(self, x, batch_size=256):
+        scores = forward(self, x, batch_size)
+        scores[0, scores[0].argmin()] = scores[0].max() + 1
+        return scores
 
-    monkeypatch.setattr(export.PackedNetwork, "predict", one_off)
+    monkeypatch.setattr(export.PackedNetwork, "forward", one_off)
     assert export.main([str(run_dir)]) == 1
     assert "fewmult.export: error: 1 predictions differ from PyTorch's" in capsys.readouterr().err

@@ -1,0 +1,26 @@
+/* Which instruction sets this CPU has, and how many threads a kernel may use. */
+#include "fewmult_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+int fm_best_isa(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vpopcntdq"))
+        return FM_AVX512;
+    if (__builtin_cpu_supports("avx2"))
+        return FM_AVX2;
+#endif
+    return FM_PORTABLE;
+}
+
+int fm_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

@@ -1,0 +1,46 @@
+/* The compiled kernels of fewmult.runtime: C ABI, called through ctypes (fewmult/runtime/kernels.py).
+ *
+ * Layout shared by every kernel: a row of binary values (activations or weights) is packed into
+ * 64-bit words, bit t of word w holding element 64 w + t (1 = +1 or "selected", 0 = -1 or "not"),
+ * rows padded with zero bits to a multiple of FM_ROW_WORDS words, so that every vector loop runs
+ * over whole 512-bit blocks. Padding bits are zero on both sides of a product and count nothing.
+ *
+ * Every kernel takes `isa` (FM_PORTABLE, FM_AVX2, FM_AVX512: the caller passes at most
+ * fm_best_isa()) and `threads`; the portable loop beside each fast path is its reference.
+ */
+#ifndef FEWMULT_KERNELS_H
+#define FEWMULT_KERNELS_H
+
+#include <stdint.h>
+
+#define FM_ROW_WORDS 8 /* 512 bits: rows are padded to whole AVX-512 registers */
+
+enum { FM_PORTABLE = 0, FM_AVX2 = 1, FM_AVX512 = 2 };
+
+/* The widest instruction set this CPU runs: FM_AVX512 needs AVX-512 F, BW and VPOPCNTDQ. */
+int fm_best_isa(void);
+/* Threads a kernel may use (OpenMP's default), 1 when built without OpenMP. */
+int fm_max_threads(void);
+
+/* out[i * o + j] = k - 2 popcount(a_i XOR w_j): the dot product of two +-1 vectors of length k.
+ * a: n rows, w: o rows, both `row_words` words a row. */
+void fm_xnor_gemm(int isa, int threads, const uint64_t *a, int64_t n, const uint64_t *w, int64_t o,
+                  int64_t row_words, int32_t k, int32_t *out);
+
+/* Float rows times selections: with minus == NULL (binary weights: bit 1 = +1, bit 0 = -1)
+ *   out[i * o + j] = 2 sum_{t in plus_j} x[i, t] - sum_t x[i, t],
+ * else (ternary weights: +1 where plus, -1 where minus, 0 elsewhere)
+ *   out[i * o + j] = sum_{t in plus_j} x[i, t] - sum_{t in minus_j} x[i, t].
+ * x: n rows of k floats (contiguous); plus, minus: o rows of `row_words` words. Float32 sums. */
+void fm_select_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
+                    const uint64_t *minus, int64_t o, int64_t row_words, float *out);
+
+/* Batch norm + sign folded into one comparison per unit, written as packed bits for the next
+ * product: v = acc[i, j] * scale[j] + bias[j] (in double, as the NumPy reference computes it),
+ * bit (i, j) = negative[j] ? v <= threshold[j] : v >= threshold[j]. acc is int32 (acc_is_float
+ * = 0) or float32 (n rows of o); bias may be NULL; out: n rows of out_row_words words. */
+void fm_threshold_pack(int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
+                       const double *scale, const double *bias, const double *threshold,
+                       const uint8_t *negative, uint64_t *out, int64_t out_row_words);
+
+#endif

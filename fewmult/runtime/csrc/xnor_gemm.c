@@ -1,0 +1,131 @@
+/* Binary GEMM: dot products of +-1 vectors as k - 2 popcount(a XOR w), on packed rows.
+ *
+ * Work is cut into tiles of TILE_N activation rows x TILE_O weight rows; a full tile keeps its
+ * TILE_N x TILE_O counters in registers and loads each 512-bit block of a row once. */
+#include "fewmult_kernels.h"
+#include "simd.h"
+
+#define TILE_N 4
+#define TILE_O 4
+
+/* The reference: one 64-bit popcount at a time. */
+static void tile_portable(const uint64_t *a, const uint64_t *w, int64_t rw, int64_t rows, int64_t cols,
+                          int32_t k, int32_t *out, int64_t o) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            int64_t count = 0;
+            for (int64_t t = 0; t < rw; t++)
+                count += FM_POPCOUNT64(a[r * rw + t] ^ w[c * rw + t]);
+            out[r * o + c] = k - 2 * (int32_t)count;
+        }
+}
+
+#ifdef FM_X86
+FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const uint64_t *a, const uint64_t *w, int64_t rw,
+                                                   const int rows, const int cols, int32_t k,
+                                                   int32_t *out, int64_t o) {
+    __m512i acc[TILE_N][TILE_O];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            acc[r][c] = _mm512_setzero_si512();
+    for (int64_t t = 0; t < rw; t += 8) {
+        __m512i b[TILE_O];
+        for (int c = 0; c < cols; c++)
+            b[c] = _mm512_loadu_si512((const void *)(w + c * rw + t));
+        for (int r = 0; r < rows; r++) {
+            __m512i x = _mm512_loadu_si512((const void *)(a + r * rw + t));
+            for (int c = 0; c < cols; c++)
+                acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(x, b[c])));
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            out[r * o + c] = k - 2 * (int32_t)_mm512_reduce_add_epi64(acc[r][c]);
+}
+
+FM_TARGET_AVX512 static void tiles_avx512(const uint64_t *a, const uint64_t *w, int64_t rw, int64_t rows,
+                                          int64_t cols, int32_t k, int32_t *out, int64_t o) {
+    if (rows == TILE_N && cols == TILE_O)
+        tile_avx512(a, w, rw, TILE_N, TILE_O, k, out, o);
+    else if (rows == 1 && cols == TILE_O)
+        tile_avx512(a, w, rw, 1, TILE_O, k, out, o);
+    else
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                tile_avx512(a + r * rw, w + c * rw, rw, 1, 1, k, out + r * o + c, o);
+}
+
+/* Bytes counted by nibble lookups (Mula's method), summed per 64-bit lane. */
+FM_TARGET_AVX2 static FM_INLINE __m256i popcount_avx2(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2,
+                                         2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+    __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+
+FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const uint64_t *a, const uint64_t *w, int64_t rw,
+                                               const int rows, const int cols, int32_t k, int32_t *out,
+                                               int64_t o) {
+    __m256i acc[2][TILE_O];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            acc[r][c] = _mm256_setzero_si256();
+    for (int64_t t = 0; t < rw; t += 4) {
+        for (int r = 0; r < rows; r++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(a + r * rw + t));
+            for (int c = 0; c < cols; c++) {
+                __m256i y = _mm256_loadu_si256((const __m256i *)(w + c * rw + t));
+                acc[r][c] = _mm256_add_epi64(acc[r][c], popcount_avx2(_mm256_xor_si256(x, y)));
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            int64_t lanes[4];
+            _mm256_storeu_si256((__m256i *)lanes, acc[r][c]);
+            out[r * o + c] = k - 2 * (int32_t)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+        }
+}
+
+FM_TARGET_AVX2 static void tiles_avx2(const uint64_t *a, const uint64_t *w, int64_t rw, int64_t rows,
+                                      int64_t cols, int32_t k, int32_t *out, int64_t o) {
+    for (int64_t r = 0; r < rows; r += 2) {
+        int64_t pair = fm_min64(2, rows - r);
+        if (pair == 2 && cols == TILE_O)
+            tile_avx2(a + r * rw, w, rw, 2, TILE_O, k, out + r * o, o);
+        else if (cols == TILE_O)
+            tile_avx2(a + r * rw, w, rw, 1, TILE_O, k, out + r * o, o);
+        else
+            for (int64_t rr = r; rr < r + pair; rr++)
+                for (int64_t c = 0; c < cols; c++)
+                    tile_avx2(a + rr * rw, w + c * rw, rw, 1, 1, k, out + rr * o + c, o);
+    }
+}
+#endif
+
+void fm_xnor_gemm(int isa, int threads, const uint64_t *a, int64_t n, const uint64_t *w, int64_t o,
+                  int64_t row_words, int32_t k, int32_t *out) {
+    int64_t tiles_n = (n + TILE_N - 1) / TILE_N, tiles_o = (o + TILE_O - 1) / TILE_O;
+    int64_t work = n * o * row_words;
+    (void)threads, (void)work;
+    FM_PARALLEL_FOR
+    for (int64_t tile = 0; tile < tiles_n * tiles_o; tile++) {
+        int64_t i0 = tile / tiles_o * TILE_N, j0 = tile % tiles_o * TILE_O;
+        int64_t rows = fm_min64(TILE_N, n - i0), cols = fm_min64(TILE_O, o - j0);
+        const uint64_t *at = a + i0 * row_words, *wt = w + j0 * row_words;
+        int32_t *ot = out + i0 * o + j0;
+#ifdef FM_X86
+        if (isa >= FM_AVX512) {
+            tiles_avx512(at, wt, row_words, rows, cols, k, ot, o);
+            continue;
+        }
+        if (isa >= FM_AVX2) {
+            tiles_avx2(at, wt, row_words, rows, cols, k, ot, o);
+            continue;
+        }
+#endif
+        tile_portable(at, wt, row_words, rows, cols, k, ot, o);
+    }
+}

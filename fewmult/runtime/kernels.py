@@ -1,0 +1,107 @@
+"""The compiled kernels (``csrc/``), loaded with ctypes, and the instruction set they run with.
+
+``pip install`` builds them where a C compiler works (setup.py; optional). Each call names the
+instruction set, at most the CPU's best (``FEWMULT_RUNTIME_ISA=portable|avx2|avx512`` lowers it, e.g.
+to compare paths), and the number of threads (OpenMP). NumPy only: no torch is imported here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+ISAS = ("portable", "avx2", "avx512")  # the order of FM_PORTABLE, FM_AVX2, FM_AVX512
+ROW_WORDS = 8  # FM_ROW_WORDS: packed rows are padded to whole 512-bit blocks
+
+_P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+_SIGNATURES = {
+    "fm_best_isa": ([], _I),
+    "fm_max_threads": ([], _I),
+    "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
+    "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
+    "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
+}
+
+
+def library_path() -> Path | None:
+    """The built extension next to this file, if ``pip install`` built one."""
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (path := here / f"_kernels{suffix}").is_file():
+            return path
+    return None
+
+
+@cache
+def load() -> ctypes.CDLL | None:
+    """The kernels' library with typed functions, or None where none was built."""
+    path = library_path()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    for name, (args, result) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, result
+    return lib
+
+
+def unavailable_reason() -> str | None:
+    """One line saying why the compiled kernels cannot run here, or None when they can."""
+    if load() is None:
+        return (
+            "fewmult.runtime: no compiled kernels (pip install found no working C compiler); "
+            "running the NumPy reference"
+        )
+    return None
+
+
+def best_isa(asked: str | None = None) -> str:
+    """The widest instruction set of this CPU that the kernels use, lowered to ``asked`` (default:
+    ``FEWMULT_RUNTIME_ISA``) where that is narrower."""
+    lib = load()
+    best = ISAS[lib.fm_best_isa()] if lib is not None else "portable"
+    asked = asked or os.environ.get("FEWMULT_RUNTIME_ISA")
+    if asked is None:
+        return best
+    if asked not in ISAS:
+        raise ValueError(f"instruction set {asked!r}: use one of {', '.join(ISAS)}")
+    return ISAS[min(ISAS.index(asked), ISAS.index(best))]
+
+
+def max_threads() -> int:
+    lib = load()
+    return lib.fm_max_threads() if lib is not None else 1
+
+
+def row_words(k: int) -> int:
+    """64-bit words of a packed row of ``k`` values, padded to whole 512-bit blocks."""
+    return -(-k // (64 * ROW_WORDS)) * ROW_WORDS
+
+
+def pack_rows(bits: np.ndarray) -> np.ndarray:
+    """Boolean rows (n, k) as the kernels' packed rows (n, row_words(k)) of uint64 (bit t of word w
+    is element 64 w + t; padding bits are zero)."""
+    n, k = bits.shape
+    padded = np.zeros((n, row_words(k) * 64), dtype=bool)
+    padded[:, :k] = bits
+    return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little").view("<u8"))
+
+
+def unpack_rows(words: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of :func:`pack_rows`: boolean rows (n, k)."""
+    as_bytes = np.ascontiguousarray(words).view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1, count=k, bitorder="little").astype(bool)
+
+
+def address(array: np.ndarray | None) -> int | None:
+    """A C-contiguous array's data pointer for ctypes (None stays NULL)."""
+    if array is None:
+        return None
+    if not array.flags.c_contiguous:
+        raise ValueError("the kernels take C-contiguous arrays")
+    return array.ctypes.data
