@@ -174,14 +174,18 @@ def test_export_of_a_trained_run(run_cli, tmp_path, run):
     proc = run_cli(*TRAINED[run], "trainer.max_epochs=2", "logger=none")
     assert proc.returncode == 0, proc.stderr
     out = only_run_dir(tmp_path / "outputs")
-    proc = run_cli(str(out), module="fewmult.export")
+    bench = ("--bench", "--batches", "1", "--threads", "1") if run == "lab2" else ()
+    proc = run_cli(str(out), *bench, module="fewmult.export")
     assert proc.returncode == 0, proc.stderr
+    if bench:
+        check_bench(proc, out)
     summary = json.loads((out / "export" / "export.json").read_text())
     results = json.loads((out / "results.json").read_text())
     n = summary["test_examples"]
     assert summary["predictions_identical"] == n > 0
     assert n == 200 if run != "lstm-lab2" else n % 20 == 0  # 200 images; windows of 20 characters
     assert f"{n} of {n} test predictions identical" in proc.stdout
+    assert f"vs NumPy: {n} of {n} test predictions identical" in proc.stdout  # the compiled runtime
     # a tiny LSTM's float32 softmax layer and biases are a large share of its file
     smaller = 10 if run != "lstm-lab2" else 2
     assert summary["file_bytes"] < summary["float32_weight_bytes"] / smaller < summary["checkpoint_bytes"]
@@ -192,6 +196,19 @@ def test_export_of_a_trained_run(run_cli, tmp_path, run):
     else:  # evaluated with latent weights: the deterministic quantization, its own error beside the run's
         assert summary["latent_weights_at_evaluation"]
         assert "run (latent weights)" in proc.stdout and 0 <= summary["export_test_error"] <= 1
+
+
+def check_bench(proc: subprocess.CompletedProcess, run_dir) -> None:
+    """What ``python -m fewmult.export RUN --bench --batches 1 --threads 1`` prints and records
+    on a trained run: the compiled runtime's predictions, and one row of images/s."""
+    assert "vs PyTorch" in proc.stdout and "1 thread(s)" in proc.stdout
+    summary = json.loads((run_dir / "export" / "export.json").read_text())
+    assert summary["runtime_predictions_identical"] == summary["test_examples"]
+    (row,) = summary["bench"]["rows"]
+    assert row["batch"] == 1 and summary["bench"]["threads"] == 1
+    for name in ("runtime", "numpy", "torch"):
+        assert row[f"{name}_images_per_s"] > 0
+    assert row["vs_torch"] == pytest.approx(row["runtime_images_per_s"] / row["torch_images_per_s"])
 
 
 def test_export_of_a_folder_without_a_checkpoint_says_what_is_missing(run_cli, tmp_path):

@@ -36,6 +36,7 @@ def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
     assert sorted(n.removeprefix("fewmult/conf/") for n in names if n.startswith("fewmult/conf/")) == configs
     assert "fewmult/published.csv" in names and "hydra_plugins/fewmult_gpu_pool/launcher.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    assert any(n.startswith("fewmult/runtime/_kernels") for n in names)  # the compiled kernels, built
 
     installed = _run(*pip, "install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr
@@ -51,6 +52,14 @@ def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
     )
     plugins = _run(sys.executable, "-c", found, cwd=elsewhere, env=env)
     assert str(site / "hydra_plugins" / "fewmult_gpu_pool" / "launcher.py") in plugins.stdout, plugins.stderr
+    kernels = _run(
+        sys.executable,
+        "-c",
+        "import fewmult.runtime as r; print(r.unavailable_reason())",
+        cwd=elsewhere,
+        env=env,
+    )
+    assert kernels.stdout.strip() == "None", kernels.stdout + kernels.stderr
     args = ("dataset=synthetic", "model.arch=32FC", "trainer.max_epochs=1", "method=lab")
     trained = _run(sys.executable, "-m", "fewmult.train", *args, cwd=elsewhere, env=env)
     assert trained.returncode == 0, trained.stderr

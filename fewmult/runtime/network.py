@@ -43,13 +43,13 @@ class Value:
     bias: np.ndarray | None = None  # acc: per unit, or None
 
     def as_float(self) -> np.ndarray:
-        """The values as the reference holds them (float64)."""
+        """The values as the reference holds them: float64, or token codes as they came."""
         if self.kind == "bits":
             return np.where(kernels.unpack_rows(self.data, self.features), 1.0, -1.0)
         if self.kind == "acc":
             out = self.data.astype(np.float64) * self.scale
             return out if self.bias is None else out + self.bias
-        return self.data.astype(np.float64, copy=False)
+        return self.data.astype(np.float64, copy=False) if self.data.dtype.kind == "f" else self.data
 
 
 @dataclass

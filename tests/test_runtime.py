@@ -1,0 +1,229 @@
+"""The compiled runtime: every kernel on every instruction set this CPU has equals its NumPy
+formula, every method's exported network predicts as the NumPy reference on the compiled paths,
+and the runtime imports no torch, says so when it has no kernels, and is timed by the export."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fewmult.build import build_model
+from fewmult.config import compose_config
+from fewmult.packed_forward import PackedNetwork
+from fewmult.runtime import CompiledNetwork, kernels
+from tests.conftest import REPO
+from tests.test_export import NETS, trained_looking, write
+from tests.test_methods_train import METHODS
+
+COMPILED = kernels.load() is not None
+ISAS = list(kernels.ISAS[: kernels.ISAS.index(kernels.best_isa()) + 1]) if COMPILED else []
+needs_kernels = pytest.mark.skipif(not COMPILED, reason="no compiled kernels (no C compiler at install)")
+# odd sizes: partial tiles (n, o not multiples of 4), rows shorter than, equal to and longer than a
+# 64-bit word and a 512-bit block, a 16-float block and its tail
+SHAPES = [(1, 1, 1), (5, 63, 7), (4, 64, 4), (6, 65, 9), (3, 513, 5), (9, 1100, 17)]
+
+
+def test_the_kernels_were_built_where_a_compiler_exists():
+    """pip install built them here (CI's machine has gcc); a missing build would hide behind the
+    NumPy fallback otherwise."""
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert COMPILED, kernels.unavailable_reason()
+
+
+def random_bits(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    return rng.random((n, k)) < 0.5
+
+
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 700])
+def test_packed_rows_hold_element_64w_plus_t_in_bit_t_of_word_w(k):
+    bits = random_bits(np.random.default_rng(k), 3, k)
+    words = kernels.pack_rows(bits)
+    assert words.shape == (3, kernels.row_words(k)) and words.shape[1] % kernels.ROW_WORDS == 0
+    for i, t in [(0, 0), (1, k - 1), (2, k // 2)]:
+        assert bool(words[i, t // 64] >> np.uint64(t % 64) & np.uint64(1)) == bits[i, t]
+    assert np.array_equal(kernels.unpack_rows(words, k), bits)
+    assert np.array_equal(
+        kernels.unpack_rows(words, words.shape[1] * 64)[:, k:], np.zeros((3, words.shape[1] * 64 - k), bool)
+    )
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("n", "k", "o"), SHAPES)
+def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o):
+    rng = np.random.default_rng(n * 1000 + k)
+    a, w = random_bits(rng, n, k), random_bits(rng, o, k)
+    packed_a, packed_w = kernels.pack_rows(a), kernels.pack_rows(w)
+    out = np.empty((n, o), np.int32)
+    kernels.load().fm_xnor_gemm(
+        kernels.ISAS.index(isa),
+        2,
+        packed_a.ctypes.data,
+        n,
+        packed_w.ctypes.data,
+        o,
+        packed_w.shape[1],
+        k,
+        out.ctypes.data,
+    )
+    expected = (2 * a.astype(np.int64) - 1) @ (2 * w.astype(np.int64) - 1).T
+    assert np.array_equal(out, expected)
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("n", "k", "o"), SHAPES)
+@pytest.mark.parametrize("encoding", ["binary", "ternary"])
+def test_select_gemm_sums_the_selected_activations(isa, n, k, o, encoding):
+    rng = np.random.default_rng(n * 1000 + k + o)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    positive, nonzero = random_bits(rng, o, k), rng.random((o, k)) < 0.6
+    if encoding == "binary":
+        signs, plus, minus = np.where(positive, 1.0, -1.0), kernels.pack_rows(positive), None
+    else:
+        signs = np.where(nonzero, np.where(positive, 1.0, -1.0), 0.0)
+        plus, minus = kernels.pack_rows(nonzero & positive), kernels.pack_rows(nonzero & ~positive)
+    out = np.empty((n, o), np.float32)
+    kernels.load().fm_select_gemm(
+        kernels.ISAS.index(isa),
+        2,
+        x.ctypes.data,
+        n,
+        k,
+        plus.ctypes.data,
+        kernels.address(minus),
+        o,
+        plus.shape[1],
+        out.ctypes.data,
+    )
+    expected = x.astype(np.float64) @ signs.T
+    # float32 sums in another order: within a few float32 roundings of the sum of magnitudes
+    bound = 4 * k * np.finfo(np.float32).eps * np.abs(x).astype(np.float64).sum(1, keepdims=True)
+    assert np.all(np.abs(out - expected) <= bound)
+
+
+@needs_kernels
+@pytest.mark.parametrize("acc_dtype", [np.int32, np.float32])
+def test_threshold_pack_folds_scale_bias_and_the_threshold_as_the_reference(acc_dtype):
+    """Each unit's bit is the reference's comparison of ``acc * scale + bias`` (float64) with its
+    threshold, the other way round for negative BN scales; values on the threshold included."""
+    rng = np.random.default_rng(0)
+    n, o = 5, 130
+    acc = rng.integers(-20, 21, (n, o)).astype(acc_dtype)
+    scale, bias = rng.uniform(0.1, 2, o), rng.normal(0, 1, o)
+    threshold = acc[0] * scale + bias  # row 0 lies exactly on every threshold
+    moved = np.arange(o) % 3 == 1
+    threshold[moved] += rng.normal(0, 5, moved.sum())
+    negative = (rng.random(o) < 0.5).astype(np.uint8)
+    out = np.empty((n, kernels.row_words(o)), np.uint64)
+    kernels.load().fm_threshold_pack(
+        2,
+        acc.ctypes.data,
+        int(acc_dtype == np.float32),
+        n,
+        o,
+        scale.ctypes.data,
+        bias.ctypes.data,
+        threshold.ctypes.data,
+        negative.ctypes.data,
+        out.ctypes.data,
+        out.shape[1],
+    )
+    v = acc.astype(np.float64) * scale + bias
+    expected = np.where(negative.astype(bool), v <= threshold, v >= threshold)
+    assert expected[0, ~moved].all() and not expected.all()
+    assert np.array_equal(kernels.unpack_rows(out, o), expected)
+    assert not kernels.unpack_rows(out, out.shape[1] * 64)[:, o:].any()  # padding stays zero
+
+
+@needs_kernels
+@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_predicts_as_the_numpy_reference(tmp_path, net, method, isa=None):
+    overrides, shape = NETS[net]
+    cfg = compose_config("dataset=synthetic", f"method={method}", *overrides)
+    torch.manual_seed(0)
+    write(tmp_path, trained_looking(build_model(cfg, shape, 10)))
+    path = str(tmp_path / "model.npz")
+    x = torch.rand(200, *shape).numpy()
+    reference, runtime = PackedNetwork(path).forward(x), CompiledNetwork(path, isa=isa).forward(x)
+    assert np.array_equal(runtime.argmax(-1), reference.argmax(-1))
+    assert np.allclose(runtime, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_instruction_set_runs_whole_networks(tmp_path, isa):
+    """The kernels of each instruction set, one network each of float x ternary (tc) and sign x
+    binary (lab2) products; every method runs on the best set above."""
+    for method in ("tc", "lab2"):
+        test_every_method_predicts_as_the_numpy_reference(tmp_path, "mlp", method, isa)
+
+
+@needs_kernels
+@pytest.mark.parametrize("method", ["bnn", "lab2", "xnor"])
+def test_sign_networks_run_xnor_popcount_and_answer_exactly(tmp_path, method):
+    """With +-1 inputs every layer's sum is an integer: the runtime's scores equal the reference's
+    to the last bit, and the hidden products ran on XNOR + popcount (not the NumPy fallback)."""
+    cfg = compose_config("dataset=synthetic", f"method={method}", *NETS["mlp"][0])
+    torch.manual_seed(0)
+    write(tmp_path, trained_looking(build_model(cfg, (1, 8, 8), 10)))
+    runtime = CompiledNetwork(str(tmp_path / "model.npz"))
+    x = np.where(np.random.default_rng(0).random((100, 1, 8, 8)) < 0.5, 1.0, -1.0).astype(np.float32)
+    assert np.array_equal(runtime.forward(x), PackedNetwork(str(tmp_path / "model.npz")).forward(x))
+    kernels_used = runtime.describe()
+    assert sum("xnor_gemm" in line for line in kernels_used) == 2, kernels_used  # 48FC and the output
+    assert sum("threshold_pack" in line for line in kernels_used) == 2, kernels_used
+
+
+def test_without_kernels_the_numpy_reference_runs_and_says_so(tmp_path, monkeypatch, capsys):
+    cfg = compose_config("dataset=synthetic", "method=bnn", *NETS["mlp"][0])
+    torch.manual_seed(0)
+    write(tmp_path, trained_looking(build_model(cfg, (1, 8, 8), 10)))
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    runtime = CompiledNetwork(str(tmp_path / "model.npz"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no compiled kernels" in line and "NumPy reference" in line
+    x = torch.rand(30, 1, 8, 8).numpy()
+    assert np.array_equal(runtime.forward(x), PackedNetwork(str(tmp_path / "model.npz")).forward(x))
+    assert all("NumPy reference" in d for d in runtime.describe())
+
+
+@needs_kernels
+def test_the_runtime_needs_no_torch(tmp_path):
+    """``fewmult.runtime`` loads and predicts in a Python where importing torch fails."""
+    cfg = compose_config("dataset=synthetic", "method=lab2", *NETS["mlp"][0])
+    torch.manual_seed(0)
+    write(tmp_path, trained_looking(build_model(cfg, (1, 8, 8), 10)))
+    x = torch.rand(20, 1, 8, 8).numpy()
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys; sys.modules['torch'] = None; import numpy as np, fewmult.runtime as rt; "
+        "print(*rt.load('model.npz').predict(np.load('x.npy')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [int(v) for v in proc.stdout.split()] == PackedNetwork(str(tmp_path / "model.npz")).predict(
+        x
+    ).tolist()
+
+
+def test_export_refuses_bad_bench_sizes(capsys):
+    from fewmult import export
+
+    for args in (["--batches", "0"], ["--batches", "1,x"], ["--threads", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            export.main(["some_run", "--bench", *args])
+        assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
