@@ -58,28 +58,20 @@ def test_packed_rows_hold_element_64w_plus_t_in_bit_t_of_word_w(k):
 def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o):
     rng = np.random.default_rng(n * 1000 + k)
     a, w = random_bits(rng, n, k), random_bits(rng, o, k)
-    packed_a, packed_w = kernels.pack_rows(a), kernels.pack_rows(w)
-    out = np.empty((n, o), np.int32)
-    kernels.load().fm_xnor_gemm(
-        kernels.ISAS.index(isa),
-        2,
-        packed_a.ctypes.data,
-        n,
-        packed_w.ctypes.data,
-        o,
-        packed_w.shape[1],
-        k,
-        out.ctypes.data,
-    )
+    out = kernels.xnor_gemm(kernels.pack_rows(a), kernels.pack_rows(w), k, isa, threads=2)
     expected = (2 * a.astype(np.int64) - 1) @ (2 * w.astype(np.int64) - 1).T
     assert np.array_equal(out, expected)
 
 
+# select_gemm on every instruction set; lut_gemm (4-input tables, AVX-512 only) where the CPU has it
+PRODUCTS = [f"select_gemm-{isa}" for isa in ISAS] + (["lut_gemm"] if "avx512" in ISAS else [])
+
+
 @needs_kernels
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize(("n", "k", "o"), SHAPES)
+@pytest.mark.parametrize("kernel", PRODUCTS)
+@pytest.mark.parametrize(("n", "k", "o"), [*SHAPES, (17, 130, 33)])
 @pytest.mark.parametrize("encoding", ["binary", "ternary"])
-def test_select_gemm_sums_the_selected_activations(isa, n, k, o, encoding):
+def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(kernel, n, k, o, encoding):
     rng = np.random.default_rng(n * 1000 + k + o)
     x = rng.standard_normal((n, k)).astype(np.float32)
     positive, nonzero = random_bits(rng, o, k), rng.random((o, k)) < 0.6
@@ -88,23 +80,26 @@ def test_select_gemm_sums_the_selected_activations(isa, n, k, o, encoding):
     else:
         signs = np.where(nonzero, np.where(positive, 1.0, -1.0), 0.0)
         plus, minus = kernels.pack_rows(nonzero & positive), kernels.pack_rows(nonzero & ~positive)
-    out = np.empty((n, o), np.float32)
-    kernels.load().fm_select_gemm(
-        kernels.ISAS.index(isa),
-        2,
-        x.ctypes.data,
-        n,
-        k,
-        plus.ctypes.data,
-        kernels.address(minus),
-        o,
-        plus.shape[1],
-        out.ctypes.data,
-    )
+    if kernel == "lut_gemm":
+        plus_bits = positive if encoding == "binary" else nonzero & positive
+        minus_lut = None if encoding == "binary" else kernels.lut_layout(nonzero & ~positive)
+        out = kernels.lut_gemm(x, kernels.lut_layout(plus_bits), minus_lut, o, threads=2)
+    else:
+        out = kernels.select_gemm(x, plus, minus, kernel.split("-")[1], threads=2)
     expected = x.astype(np.float64) @ signs.T
     # float32 sums in another order: within a few float32 roundings of the sum of magnitudes
     bound = 4 * k * np.finfo(np.float32).eps * np.abs(x).astype(np.float64).sum(1, keepdims=True)
     assert np.all(np.abs(out - expected) <= bound)
+
+
+def test_lut_layout_holds_16_rows_4_bit_selections_per_group():
+    bits = np.random.default_rng(3).random((21, 10)) < 0.5
+    layout = kernels.lut_layout(bits)
+    assert layout.shape == (2, 3, 16) and layout.dtype == np.uint8
+    for row, group in [(0, 0), (17, 2), (20, 1), (5, 2)]:
+        expected = sum(int(bits[row, 4 * group + i]) << i for i in range(4) if 4 * group + i < 10)
+        assert layout[row // 16, group, row % 16] == expected
+    assert not layout[1, :, 5:].any()  # rows 21..31 do not exist
 
 
 @needs_kernels
@@ -120,20 +115,7 @@ def test_threshold_pack_folds_scale_bias_and_the_threshold_as_the_reference(acc_
     moved = np.arange(o) % 3 == 1
     threshold[moved] += rng.normal(0, 5, moved.sum())
     negative = (rng.random(o) < 0.5).astype(np.uint8)
-    out = np.empty((n, kernels.row_words(o)), np.uint64)
-    kernels.load().fm_threshold_pack(
-        2,
-        acc.ctypes.data,
-        int(acc_dtype == np.float32),
-        n,
-        o,
-        scale.ctypes.data,
-        bias.ctypes.data,
-        threshold.ctypes.data,
-        negative.ctypes.data,
-        out.ctypes.data,
-        out.shape[1],
-    )
+    out = kernels.threshold_pack(acc, scale, bias, threshold, negative, threads=2)
     v = acc.astype(np.float64) * scale + bias
     expected = np.where(negative.astype(bool), v <= threshold, v >= threshold)
     assert expected[0, ~moved].all() and not expected.all()

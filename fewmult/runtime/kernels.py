@@ -24,6 +24,7 @@ _SIGNATURES = {
     "fm_max_threads": ([], _I),
     "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
+    "fm_lut_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
 }
 
@@ -98,10 +99,79 @@ def unpack_rows(words: np.ndarray, k: int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=1, count=k, bitorder="little").astype(bool)
 
 
-def address(array: np.ndarray | None) -> int | None:
+def lut_layout(bits: np.ndarray) -> np.ndarray:
+    """Boolean weight rows (o, k) as ``fm_lut_gemm`` reads them (csrc/select_lut.c): for each block
+    of 16 rows and each group of 4 inputs, the 16 rows' 4-bit selections, one byte each (zero-padded)."""
+    o, k = bits.shape
+    padded = np.zeros((-(-o // 16) * 16, -(-k // 4) * 4), dtype=np.uint8)
+    padded[:o, :k] = bits
+    selections = padded.reshape(len(padded), -1, 4) @ np.array([1, 2, 4, 8], dtype=np.uint8)
+    return np.ascontiguousarray(selections.reshape(-1, 16, selections.shape[1]).transpose(0, 2, 1))
+
+
+def _ptr(array: np.ndarray | None) -> int | None:
     """A C-contiguous array's data pointer for ctypes (None stays NULL)."""
     if array is None:
         return None
     if not array.flags.c_contiguous:
         raise ValueError("the kernels take C-contiguous arrays")
     return array.ctypes.data
+
+
+# Typed calls of the kernels (csrc/fewmult_kernels.h states each formula): arrays in, arrays out.
+
+
+def xnor_gemm(a: np.ndarray, w: np.ndarray, k: int, isa: str, threads: int) -> np.ndarray:
+    """Packed +-1 rows ``a`` (n, words) times packed rows ``w`` (o, words) of length k: int32 (n, o)."""
+    out = np.empty((len(a), len(w)), dtype=np.int32)
+    load().fm_xnor_gemm(ISAS.index(isa), threads, _ptr(a), len(a), _ptr(w), len(w), w.shape[1], k, _ptr(out))
+    return out
+
+
+def select_gemm(
+    x: np.ndarray, plus: np.ndarray, minus: np.ndarray | None, isa: str, threads: int
+) -> np.ndarray:
+    """Float32 rows ``x`` (n, k) times binary (``minus`` None) or ternary weights given as packed
+    selection rows (o, words): float32 (n, o)."""
+    (n, k), o = x.shape, len(plus)
+    out = np.empty((n, o), dtype=np.float32)
+    load().fm_select_gemm(
+        ISAS.index(isa), threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, plus.shape[1], _ptr(out)
+    )
+    return out
+
+
+def lut_gemm(x: np.ndarray, plus: np.ndarray, minus: np.ndarray | None, o: int, threads: int) -> np.ndarray:
+    """:func:`select_gemm`'s product on AVX-512 by table lookups, the weights in :func:`lut_layout`."""
+    (n, k) = x.shape
+    out = np.empty((n, o), dtype=np.float32)
+    load().fm_lut_gemm(threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, _ptr(out))
+    return out
+
+
+def threshold_pack(
+    acc: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    threshold: np.ndarray,
+    negative: np.ndarray,
+    threads: int,
+) -> np.ndarray:
+    """Bit (i, j) of packed rows: ``v <= threshold[j]`` where ``negative[j]``, else ``v >= threshold[j]``,
+    with ``v = acc[i, j] * scale[j] + bias[j]`` in float64; ``acc`` int32 or float32 (n, o)."""
+    n, o = acc.shape
+    out = np.empty((n, row_words(o)), dtype=np.uint64)
+    load().fm_threshold_pack(
+        threads,
+        _ptr(acc),
+        int(acc.dtype == np.float32),
+        n,
+        o,
+        _ptr(scale),
+        _ptr(bias),
+        _ptr(threshold),
+        _ptr(negative),
+        _ptr(out),
+        out.shape[1],
+    )
+    return out

@@ -62,9 +62,11 @@ class PackedWeight:
     minus: np.ndarray | None  # ternary: the -1 bits
     scale: np.ndarray  # per output unit, float64
     values: np.ndarray | None  # float32: the weights
+    lut_plus: np.ndarray | None = None  # AVX-512: plus and minus as fm_lut_gemm's 4-bit selections
+    lut_minus: np.ndarray | None = None
 
     @classmethod
-    def of(cls, network: PackedNetwork, spec: dict[str, Any]) -> PackedWeight:
+    def of(cls, network: PackedNetwork, spec: dict[str, Any], lut: bool) -> PackedWeight:
         shape, encoding = tuple(spec["shape"]), spec["encoding"]
         o, k = shape[0], int(np.prod(shape[1:]))
         if encoding == "float32":
@@ -77,10 +79,13 @@ class PackedWeight:
             return np.unpackbits(network.arrays[spec[name]], count=o * k).astype(bool).reshape(o, k)
 
         if encoding == "binary":
-            return cls(encoding, shape, kernels.pack_rows(plane("bits")), None, per_unit, None)
-        nonzero, negative = plane("nonzero"), plane("negative")
-        plus, minus = kernels.pack_rows(nonzero & ~negative), kernels.pack_rows(nonzero & negative)
-        return cls(encoding, shape, plus, minus, per_unit, None)
+            plus, minus = plane("bits"), None
+        else:
+            nonzero, negative = plane("nonzero"), plane("negative")
+            plus, minus = nonzero & ~negative, nonzero & negative
+        packed = [None if p is None else kernels.pack_rows(p) for p in (plus, minus)]
+        tables = [None if p is None or not lut else kernels.lut_layout(p) for p in (plus, minus)]
+        return cls(encoding, shape, *packed, per_unit, None, *tables)
 
 
 class CompiledNetwork:
@@ -105,7 +110,7 @@ class CompiledNetwork:
         self._arrays: dict[int, dict[str, np.ndarray | None]] = {}  # per op, as the kernels take them
         for i, op in enumerate(self.reference.layers if self.compiled else ()):
             if op["op"] == "linear":
-                self._weights[i] = PackedWeight.of(self.reference, op["weight"])
+                self._weights[i] = PackedWeight.of(self.reference, op["weight"], lut=self.isa == "avx512")
                 bias = None if op["bias"] is None else arrays[op["bias"]].astype(np.float64)
                 self._arrays[i] = {"bias": bias}
             elif op["op"] == "sign_threshold":
@@ -122,6 +127,7 @@ class CompiledNetwork:
         """One line per op: what runs it (the kind of input it gets is decided when it runs, so
         this follows the ops' order: a linear op after a sign activation reads packed bits)."""
         lines, reads_bits = [], False
+        select = "lut_gemm (4-input tables)" if self.isa == "avx512" else "select_gemm"
         for i, op in enumerate(self.reference.layers):
             kind = op["op"]
             if not self.compiled:
@@ -133,8 +139,8 @@ class CompiledNetwork:
                 kernel = {
                     (True, "binary"): "xnor_gemm (XNOR + popcount)",
                     (True, "float32"): "select_gemm (weights selected by activation bits)",
-                    (False, "binary"): "select_gemm (binary weights)",
-                    (False, "ternary"): "select_gemm (ternary weights)",
+                    (False, "binary"): f"{select} (binary weights)",
+                    (False, "ternary"): f"{select} (ternary weights)",
                     (False, "float32"): "NumPy float32 matmul",
                 }.get((reads_bits, w.encoding), "NumPy reference")
                 lines.append(f"linear {w.shape[1]}->{w.shape[0]}, {what} x {w.encoding}: {kernel}")
@@ -173,82 +179,38 @@ class CompiledNetwork:
             return self._linear(self._weights[i], self._arrays[i]["bias"], v)
         if kind == "sign_threshold" and v.kind == "acc":
             return self._threshold(self._arrays[i], v)
-        if kind == "flatten" and v.kind == "bits":
-            return v
+        if kind == "flatten":  # bits are flat already; floats keep their precision (float32 stays)
+            return (
+                v
+                if v.kind == "bits"
+                else Value(v.kind, v.data.reshape(len(v.data), -1), v.features, v.scale, v.bias)
+            )
         out = self.reference._apply(op, v.as_float())
         if kind == "sign_threshold" and out.ndim == 2:  # +-1 rows: packed for the next product
             return Value("bits", kernels.pack_rows(out > 0), features=out.shape[1])
         return Value("float", out)
 
     def _linear(self, w: PackedWeight, bias: np.ndarray | None, v: Value) -> Value:
-        o, k = w.shape[0], int(np.prod(w.shape[1:]))
-        isa, threads = kernels.ISAS.index(self.isa), self.threads
+        isa, threads = self.isa, self.threads
         if v.kind == "bits" and w.encoding == "binary":
-            n = len(v.data)
-            out = np.empty((n, o), dtype=np.int32)
-            self.lib.fm_xnor_gemm(
-                isa,
-                threads,
-                kernels.address(v.data),
-                n,
-                kernels.address(w.plus),
-                o,
-                w.plus.shape[1],
-                k,
-                kernels.address(out),
-            )
-            return Value("acc", out, scale=w.scale, bias=bias)
-        if v.kind == "bits":  # real-valued weights, +-1 activations: the activation bits select weights
-            n = len(v.data)
-            transposed = np.empty((o, n), dtype=np.float32)
-            self.lib.fm_select_gemm(
-                isa,
-                threads,
-                kernels.address(w.values),
-                o,
-                k,
-                kernels.address(v.data),
-                None,
-                n,
-                v.data.shape[1],
-                kernels.address(transposed),
-            )
-            return Value("acc", np.ascontiguousarray(transposed.T), scale=w.scale, bias=bias)
-        x = np.ascontiguousarray(v.as_float() if v.kind == "acc" else v.data, dtype=np.float32)
-        if w.encoding == "float32":
-            return Value("acc", x @ w.values.T, scale=w.scale, bias=bias)
-        out = np.empty((len(x), o), dtype=np.float32)
-        self.lib.fm_select_gemm(
-            isa,
-            threads,
-            kernels.address(x),
-            len(x),
-            k,
-            kernels.address(w.plus),
-            kernels.address(w.minus),
-            o,
-            w.plus.shape[1],
-            kernels.address(out),
-        )
-        return Value("acc", out, scale=w.scale, bias=bias)
+            acc = kernels.xnor_gemm(v.data, w.plus, int(np.prod(w.shape[1:])), isa, threads)
+        elif v.kind == "bits":  # real-valued weights, +-1 activations: the activation bits select weights
+            acc = np.ascontiguousarray(kernels.select_gemm(w.values, v.data, None, isa, threads).T)
+        else:
+            x = np.ascontiguousarray(v.as_float() if v.kind == "acc" else v.data, dtype=np.float32)
+            if w.encoding == "float32":
+                acc = x @ w.values.T
+            elif w.lut_plus is not None:
+                acc = kernels.lut_gemm(x, w.lut_plus, w.lut_minus, w.shape[0], threads)
+            else:
+                acc = kernels.select_gemm(x, w.plus, w.minus, isa, threads)
+        return Value("acc", acc, scale=w.scale, bias=bias)
 
     def _threshold(self, arrays: dict[str, np.ndarray | None], v: Value) -> Value:
-        n, o = v.data.shape
-        out = np.empty((n, kernels.row_words(o)), dtype=np.uint64)
-        self.lib.fm_threshold_pack(
-            self.threads,
-            kernels.address(v.data),
-            int(v.data.dtype == np.float32),
-            n,
-            o,
-            kernels.address(np.ascontiguousarray(v.scale, dtype=np.float64)),
-            kernels.address(None if v.bias is None else np.ascontiguousarray(v.bias)),
-            kernels.address(arrays["threshold"]),
-            kernels.address(arrays["negative"]),
-            kernels.address(out),
-            out.shape[1],
+        bits = kernels.threshold_pack(
+            v.data, v.scale, v.bias, arrays["threshold"], arrays["negative"], self.threads
         )
-        return Value("bits", out, features=o)
+        return Value("bits", bits, features=v.data.shape[1])
 
 
 def load(path: str, threads: int | None = None, isa: str | None = None) -> CompiledNetwork:

@@ -35,6 +35,12 @@ void fm_xnor_gemm(int isa, int threads, const uint64_t *a, int64_t n, const uint
 void fm_select_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
                     const uint64_t *minus, int64_t o, int64_t row_words, float *out);
 
+/* fm_select_gemm's products on AVX-512 (AVX-512 F only; callers check fm_best_isa() == FM_AVX512)
+ * by table lookups, reading the weights as 4-bit selections in the layout of select_lut.c:
+ * (ceil(o / 16), ceil(k / 4), 16) bytes each for plus and (ternary) minus. */
+void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+                 const uint8_t *minus, int64_t o, float *out);
+
 /* Batch norm + sign folded into one comparison per unit, written as packed bits for the next
  * product: v = acc[i, j] * scale[j] + bias[j] (in double, as the NumPy reference computes it),
  * bit (i, j) = negative[j] ? v <= threshold[j] : v >= threshold[j]. acc is int32 (acc_is_float
