@@ -147,20 +147,32 @@ def test_every_instruction_set_runs_whole_networks(tmp_path, isa):
         test_every_method_predicts_as_the_numpy_reference(tmp_path, "mlp", method, isa)
 
 
+# and "valid" convolutions over 70 channels (two words a pixel, the second partly padding)
+SIGN_NETS = {
+    **NETS,
+    "cnn_valid": (("model=cnn", "model.arch=70C3-MP2-12C2-16FC", "model.padding=0"), (2, 12, 12)),
+}
+
+
 @needs_kernels
+@pytest.mark.parametrize("net", list(SIGN_NETS))
 @pytest.mark.parametrize("method", ["bnn", "lab2", "xnor"])
-def test_sign_networks_run_xnor_popcount_and_answer_exactly(tmp_path, method):
+def test_sign_networks_run_xnor_popcount_and_answer_exactly(tmp_path, method, net):
     """With +-1 inputs every layer's sum is an integer: the runtime's scores equal the reference's
-    to the last bit, and the hidden products ran on XNOR + popcount (not the NumPy fallback)."""
-    cfg = compose_config("dataset=synthetic", f"method={method}", *NETS["mlp"][0])
+    to the last bit (convolutions' zero padding corrected, max-pooling of sums, flattened NHWC bits
+    against reordered dense weights), and the products ran on XNOR + popcount, not the fallback."""
+    overrides, shape = SIGN_NETS[net]
+    cfg = compose_config("dataset=synthetic", f"method={method}", *overrides)
     torch.manual_seed(0)
-    write(tmp_path, trained_looking(build_model(cfg, (1, 8, 8), 10)))
+    write(tmp_path, trained_looking(build_model(cfg, shape, 10)))
     runtime = CompiledNetwork(str(tmp_path / "model.npz"))
-    x = np.where(np.random.default_rng(0).random((100, 1, 8, 8)) < 0.5, 1.0, -1.0).astype(np.float32)
+    x = np.where(np.random.default_rng(0).random((100, *shape)) < 0.5, 1.0, -1.0).astype(np.float32)
     assert np.array_equal(runtime.forward(x), PackedNetwork(str(tmp_path / "model.npz")).forward(x))
-    kernels_used = runtime.describe()
-    assert sum("xnor_gemm" in line for line in kernels_used) == 2, kernels_used  # 48FC and the output
-    assert sum("threshold_pack" in line for line in kernels_used) == 2, kernels_used
+    steps = runtime.describe(shape)
+    products = [line for line in steps if line.startswith(("linear", "conv2d"))]
+    assert all("xnor_gemm" in line for line in products[1:]), steps  # all but the first layer
+    assert "NumPy reference" not in " ".join(steps[:-1]), steps  # only the last affine
+    assert sum("threshold_pack" in line for line in steps) == len(products) - 1, steps
 
 
 def test_without_kernels_the_numpy_reference_runs_and_says_so(tmp_path, monkeypatch, capsys):

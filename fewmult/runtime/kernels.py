@@ -26,6 +26,10 @@ _SIGNATURES = {
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
     "fm_lut_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
+    "fm_im2col_bits": ([_I, _P, *[_L] * 12, _P, _L], None),
+    "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
+    "fm_conv_border": ([_I, _P, _L, _L, _L, _L, _P, *[_L] * 8], None),
+    "fm_maxpool": ([_I, _P, _I, _L, _L, _L, _L, _L, _P], None),
 }
 
 
@@ -156,11 +160,13 @@ def threshold_pack(
     threshold: np.ndarray,
     negative: np.ndarray,
     threads: int,
+    words: int | None = None,
 ) -> np.ndarray:
     """Bit (i, j) of packed rows: ``v <= threshold[j]`` where ``negative[j]``, else ``v >= threshold[j]``,
-    with ``v = acc[i, j] * scale[j] + bias[j]`` in float64; ``acc`` int32 or float32 (n, o)."""
+    with ``v = acc[i, j] * scale[j] + bias[j]`` in float64; ``acc`` int32 or float32 (n, o); rows of
+    ``words`` words (default: a dense row's, :func:`row_words`)."""
     n, o = acc.shape
-    out = np.empty((n, row_words(o)), dtype=np.uint64)
+    out = np.empty((n, words or row_words(o)), dtype=np.uint64)
     load().fm_threshold_pack(
         threads,
         _ptr(acc),
@@ -174,4 +180,49 @@ def threshold_pack(
         _ptr(out),
         out.shape[1],
     )
+    return out
+
+
+def _geometry(g: dict[str, int]) -> list[int]:
+    return [g[key] for key in ("h", "w")]
+
+
+def _window(g: dict[str, int]) -> list[int]:
+    return [g[key] for key in ("kh", "kw", "sh", "sw", "ph", "pw")]
+
+
+def im2col_bits(x: np.ndarray, g: dict[str, int], threads: int) -> np.ndarray:
+    """NHWC packed images (n, h, w, cw) as one row per output pixel of a convolution of geometry ``g``
+    (``c, h, w, kh, kw, sh, sw, ph, pw, ho, wo``): (n * ho * wo, kh * kw * cw) words, zero words for
+    taps outside the image."""
+    n, cw = len(x), x.shape[-1]
+    rows = np.empty((n * g["ho"] * g["wo"], g["kh"] * g["kw"] * cw), dtype=np.uint64)
+    load().fm_im2col_bits(
+        threads, _ptr(x), n, *_geometry(g), cw, *_window(g), g["ho"], g["wo"], _ptr(rows), rows.shape[1]
+    )
+    return rows
+
+
+def im2col_f32(x: np.ndarray, g: dict[str, int], threads: int) -> np.ndarray:
+    """NHWC float32 images (n, h, w, c) as :func:`im2col_bits` does bits: (n * ho * wo, kh * kw * c)."""
+    n, c = len(x), x.shape[-1]
+    rows = np.empty((n * g["ho"] * g["wo"], g["kh"] * g["kw"] * c), dtype=np.float32)
+    load().fm_im2col_f32(
+        threads, _ptr(x), n, *_geometry(g), c, *_window(g), g["ho"], g["wo"], _ptr(rows), rows.shape[1]
+    )
+    return rows
+
+
+def conv_border(acc: np.ndarray, tap_sums: np.ndarray, g: dict[str, int], threads: int) -> None:
+    """Correct, in place, the int32 sums (n, ho, wo, o) of a binary convolution read from packed
+    zero-padded taps: add ``tap_sums[t, j]`` for each tap t outside the image."""
+    n, ho, wo, o = acc.shape
+    load().fm_conv_border(threads, _ptr(acc), n, ho, wo, o, _ptr(tap_sums), *_geometry(g), *_window(g))
+
+
+def maxpool(x: np.ndarray, k: int, threads: int) -> np.ndarray:
+    """k x k max-pooling, stride k, of NHWC int32 or float32 sums (n, h, w, c)."""
+    n, h, w, c = x.shape
+    out = np.empty((n, h // k, w // k, c), dtype=x.dtype)
+    load().fm_maxpool(threads, _ptr(x), int(x.dtype == np.float32), n, h, w, c, k, _ptr(out))
     return out

@@ -1,19 +1,21 @@
 """An exported network planned onto the compiled kernels.
 
-Each op of the file (:mod:`fewmult.packed_forward`) becomes a step; the values between steps stay
-in the form the next kernel reads:
+When a file is loaded, its ops are walked once with the input's shape, and each becomes a step
+that reads its input in the form the step before leaves it:
 
-* ``bits``: +-1 activations packed 64 to a word, rows padded to 512 bits (a sign activation's output);
+* ``bits``: +-1 activations packed 64 to a word (a sign activation's output): dense rows padded to
+  512 bits, images NHWC with ``ceil(C / 64)`` words a pixel;
 * ``acc``: a product's sums before its per-unit scale and bias, int32 for +-1 x binary (exact) and
-  float32 for float activations x binary or ternary weights;
-* ``float``: anything else, in float64 as the reference computes it.
+  float32 for float activations; images NHWC;
+* ``float``: anything else, in float64 and NCHW as the reference computes it.
 
-A product of packed activations and binary weights is XNOR + popcount (``fm_xnor_gemm``); float
-activations times binary or ternary weights select and add (``fm_select_gemm``); packed activations
-times real-valued weights select weights instead; a batch norm + sign after a product is one
-comparison per unit that writes the next layer's packed bits (``fm_threshold_pack``). Every other op
-(and a layer the kernels do not cover, e.g. convolutions for now) runs the NumPy reference, which
-:meth:`CompiledNetwork.describe` names.
+Products of packed activations and binary weights are XNOR + popcount (``xnor_gemm``, convolutions
+through a packed im2col and a correction for zero padding); float activations times binary or
+ternary weights select and add (``lut_gemm`` on AVX-512, ``select_gemm`` elsewhere); packed
+activations times real-valued weights select weights; max-pooling of sums keeps them sums (the
+scale is positive); a batch norm + sign after them is one comparison per unit that writes the next
+layer's packed bits. Every other op runs the NumPy reference (:mod:`fewmult.packed_forward`), and
+:meth:`CompiledNetwork.describe` says which step runs each op.
 
 Where the reference is integer (+-1 x binary, then scale and bias in float64 in the same order)
 the answers are identical; float32 sums of float activations differ from the reference's float64
@@ -23,7 +25,8 @@ within rounding.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,58 +37,78 @@ from fewmult.runtime import kernels
 
 @dataclass
 class Value:
-    """What flows between steps: ``kind`` is ``bits``, ``acc`` or ``float`` (module docstring)."""
+    """What flows between steps (module docstring); 4-D bits and sums are NHWC."""
 
-    kind: str
+    kind: str  # bits | acc | float
     data: np.ndarray
-    features: int = 0  # bits: values per row
+    features: int = 0  # bits: values a row (dense) or channels (images)
     scale: np.ndarray | None = None  # acc: per unit
     bias: np.ndarray | None = None  # acc: per unit, or None
 
     def as_float(self) -> np.ndarray:
-        """The values as the reference holds them: float64, or token codes as they came."""
+        """The values as the reference holds them: float64 (images NCHW), or token codes as they came."""
         if self.kind == "bits":
-            return np.where(kernels.unpack_rows(self.data, self.features), 1.0, -1.0)
-        if self.kind == "acc":
+            shape = self.data.shape
+            signs = kernels.unpack_rows(self.data.reshape(-1, shape[-1]), self.features)
+            out = np.where(signs, 1.0, -1.0).reshape(*shape[:-1], self.features)
+        elif self.kind == "acc":
             out = self.data.astype(np.float64) * self.scale
-            return out if self.bias is None else out + self.bias
-        return self.data.astype(np.float64, copy=False) if self.data.dtype.kind == "f" else self.data
+            out = out if self.bias is None else out + self.bias
+        else:
+            return self.data.astype(np.float64, copy=False) if self.data.dtype.kind == "f" else self.data
+        return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
 
 
 @dataclass
-class PackedWeight:
-    """A layer's weights as the kernels read them: selection rows and a per-unit scale."""
+class State:
+    """What the planner knows of a step's output: its kind and per-example shape (C, H, W) or (K,);
+    ``pixels``: dense bits flattened from NHWC bits of (H, W, C) (their order, channels padded)."""
 
-    encoding: str  # binary | ternary | float32
+    kind: str
     shape: tuple[int, ...]
-    plus: np.ndarray | None  # binary: the +1 bits; ternary: the +1 bits
-    minus: np.ndarray | None  # ternary: the -1 bits
-    scale: np.ndarray  # per output unit, float64
-    values: np.ndarray | None  # float32: the weights
-    lut_plus: np.ndarray | None = None  # AVX-512: plus and minus as fm_lut_gemm's 4-bit selections
-    lut_minus: np.ndarray | None = None
+    pixels: tuple[int, int, int] | None = None
+    positive_scale: bool = False
 
-    @classmethod
-    def of(cls, network: PackedNetwork, spec: dict[str, Any], lut: bool) -> PackedWeight:
-        shape, encoding = tuple(spec["shape"]), spec["encoding"]
-        o, k = shape[0], int(np.prod(shape[1:]))
-        if encoding == "float32":
-            values = network.arrays[spec["values"]].astype(np.float32).reshape(o, k)
-            return cls(encoding, shape, None, None, np.ones(o), np.ascontiguousarray(values))
-        scale = spec["scale"]
-        per_unit = network.arrays[scale].astype(np.float64) if isinstance(scale, str) else np.full(o, scale)
 
-        def plane(name: str) -> np.ndarray:
-            return np.unpackbits(network.arrays[spec[name]], count=o * k).astype(bool).reshape(o, k)
+@dataclass
+class Step:
+    """One op as it runs: ``run`` maps the value before to the value after."""
 
-        if encoding == "binary":
-            plus, minus = plane("bits"), None
-        else:
-            nonzero, negative = plane("nonzero"), plane("negative")
-            plus, minus = nonzero & ~negative, nonzero & negative
-        packed = [None if p is None else kernels.pack_rows(p) for p in (plus, minus)]
-        tables = [None if p is None or not lut else kernels.lut_layout(p) for p in (plus, minus)]
-        return cls(encoding, shape, *packed, per_unit, None, *tables)
+    op: str
+    how: str
+    run: Callable[[Value], Value]
+
+
+def _planes(network: PackedNetwork, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A binary or ternary weight's selections (o, *rest) as booleans: +1, and -1 for ternary."""
+    shape = tuple(spec["shape"])
+
+    def plane(name: str) -> np.ndarray:
+        return (
+            np.unpackbits(network.arrays[spec[name]], count=int(np.prod(shape))).astype(bool).reshape(shape)
+        )
+
+    if spec["encoding"] == "binary":
+        return plane("bits"), None
+    nonzero, negative = plane("nonzero"), plane("negative")
+    return nonzero & ~negative, nonzero & negative
+
+
+def _scale(network: PackedNetwork, spec: dict[str, Any]) -> np.ndarray:
+    """Per output unit, float64 (ones for float32 weights)."""
+    o = spec["shape"][0]
+    scale = spec.get("scale", 1.0)
+    return network.arrays[scale].astype(np.float64) if isinstance(scale, str) else np.full(o, float(scale))
+
+
+def _pixel_order(values: np.ndarray, pixels: tuple[int, int, int]) -> np.ndarray:
+    """Dense weight columns (o, C*H*W) in NCHW order as (o, H*W*C') for NHWC inputs whose C channels
+    are padded to C' = 64 ceil(C / 64) (zeros there)."""
+    h, w, c = pixels
+    o = len(values)
+    padded = np.zeros((o, h, w, -(-c // 64) * 64), dtype=values.dtype)
+    padded[..., :c] = values.reshape(o, c, h, w).transpose(0, 2, 3, 1)
+    return padded.reshape(o, -1)
 
 
 class CompiledNetwork:
@@ -105,63 +128,38 @@ class CompiledNetwork:
         self.threads = threads or kernels.max_threads()
         if (reason := kernels.unavailable_reason()) is not None:
             print(reason, file=sys.stderr)
-        arrays = self.reference.arrays
-        self._weights: dict[int, PackedWeight] = {}
-        self._arrays: dict[int, dict[str, np.ndarray | None]] = {}  # per op, as the kernels take them
-        for i, op in enumerate(self.reference.layers if self.compiled else ()):
-            if op["op"] == "linear":
-                self._weights[i] = PackedWeight.of(self.reference, op["weight"], lut=self.isa == "avx512")
-                bias = None if op["bias"] is None else arrays[op["bias"]].astype(np.float64)
-                self._arrays[i] = {"bias": bias}
-            elif op["op"] == "sign_threshold":
-                self._arrays[i] = {
-                    "threshold": np.ascontiguousarray(arrays[op["threshold"]], dtype=np.float64),
-                    "negative": np.ascontiguousarray(arrays[op["negative"]], dtype=np.uint8),
-                }
+        self._plans: dict[tuple[int, ...], list[Step]] = {}  # per input shape
 
     @property
     def compiled(self) -> bool:
         return self.lib is not None
 
-    def describe(self) -> list[str]:
-        """One line per op: what runs it (the kind of input it gets is decided when it runs, so
-        this follows the ops' order: a linear op after a sign activation reads packed bits)."""
-        lines, reads_bits = [], False
-        select = "lut_gemm (4-input tables)" if self.isa == "avx512" else "select_gemm"
-        for i, op in enumerate(self.reference.layers):
-            kind = op["op"]
-            if not self.compiled:
-                lines.append(f"{kind}: NumPy reference")
-                continue
-            if kind == "linear":
-                w = self._weights[i]
-                what = "packed +-1" if reads_bits else "float"
-                kernel = {
-                    (True, "binary"): "xnor_gemm (XNOR + popcount)",
-                    (True, "float32"): "select_gemm (weights selected by activation bits)",
-                    (False, "binary"): f"{select} (binary weights)",
-                    (False, "ternary"): f"{select} (ternary weights)",
-                    (False, "float32"): "NumPy float32 matmul",
-                }.get((reads_bits, w.encoding), "NumPy reference")
-                lines.append(f"linear {w.shape[1]}->{w.shape[0]}, {what} x {w.encoding}: {kernel}")
-                reads_bits = False
-            elif kind == "sign_threshold":
-                lines.append("sign_threshold: threshold_pack (BN + sign -> packed bits)")
-                reads_bits = True
-            else:
-                lines.append(f"{kind}: NumPy reference")
-                reads_bits = reads_bits and kind == "flatten"
-        return lines
+    def describe(self, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        """One line per op: the step that runs it, for inputs of ``input_shape`` (default: the file's)."""
+        if not self.compiled:
+            return [f"{op['op']}: NumPy reference" for op in self.reference.layers]
+        shape = tuple(input_shape or self.manifest.get("input_shape") or ())
+        return [f"{s.op}: {s.how}" for s in self.plan(shape)]
+
+    def plan(self, input_shape: tuple[int, ...]) -> list[Step]:
+        """The steps for inputs of one shape (planned once)."""
+        if input_shape not in self._plans:
+            state, steps = State("float", input_shape), []
+            for op in self.reference.layers:
+                step, state = self._plan_op(op, state)
+                steps.append(step)
+            self._plans[input_shape] = steps
+        return self._plans[input_shape]
 
     def forward(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores (N, num_classes) in float64 for inputs (N, *input_shape)."""
         if not self.compiled:
             return self.reference.forward(x, batch_size)
-        outputs = []
+        outputs, steps = [], self.plan(tuple(np.shape(x)[1:]))
         for start in range(0, len(x), batch_size):
             v = Value("float", np.asarray(x[start : start + batch_size]))
-            for i, op in enumerate(self.reference.layers):
-                v = self._step(i, op, v)
+            for step in steps:
+                v = step.run(v)
             outputs.append(v.as_float())
         return np.concatenate(outputs)
 
@@ -169,48 +167,228 @@ class CompiledNetwork:
         """The predicted class of every input."""
         return self.forward(x).argmax(axis=-1)
 
-    def _step(self, i: int, op: dict[str, Any], v: Value) -> Value:
-        kind = op["op"]
-        if (
-            kind == "linear"
-            and v.data.ndim == 2
-            and (v.kind, self._weights[i].encoding) != ("bits", "ternary")
-        ):
-            return self._linear(self._weights[i], self._arrays[i]["bias"], v)
-        if kind == "sign_threshold" and v.kind == "acc":
-            return self._threshold(self._arrays[i], v)
-        if kind == "flatten":  # bits are flat already; floats keep their precision (float32 stays)
-            return (
-                v
-                if v.kind == "bits"
-                else Value(v.kind, v.data.reshape(len(v.data), -1), v.features, v.scale, v.bias)
-            )
-        out = self.reference._apply(op, v.as_float())
-        if kind == "sign_threshold" and out.ndim == 2:  # +-1 rows: packed for the next product
-            return Value("bits", kernels.pack_rows(out > 0), features=out.shape[1])
-        return Value("float", out)
+    # planning: each op's step, from what the op before leaves
 
-    def _linear(self, w: PackedWeight, bias: np.ndarray | None, v: Value) -> Value:
+    def _plan_op(self, op: dict[str, Any], s: State) -> tuple[Step, State]:
+        kind, image = op["op"], len(s.shape) == 3
+        out = _output_shape(op, s.shape)
+        if kind in ("linear", "conv2d"):
+            summed = State("acc", out, positive_scale=bool((_scale(self.reference, op["weight"]) > 0).all()))
+            encoding = op["weight"]["encoding"]
+        if kind == "linear" and len(s.shape) == 1 and (s.kind, encoding) != ("bits", "ternary"):
+            return self._linear(op, s), summed
+        if kind == "conv2d" and image and op["groups"] == 1 and tuple(op["dilation"]) == (1, 1):
+            if s.kind == "bits" and encoding == "binary":
+                return self._conv_bits(op, s), summed
+            if s.kind != "bits":
+                return self._conv_float(op, s), summed
+        if kind == "maxpool2d" and s.kind == "acc" and image and s.positive_scale:
+            return self._maxpool(op["size"]), replace(s, shape=out)
+        if kind == "sign_threshold" and s.kind == "acc":
+            return self._threshold(op, s), State("bits", s.shape)
+        if kind == "flatten" and s.kind == "bits" and image:
+            c, h, w = s.shape
+            return Step(kind, "NHWC bits as one row", _flatten), State("bits", out, pixels=(h, w, c))
+        if kind == "flatten" and s.kind == "float":
+            return Step(kind, "reshape", _flatten), State("float", out)
+        return self._reference(op, s, out)
+
+    def _reference(self, op: dict[str, Any], s: State, out: tuple[int, ...]) -> tuple[Step, State]:
+        apply = self.reference._apply
+        if op["op"] == "sign_threshold" and len(s.shape) == 1:  # +-1 rows: packed for the next product
+
+            def run(v: Value) -> Value:
+                out = apply(op, v.as_float())
+                return Value("bits", kernels.pack_rows(out > 0), features=out.shape[1])
+
+            return Step(op["op"], "NumPy reference, then packed", run), State("bits", s.shape)
+        step = Step(op["op"], "NumPy reference", lambda v: Value("float", apply(op, v.as_float())))
+        return step, State("float", out)
+
+    def _linear(self, op: dict[str, Any], s: State) -> Step:
+        spec = op["weight"]
+        o, k = spec["shape"][0], int(np.prod(spec["shape"][1:]))
+        scale = _scale(self.reference, spec)
+        bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
         isa, threads = self.isa, self.threads
-        if v.kind == "bits" and w.encoding == "binary":
-            acc = kernels.xnor_gemm(v.data, w.plus, int(np.prod(w.shape[1:])), isa, threads)
-        elif v.kind == "bits":  # real-valued weights, +-1 activations: the activation bits select weights
-            acc = np.ascontiguousarray(kernels.select_gemm(w.values, v.data, None, isa, threads).T)
-        else:
-            x = np.ascontiguousarray(v.as_float() if v.kind == "acc" else v.data, dtype=np.float32)
-            if w.encoding == "float32":
-                acc = x @ w.values.T
-            elif w.lut_plus is not None:
-                acc = kernels.lut_gemm(x, w.lut_plus, w.lut_minus, w.shape[0], threads)
-            else:
-                acc = kernels.select_gemm(x, w.plus, w.minus, isa, threads)
-        return Value("acc", acc, scale=w.scale, bias=bias)
 
-    def _threshold(self, arrays: dict[str, np.ndarray | None], v: Value) -> Value:
-        bits = kernels.threshold_pack(
-            v.data, v.scale, v.bias, arrays["threshold"], arrays["negative"], self.threads
+        def sums(acc: np.ndarray) -> Value:
+            return Value("acc", acc, scale=scale, bias=bias)
+
+        if s.kind == "bits":
+            if spec["encoding"] == "float32":  # +-1 activations select real-valued weights
+                values = self.reference.arrays[spec["values"]].astype(np.float32).reshape(o, k)
+                values = np.ascontiguousarray(_pixel_order(values, s.pixels) if s.pixels else values)
+                return Step(
+                    "linear",
+                    f"{k}->{o}, packed +-1 x float32: select_gemm (weights selected by activation bits)",
+                    lambda v: sums(
+                        np.ascontiguousarray(kernels.select_gemm(values, v.data, None, isa, threads).T)
+                    ),
+                )
+            plus, _ = _planes(self.reference, spec)
+            plus = _pixel_order(plus.reshape(o, k), s.pixels) if s.pixels else plus.reshape(o, k)
+            packed = kernels.pack_rows(plus) if not s.pixels else _pack_words(plus)
+            return Step(
+                "linear",
+                f"{k}->{o}, packed +-1 x binary: xnor_gemm (XNOR + popcount)",
+                lambda v: sums(kernels.xnor_gemm(v.data, packed, k, isa, threads)),
+            )
+        product = self._float_product(spec, lambda p: p.reshape(o, k))
+
+        def run(v: Value) -> Value:
+            x = np.ascontiguousarray(v.as_float() if v.kind != "float" else v.data, dtype=np.float32)
+            return sums(product.run(x.reshape(len(x), -1)))
+
+        return Step("linear", f"{k}->{o}, float x {spec['encoding']}: {product.how}", run)
+
+    def _float_product(self, spec: dict[str, Any], rows: Callable[[np.ndarray], np.ndarray]) -> Step:
+        """Float32 rows (n, k) times the weight's rows, the weight arranged by ``rows``: a step whose
+        ``run`` maps the float32 rows to float32 sums."""
+        isa, threads, o = self.isa, self.threads, spec["shape"][0]
+        if spec["encoding"] == "float32":
+            values = np.ascontiguousarray(rows(self.reference.arrays[spec["values"]].astype(np.float32)))
+            return Step("product", "NumPy float32 matmul", lambda x: x @ values.T)
+        plus, minus = (None if p is None else rows(p) for p in _planes(self.reference, spec))
+        if isa == "avx512":
+            tables = [None if p is None else kernels.lut_layout(p) for p in (plus, minus)]
+            return Step(
+                "product",
+                f"lut_gemm (4-input tables, {spec['encoding']} weights)",
+                lambda x: kernels.lut_gemm(x, tables[0], tables[1], o, threads),
+            )
+        packed = [None if p is None else kernels.pack_rows(p) for p in (plus, minus)]
+        return Step(
+            "product",
+            f"select_gemm ({spec['encoding']} weights)",
+            lambda x: kernels.select_gemm(x, packed[0], packed[1], isa, threads),
         )
-        return Value("bits", bits, features=v.data.shape[1])
+
+    def _conv_geometry(self, op: dict[str, Any], s: State) -> dict[str, int]:
+        _, c, kh, kw = op["weight"]["shape"]
+        (sh, sw), (ph, pw) = op["stride"], op["padding"]
+        h, w = s.shape[1], s.shape[2]
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return {
+            "c": c,
+            "h": h,
+            "w": w,
+            "kh": kh,
+            "kw": kw,
+            "sh": sh,
+            "sw": sw,
+            "ph": ph,
+            "pw": pw,
+            "ho": ho,
+            "wo": wo,
+        }
+
+    def _conv_bits(self, op: dict[str, Any], s: State) -> Step:
+        spec = op["weight"]
+        o = spec["shape"][0]
+        g = self._conv_geometry(op, s)
+        plus, _ = _planes(self.reference, spec)  # (o, c, kh, kw)
+        taps = plus.transpose(0, 2, 3, 1)  # (o, kh, kw, c): im2col's order
+        cw = -(-g["c"] // 64)
+        padded = np.zeros((o, g["kh"], g["kw"], cw * 64), dtype=bool)
+        padded[..., : g["c"]] = taps
+        weights = _pack_words(padded.reshape(o, -1))
+        # the sum over channels of each tap's +-1 weights, for the zero-padding correction
+        tap_sums = np.ascontiguousarray(
+            (2 * taps.astype(np.int32) - 1).sum(axis=3).reshape(o, -1).T, dtype=np.int32
+        )
+        scale = _scale(self.reference, spec)
+        bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
+        k = g["c"] * g["kh"] * g["kw"]
+        isa, threads = self.isa, self.threads
+
+        def run(v: Value) -> Value:
+            n = len(v.data)
+            rows = kernels.im2col_bits(v.data, g, threads)
+            acc = kernels.xnor_gemm(rows, weights, k, isa, threads).reshape(n, g["ho"], g["wo"], o)
+            if g["ph"] or g["pw"]:
+                kernels.conv_border(acc, tap_sums, g, threads)
+            return Value("acc", acc, scale=scale, bias=bias)
+
+        return Step(
+            "conv2d", f"{g['c']}->{o} {g['kh']}x{g['kw']}, packed +-1 x binary: im2col + xnor_gemm", run
+        )
+
+    def _conv_float(self, op: dict[str, Any], s: State) -> Step:
+        spec = op["weight"]
+        o = spec["shape"][0]
+        g = self._conv_geometry(op, s)
+        product = self._float_product(spec, lambda p: p.transpose(0, 2, 3, 1).reshape(o, -1))
+        scale = _scale(self.reference, spec)
+        bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
+        threads = self.threads
+
+        def run(v: Value) -> Value:
+            x = v.as_float() if v.kind != "float" else v.data
+            nhwc = np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
+            rows = kernels.im2col_f32(nhwc, g, threads)
+            acc = product.run(rows).reshape(len(x), g["ho"], g["wo"], o)
+            return Value("acc", acc, scale=scale, bias=bias)
+
+        return Step(
+            "conv2d",
+            f"{g['c']}->{o} {g['kh']}x{g['kw']}, float x {spec['encoding']}: im2col + {product.how}",
+            run,
+        )
+
+    def _maxpool(self, k: int) -> Step:
+        threads = self.threads
+        return Step(
+            "maxpool2d",
+            f"{k}x{k} max of the sums (positive scales commute with max)",
+            lambda v: replace(v, data=kernels.maxpool(v.data, k, threads)),
+        )
+
+    def _threshold(self, op: dict[str, Any], s: State) -> Step:
+        threshold = np.ascontiguousarray(self.reference.arrays[op["threshold"]], dtype=np.float64)
+        negative = np.ascontiguousarray(self.reference.arrays[op["negative"]], dtype=np.uint8)
+        threads, units = self.threads, s.shape[0]
+        image = len(s.shape) == 3
+
+        def run(v: Value) -> Value:
+            rows = v.data.reshape(-1, units)
+            words = -(-units // 64) if image else kernels.row_words(units)
+            bits = kernels.threshold_pack(rows, v.scale, v.bias, threshold, negative, threads, words)
+            return Value("bits", bits.reshape(*v.data.shape[:-1], words), features=units)
+
+        return Step("sign_threshold", "threshold_pack (BN + sign -> packed bits)", run)
+
+
+def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """An op's per-example output shape as the reference computes it; () where it is a sequence's
+    (the LSTM's) or the input's was not known."""
+    kind = op["op"]
+    if kind == "lstm" or not shape:
+        return ()
+    if kind == "flatten":
+        return (int(np.prod(shape)),)
+    if kind == "linear":
+        return (op["weight"]["shape"][0],) if len(shape) == 1 else ()
+    if kind == "conv2d" and len(shape) == 3:
+        _, _, kh, kw = op["weight"]["shape"]
+        (sh, sw), (ph, pw), (dh, dw) = op["stride"], op["padding"], op["dilation"]
+        h = (shape[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        w = (shape[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return (op["weight"]["shape"][0], h, w)
+    if kind == "maxpool2d" and len(shape) == 3:
+        k = op["size"]
+        return (shape[0], shape[1] // k, shape[2] // k)
+    return shape if kind in ("affine", "sign_threshold", "relu") else ()
+
+
+def _flatten(v: Value) -> Value:
+    """Dense rows of a batch: NHWC bits or sums keep their pixel order; floats are the reference's."""
+    return replace(v, data=v.data.reshape(len(v.data), -1))
+
+
+def _pack_words(bits: np.ndarray) -> np.ndarray:
+    """Boolean rows whose length is a multiple of 64 as packed words, no further padding."""
+    return np.ascontiguousarray(np.packbits(bits, axis=1, bitorder="little").view("<u8"))
 
 
 def load(path: str, threads: int | None = None, isa: str | None = None) -> CompiledNetwork:

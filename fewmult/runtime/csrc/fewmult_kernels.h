@@ -2,8 +2,9 @@
  *
  * Layout shared by every kernel: a row of binary values (activations or weights) is packed into
  * 64-bit words, bit t of word w holding element 64 w + t (1 = +1 or "selected", 0 = -1 or "not"),
- * rows padded with zero bits to a multiple of FM_ROW_WORDS words, so that every vector loop runs
- * over whole 512-bit blocks. Padding bits are zero on both sides of a product and count nothing.
+ * padded with zero bits to whole words (dense rows: to FM_ROW_WORDS words, whole 512-bit blocks).
+ * Padding bits are zero on both sides of a product and count nothing. Images are NHWC: a pixel's
+ * channels are consecutive (packed: ceil(C / 64) words a pixel).
  *
  * Every kernel takes `isa` (FM_PORTABLE, FM_AVX2, FM_AVX512: the caller passes at most
  * fm_best_isa()) and `threads`; the portable loop beside each fast path is its reference.
@@ -13,7 +14,7 @@
 
 #include <stdint.h>
 
-#define FM_ROW_WORDS 8 /* 512 bits: rows are padded to whole AVX-512 registers */
+#define FM_ROW_WORDS 8 /* 512 bits: dense rows are padded to whole AVX-512 registers */
 
 enum { FM_PORTABLE = 0, FM_AVX2 = 1, FM_AVX512 = 2 };
 
@@ -48,5 +49,27 @@ void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_
 void fm_threshold_pack(int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
                        const double *scale, const double *bias, const double *threshold,
                        const uint8_t *negative, uint64_t *out, int64_t out_row_words);
+
+/* Convolutions as products of rows: im2col gathers each output pixel's window (taps in (ky, kx)
+ * order, each tap a pixel's channels) into one row, zeros where the window leaves the image.
+ * Packed bits (words a pixel: cw) or floats (c a pixel); rows of row_len words or floats. */
+void fm_im2col_bits(int threads, const uint64_t *x, int64_t n, int64_t h, int64_t w, int64_t cw, int64_t kh,
+                    int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ho, int64_t wo,
+                    uint64_t *rows, int64_t row_len);
+void fm_im2col_f32(int threads, const float *x, int64_t n, int64_t h, int64_t w, int64_t c, int64_t kh,
+                   int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t ho, int64_t wo,
+                   float *rows, int64_t row_len);
+
+/* A zero-padded tap read by XNOR + popcount counts as -1 times the weight: add back, at every output
+ * pixel whose window leaves the image, tap_sums[t * o + j] (the sum of output j's weights over the
+ * channels of tap t) for each tap t outside. acc: (n, ho, wo, o) int32. */
+void fm_conv_border(int threads, int32_t *acc, int64_t n, int64_t ho, int64_t wo, int64_t o,
+                    const int32_t *tap_sums, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                    int64_t sw, int64_t ph, int64_t pw);
+
+/* k x k max-pooling with stride k (a last partial window dropped) of NHWC sums, int32 or float32:
+ * (n, h, w, c) -> (n, h / k, w / k, c). */
+void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
+                int64_t k, void *out);
 
 #endif

@@ -29,11 +29,13 @@ FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const uint64_t *a, const uint
         for (int c = 0; c < cols; c++)
             acc[r][c] = _mm512_setzero_si512();
     for (int64_t t = 0; t < rw; t += 8) {
+        /* a row's last block may be partial: masked loads read only its words */
+        __mmask8 words = rw - t >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (rw - t)) - 1);
         __m512i b[TILE_O];
         for (int c = 0; c < cols; c++)
-            b[c] = _mm512_loadu_si512((const void *)(w + c * rw + t));
+            b[c] = _mm512_maskz_loadu_epi64(words, w + c * rw + t);
         for (int r = 0; r < rows; r++) {
-            __m512i x = _mm512_loadu_si512((const void *)(a + r * rw + t));
+            __m512i x = _mm512_maskz_loadu_epi64(words, a + r * rw + t);
             for (int c = 0; c < cols; c++)
                 acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(x, b[c])));
         }
@@ -72,7 +74,8 @@ FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const uint64_t *a, const uint64_t
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++)
             acc[r][c] = _mm256_setzero_si256();
-    for (int64_t t = 0; t < rw; t += 4) {
+    int64_t whole = rw / 4 * 4;
+    for (int64_t t = 0; t < whole; t += 4) {
         for (int r = 0; r < rows; r++) {
             __m256i x = _mm256_loadu_si256((const __m256i *)(a + r * rw + t));
             for (int c = 0; c < cols; c++) {
@@ -85,7 +88,10 @@ FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const uint64_t *a, const uint64_t
         for (int c = 0; c < cols; c++) {
             int64_t lanes[4];
             _mm256_storeu_si256((__m256i *)lanes, acc[r][c]);
-            out[r * o + c] = k - 2 * (int32_t)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+            int64_t count = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+            for (int64_t t = whole; t < rw; t++) /* the row's last words, one at a time */
+                count += FM_POPCOUNT64(a[r * rw + t] ^ w[c * rw + t]);
+            out[r * o + c] = k - 2 * (int32_t)count;
         }
 }
 
