@@ -36,7 +36,19 @@ class KernelsWithOrWithoutOpenMP(build_ext):
 
 kernels = Extension(
     "fewmult.runtime._kernels",
-    sources=[f"{KERNELS}/{name}.c" for name in ("module", "cpu", "bitpack", "xnor_gemm", "select_gemm", "select_lut", "conv")],
+    sources=[
+        f"{KERNELS}/{name}.c"
+        for name in (
+            "module",
+            "cpu",
+            "bitpack",
+            "xnor_gemm",
+            "select_gemm",
+            "select_lut",
+            "float_gemm",
+            "conv",
+        )
+    ],
     depends=[f"{KERNELS}/{name}.h" for name in ("fewmult_kernels", "simd")],
     extra_compile_args=["-O3", "-std=c11", OPENMP],
     extra_link_args=[OPENMP],

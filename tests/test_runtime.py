@@ -92,6 +92,18 @@ def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(ke
     assert np.all(np.abs(out - expected) <= bound)
 
 
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("n", "k", "o"), SHAPES)
+def test_float_gemm_is_the_float_product(isa, n, k, o):
+    rng = np.random.default_rng(n + k + o)
+    x, w = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((o, k)).astype(np.float32)
+    out = kernels.float_gemm(x, w, isa, threads=2)
+    expected = x.astype(np.float64) @ w.astype(np.float64).T
+    bound = 4 * k * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T)
+    assert np.all(np.abs(out - expected) <= bound)
+
+
 def test_lut_layout_holds_16_rows_4_bit_selections_per_group():
     bits = np.random.default_rng(3).random((21, 10)) < 0.5
     layout = kernels.lut_layout(bits)

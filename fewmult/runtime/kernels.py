@@ -24,6 +24,7 @@ _SIGNATURES = {
     "fm_max_threads": ([], _I),
     "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
+    "fm_float_gemm": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
     "fm_lut_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
     "fm_im2col_bits": ([_I, _P, *[_L] * 12, _P, _L], None),
@@ -142,6 +143,14 @@ def select_gemm(
     load().fm_select_gemm(
         ISAS.index(isa), threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, plus.shape[1], _ptr(out)
     )
+    return out
+
+
+def float_gemm(x: np.ndarray, w: np.ndarray, isa: str, threads: int) -> np.ndarray:
+    """Float32 rows ``x`` (n, k) times float32 weight rows ``w`` (o, k): float32 (n, o)."""
+    (n, k), o = x.shape, len(w)
+    out = np.empty((n, o), dtype=np.float32)
+    load().fm_float_gemm(ISAS.index(isa), threads, _ptr(x), n, k, _ptr(w), o, _ptr(out))
     return out
 
 

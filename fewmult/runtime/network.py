@@ -248,7 +248,7 @@ class CompiledNetwork:
         isa, threads, o = self.isa, self.threads, spec["shape"][0]
         if spec["encoding"] == "float32":
             values = np.ascontiguousarray(rows(self.reference.arrays[spec["values"]].astype(np.float32)))
-            return Step("product", "NumPy float32 matmul", lambda x: x @ values.T)
+            return Step("product", "float_gemm", lambda x: kernels.float_gemm(x, values, isa, threads))
         plus, minus = (None if p is None else rows(p) for p in _planes(self.reference, spec))
         if isa == "avx512":
             tables = [None if p is None else kernels.lut_layout(p) for p in (plus, minus)]

@@ -42,6 +42,10 @@ void fm_select_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, 
 void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
                  const uint8_t *minus, int64_t o, float *out);
 
+/* out[i * o + j] = sum_t x[i, t] w[j, t]: float32 rows (n, k) times float32 weight rows (o, k). */
+void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,
+                   float *out);
+
 /* Batch norm + sign folded into one comparison per unit, written as packed bits for the next
  * product: v = acc[i, j] * scale[j] + bias[j] (in double, as the NumPy reference computes it),
  * bit (i, j) = negative[j] ? v <= threshold[j] : v >= threshold[j]. acc is int32 (acc_is_float

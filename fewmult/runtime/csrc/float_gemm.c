@@ -1,0 +1,76 @@
+/* Float32 rows times float32 weight rows, for the real-valued layers of a binary network (often the
+ * first and the last). Here rather than through NumPy's BLAS, whose threads keep spinning after a
+ * call and then compete with the OpenMP threads of the binary kernels for the same cores (measured:
+ * the binary layers after a BLAS call ran 20-30x slower at batch 1). */
+#include "fewmult_kernels.h"
+#include "simd.h"
+
+#define TILE_N 4
+#define TILE_O 4
+
+static void tile_portable(const float *x, const float *w, int64_t k, int64_t rows, int64_t cols, float *out,
+                          int64_t o) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            float sum = 0.0f;
+            for (int64_t t = 0; t < k; t++)
+                sum += x[r * k + t] * w[c * k + t];
+            out[r * o + c] = sum;
+        }
+}
+
+#ifdef FM_X86
+FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const float *x, const float *w, int64_t k, const int rows,
+                                                   const int cols, float *out, int64_t o) {
+    __m512 acc[TILE_N][TILE_O];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            acc[r][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < k; t += 16) {
+        __mmask16 valid = k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1);
+        __m512 b[TILE_O];
+        for (int c = 0; c < cols; c++)
+            b[c] = _mm512_maskz_loadu_ps(valid, w + c * k + t);
+        for (int r = 0; r < rows; r++) {
+            __m512 a = _mm512_maskz_loadu_ps(valid, x + r * k + t);
+            for (int c = 0; c < cols; c++)
+                acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            out[r * o + c] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+FM_TARGET_AVX512 static void tiles_avx512(const float *x, const float *w, int64_t k, int64_t rows, int64_t cols,
+                                          float *out, int64_t o) {
+    if (rows == TILE_N && cols == TILE_O)
+        tile_avx512(x, w, k, TILE_N, TILE_O, out, o);
+    else if (cols == TILE_O)
+        for (int64_t r = 0; r < rows; r++)
+            tile_avx512(x + r * k, w, k, 1, TILE_O, out + r * o, o);
+    else
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                tile_avx512(x + r * k, w + c * k, k, 1, 1, out + r * o + c, o);
+}
+#endif
+
+void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,
+                   float *out) {
+    int64_t tiles_n = (n + TILE_N - 1) / TILE_N, tiles_o = (o + TILE_O - 1) / TILE_O;
+    int64_t work = n * o * k / 16;
+    (void)threads, (void)work, (void)isa;
+    FM_PARALLEL_FOR
+    for (int64_t tile = 0; tile < tiles_n * tiles_o; tile++) {
+        int64_t i0 = tile / tiles_o * TILE_N, j0 = tile % tiles_o * TILE_O;
+        int64_t rows = fm_min64(TILE_N, n - i0), cols = fm_min64(TILE_O, o - j0);
+#ifdef FM_X86
+        if (isa >= FM_AVX512) {
+            tiles_avx512(x + i0 * k, w + j0 * k, k, rows, cols, out + i0 * o + j0, o);
+            continue;
+        }
+#endif
+        tile_portable(x + i0 * k, w + j0 * k, k, rows, cols, out + i0 * o + j0, o);
+    }
+}
