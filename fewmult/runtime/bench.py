@@ -1,7 +1,10 @@
 """Images per second of an exported network: compiled runtime, NumPy reference, PyTorch float32.
 
 The three run the same file on the same inputs with the same number of threads, interleaved round
-by round (so a noisy machine slows all of them alike); each number is the median over rounds.
+by round (so a noisy machine slows all of them alike); each number is the median over rounds. Each
+timing starts after a pause in which the threads of the one before go idle: NumPy's BLAS threads
+keep spinning for about 0.1 s after a call, and the runtime measured 158 images/s right after the
+NumPy reference against 594 after a 0.2 s pause (Hou et al.'s CIFAR-10 CNN, batch 1).
 PyTorch evaluates the file's network as a float32 model would (weights decoded to float32,
 ``torch.nn.functional``), the baseline a user has without the runtime.
 """
@@ -81,7 +84,13 @@ def _seconds_per_call(fn: Callable[[], object], budget: float) -> float:
 
 
 def images_per_second(
-    path: str, x: np.ndarray, batches: list[int], threads: int, rounds: int = 5, budget: float = 0.2
+    path: str,
+    x: np.ndarray,
+    batches: list[int],
+    threads: int,
+    rounds: int = 5,
+    budget: float = 0.2,
+    settle: float = 0.2,
 ) -> list[dict[str, float]]:
     """One row per batch size: images/s of ``runtime``, ``numpy`` and ``torch`` and the runtime's
     ratio to each, on the first examples of ``x``."""
@@ -103,6 +112,7 @@ def images_per_second(
         times: dict[str, list[float]] = {name: [] for name in contestants}
         for _ in range(rounds):
             for name, fn in contestants.items():
+                time.sleep(settle)
                 times[name].append(_seconds_per_call(fn, budget))
         rate = {name: len(xb) / statistics.median(t) for name, t in times.items()}
         rows.append(
