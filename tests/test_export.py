@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_runtime import as_trained as trained_looking
 from fewmult.build import build_model
 from fewmult.config import compose_config
 from fewmult.errors import UserError
@@ -35,18 +36,6 @@ def test_packed_bits_are_numpys_packbits(n):
     bits = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
     assert np.array_equal(pack_bits(bits).numpy(), np.packbits(bits.numpy()))
     assert np.array_equal(np.unpackbits(pack_bits(bits).numpy(), count=n).astype(bool), bits.numpy())
-
-
-def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
-    """Random BN statistics and affine parameters (negative scales included), as after training."""
-    torch.manual_seed(1)
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
-        bn.running_mean.normal_(0, 2)
-        bn.running_var.uniform_(0.5, 4)
-        with torch.no_grad():
-            bn.weight.normal_(0, 1)
-            bn.bias.normal_(0, 1)
-    return model.eval()
 
 
 def mode_of_latent_weights(layer: torch.nn.Module) -> torch.Tensor:

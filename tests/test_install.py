@@ -18,19 +18,36 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
-    source, dist, site, elsewhere = (tmp_path / d for d in ("source", "dist", "site", "elsewhere"))
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
+def build_wheel(tmp_path: Path, env: dict[str, str] | None = None) -> Path:
+    """A wheel of what a clean checkout holds."""
+    source, dist = tmp_path / "source", tmp_path / "dist"
     tracked = _run("git", "ls-files", "-z", cwd=REPO).stdout.split("\0")
-    for name in filter(None, tracked):  # what a clean checkout holds
+    for name in filter(None, tracked):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_bytes((REPO / name).read_bytes())
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     built = _run(
-        *pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(dist), cwd=tmp_path
+        *PIP,
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        str(source),
+        "-w",
+        str(dist),
+        cwd=tmp_path,
+        env=env,
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = dist.glob("fewmult-*.whl")
+    return wheel
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     configs = sorted(str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml"))
     assert sorted(n.removeprefix("fewmult/conf/") for n in names if n.startswith("fewmult/conf/")) == configs
@@ -38,7 +55,7 @@ def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     assert any(n.startswith("fewmult/runtime/_kernels") for n in names)  # the compiled kernels, built
 
-    installed = _run(*pip, "install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
+    installed = _run(*PIP, "install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -65,3 +82,19 @@ def test_the_wheel_installs_and_trains_from_any_folder(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert f"run saved to {elsewhere / 'outputs'}" in trained.stdout
     assert list((elsewhere / "outputs").rglob("results.json"))
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_it_installs_and_the_runtime_says_numpy(tmp_path):
+    """The kernels are optional: a build whose C compiler fails gives a wheel without them, and the
+    runtime runs the NumPy reference after one line saying why."""
+    wheel = build_wheel(tmp_path, env={**os.environ, "CC": "false"})
+    assert not any(n.startswith("fewmult/runtime/_kernels") for n in zipfile.ZipFile(wheel).namelist())
+    site = tmp_path / "site"
+    installed = _run(*PIP, "install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    code = "import fewmult.runtime as r; print(r.unavailable_reason()); print(r.best_isa(), r.max_threads())"
+    probe = _run(sys.executable, "-c", code, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)})
+    reason, isa = probe.stdout.strip().splitlines()
+    assert "no compiled kernels" in reason and "NumPy reference" in reason, probe.stderr
+    assert isa == "portable 1"

@@ -63,8 +63,10 @@ def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o):
     assert np.array_equal(out, expected)
 
 
-# select_gemm on every instruction set; lut_gemm (4-input tables, AVX-512 only) where the CPU has it
-PRODUCTS = [f"select_gemm-{isa}" for isa in ISAS] + (["lut_gemm"] if "avx512" in ISAS else [])
+# select_gemm on every instruction set; lut_gemm (tables, AVX2 and AVX-512) where the CPU has them
+PRODUCTS = [f"select_gemm-{isa}" for isa in ISAS] + [
+    f"lut_gemm-{isa}" for isa in ISAS if isa in kernels.LUT_SHAPES
+]
 
 
 @needs_kernels
@@ -80,12 +82,13 @@ def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(ke
     else:
         signs = np.where(nonzero, np.where(positive, 1.0, -1.0), 0.0)
         plus, minus = kernels.pack_rows(nonzero & positive), kernels.pack_rows(nonzero & ~positive)
-    if kernel == "lut_gemm":
+    name, isa = kernel.split("-")
+    if name == "lut_gemm":
         plus_bits = positive if encoding == "binary" else nonzero & positive
-        minus_lut = None if encoding == "binary" else kernels.lut_layout(nonzero & ~positive)
-        out = kernels.lut_gemm(x, kernels.lut_layout(plus_bits), minus_lut, o, threads=2)
+        minus_lut = None if encoding == "binary" else kernels.lut_layout(nonzero & ~positive, isa)
+        out = kernels.lut_gemm(x, kernels.lut_layout(plus_bits, isa), minus_lut, o, isa, threads=2)
     else:
-        out = kernels.select_gemm(x, plus, minus, kernel.split("-")[1], threads=2)
+        out = kernels.select_gemm(x, plus, minus, isa, threads=2)
     expected = x.astype(np.float64) @ signs.T
     # float32 sums in another order: within a few float32 roundings of the sum of magnitudes
     bound = 4 * k * np.finfo(np.float32).eps * np.abs(x).astype(np.float64).sum(1, keepdims=True)
@@ -104,14 +107,15 @@ def test_float_gemm_is_the_float_product(isa, n, k, o):
     assert np.all(np.abs(out - expected) <= bound)
 
 
-def test_lut_layout_holds_16_rows_4_bit_selections_per_group():
+@pytest.mark.parametrize(("isa", "lanes", "group"), [("avx512", 16, 4), ("avx2", 8, 3)])
+def test_lut_layout_holds_the_rows_selections_per_group(isa, lanes, group):
     bits = np.random.default_rng(3).random((21, 10)) < 0.5
-    layout = kernels.lut_layout(bits)
-    assert layout.shape == (2, 3, 16) and layout.dtype == np.uint8
-    for row, group in [(0, 0), (17, 2), (20, 1), (5, 2)]:
-        expected = sum(int(bits[row, 4 * group + i]) << i for i in range(4) if 4 * group + i < 10)
-        assert layout[row // 16, group, row % 16] == expected
-    assert not layout[1, :, 5:].any()  # rows 21..31 do not exist
+    layout = kernels.lut_layout(bits, isa)
+    assert layout.shape == (-(-21 // lanes), -(-10 // group), lanes) and layout.dtype == np.uint8
+    for row, g in [(0, 0), (17, 2), (20, 1), (5, 2)]:
+        expected = sum(int(bits[row, group * g + i]) << i for i in range(group) if group * g + i < 10)
+        assert layout[row // lanes, g, row % lanes] == expected
+    assert not layout[-1, :, 21 % lanes :].any()  # rows past 21 do not exist
 
 
 @needs_kernels
@@ -187,14 +191,31 @@ def test_sign_networks_run_xnor_popcount_and_answer_exactly(tmp_path, method, ne
     assert sum("threshold_pack" in line for line in steps) == len(products) - 1, steps
 
 
-def test_without_kernels_the_numpy_reference_runs_and_says_so(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def reload_kernels():
+    """Forget the loaded kernels before and after (a test changes what loading finds)."""
+    kernels._loaded.cache_clear()
+    yield
+    kernels._loaded.cache_clear()
+
+
+@pytest.mark.parametrize("built", ["none", "stale"])
+def test_without_kernels_the_numpy_reference_runs_and_says_so(
+    tmp_path, monkeypatch, capsys, reload_kernels, built
+):
+    """No build (no C compiler at install), or one older than the code (a failed rebuild keeps the
+    old file): one line says which, and the NumPy reference answers."""
     cfg = compose_config("dataset=synthetic", "method=bnn", *NETS["mlp"][0])
     torch.manual_seed(0)
     write(tmp_path, trained_looking(build_model(cfg, (1, 8, 8), 10)))
-    monkeypatch.setattr(kernels, "load", lambda: None)
+    if built == "none":
+        monkeypatch.setattr(kernels, "library_path", lambda: None)
+    else:
+        monkeypatch.setitem(kernels._SIGNATURES, "fm_kernel_of_a_newer_version", ([], None))
     runtime = CompiledNetwork(str(tmp_path / "model.npz"))
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "no compiled kernels" in line and "NumPy reference" in line
+    assert "NumPy reference" in line
+    assert "no compiled kernels" in line if built == "none" else "lacks fm_kernel_of_a_newer_version" in line
     x = torch.rand(30, 1, 8, 8).numpy()
     assert np.array_equal(runtime.forward(x), PackedNetwork(str(tmp_path / "model.npz")).forward(x))
     assert all("NumPy reference" in d for d in runtime.describe())

@@ -25,7 +25,8 @@ _SIGNATURES = {
     "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
     "fm_float_gemm": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
-    "fm_lut_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
+    "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
+    "fm_lut_gemm_avx2": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
     "fm_im2col_bits": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
@@ -44,26 +45,30 @@ def library_path() -> Path | None:
 
 
 @cache
-def load() -> ctypes.CDLL | None:
-    """The kernels' library with typed functions, or None where none was built."""
+def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
+    """The kernels' library with typed functions, or None and why not."""
     path = library_path()
     if path is None:
-        return None
+        return None, "no compiled kernels (pip install found no working C compiler)"
     lib = ctypes.CDLL(str(path))
     for name, (args, result) in _SIGNATURES.items():
-        fn = getattr(lib, name)
+        fn = getattr(lib, name, None)
+        if fn is None:  # a build left by an older checkout (a failed rebuild keeps it)
+            return None, f"{path.name} lacks {name}: it is older than this code; reinstall (pip install -e .)"
         fn.argtypes, fn.restype = args, result
-    return lib
+    return lib, None
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernels' library with typed functions, or None where none (or a stale one) was built."""
+    return _loaded()[0]
 
 
 def unavailable_reason() -> str | None:
     """One line saying why the compiled kernels cannot run here, or None when they can."""
-    if load() is None:
-        return (
-            "fewmult.runtime: no compiled kernels (pip install found no working C compiler); "
-            "running the NumPy reference"
-        )
-    return None
+    if load() is not None:
+        return None
+    return f"fewmult.runtime: {_loaded()[1]}; running the NumPy reference"
 
 
 def best_isa(asked: str | None = None) -> str:
@@ -104,14 +109,16 @@ def unpack_rows(words: np.ndarray, k: int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=1, count=k, bitorder="little").astype(bool)
 
 
-def lut_layout(bits: np.ndarray) -> np.ndarray:
-    """Boolean weight rows (o, k) as ``fm_lut_gemm`` reads them (csrc/select_lut.c): for each block
-    of 16 rows and each group of 4 inputs, the 16 rows' 4-bit selections, one byte each (zero-padded)."""
+def lut_layout(bits: np.ndarray, isa: str = "avx512") -> np.ndarray:
+    """Boolean weight rows (o, k) as :func:`lut_gemm` reads them on ``isa`` (csrc/select_lut.c): for
+    each block of L rows and each group of G inputs, the L rows' G-bit selections, one byte each
+    (zero-padded)."""
+    lanes, group = LUT_SHAPES[isa]
     o, k = bits.shape
-    padded = np.zeros((-(-o // 16) * 16, -(-k // 4) * 4), dtype=np.uint8)
+    padded = np.zeros((-(-o // lanes) * lanes, -(-k // group) * group), dtype=np.uint8)
     padded[:o, :k] = bits
-    selections = padded.reshape(len(padded), -1, 4) @ np.array([1, 2, 4, 8], dtype=np.uint8)
-    return np.ascontiguousarray(selections.reshape(-1, 16, selections.shape[1]).transpose(0, 2, 1))
+    selections = padded.reshape(len(padded), -1, group) @ (1 << np.arange(group, dtype=np.uint8))
+    return np.ascontiguousarray(selections.reshape(-1, lanes, selections.shape[1]).transpose(0, 2, 1))
 
 
 def _ptr(array: np.ndarray | None) -> int | None:
@@ -154,11 +161,18 @@ def float_gemm(x: np.ndarray, w: np.ndarray, isa: str, threads: int) -> np.ndarr
     return out
 
 
-def lut_gemm(x: np.ndarray, plus: np.ndarray, minus: np.ndarray | None, o: int, threads: int) -> np.ndarray:
-    """:func:`select_gemm`'s product on AVX-512 by table lookups, the weights in :func:`lut_layout`."""
+LUT_SHAPES = {"avx512": (16, 4), "avx2": (8, 3)}  # lanes L (outputs a permute), inputs G a group
+
+
+def lut_gemm(
+    x: np.ndarray, plus: np.ndarray, minus: np.ndarray | None, o: int, isa: str, threads: int
+) -> np.ndarray:
+    """:func:`select_gemm`'s product by table lookups (AVX-512 or AVX2), the weights in
+    :func:`lut_layout` for ``isa``."""
     (n, k) = x.shape
     out = np.empty((n, o), dtype=np.float32)
-    load().fm_lut_gemm(threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, _ptr(out))
+    kernel = load().fm_lut_gemm_avx512 if isa == "avx512" else load().fm_lut_gemm_avx2
+    kernel(threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, _ptr(out))
     return out
 
 

@@ -79,6 +79,14 @@ class Step:
     run: Callable[[Value], Value]
 
 
+@dataclass
+class Product:
+    """Float32 rows (n, k) times a layer's weights: ``run`` gives the float32 sums (n, o)."""
+
+    how: str
+    run: Callable[[np.ndarray], np.ndarray]
+
+
 def _planes(network: PackedNetwork, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """A binary or ternary weight's selections (o, *rest) as booleans: +1, and -1 for ternary."""
     shape = tuple(spec["shape"])
@@ -242,24 +250,21 @@ class CompiledNetwork:
 
         return Step("linear", f"{k}->{o}, float x {spec['encoding']}: {product.how}", run)
 
-    def _float_product(self, spec: dict[str, Any], rows: Callable[[np.ndarray], np.ndarray]) -> Step:
-        """Float32 rows (n, k) times the weight's rows, the weight arranged by ``rows``: a step whose
-        ``run`` maps the float32 rows to float32 sums."""
+    def _float_product(self, spec: dict[str, Any], rows: Callable[[np.ndarray], np.ndarray]) -> Product:
+        """Float32 rows (n, k) times the weight's rows, the weight arranged (o, k) by ``rows``."""
         isa, threads, o = self.isa, self.threads, spec["shape"][0]
         if spec["encoding"] == "float32":
             values = np.ascontiguousarray(rows(self.reference.arrays[spec["values"]].astype(np.float32)))
-            return Step("product", "float_gemm", lambda x: kernels.float_gemm(x, values, isa, threads))
+            return Product("float_gemm", lambda x: kernels.float_gemm(x, values, isa, threads))
         plus, minus = (None if p is None else rows(p) for p in _planes(self.reference, spec))
-        if isa == "avx512":
-            tables = [None if p is None else kernels.lut_layout(p) for p in (plus, minus)]
-            return Step(
-                "product",
-                f"lut_gemm (4-input tables, {spec['encoding']} weights)",
-                lambda x: kernels.lut_gemm(x, tables[0], tables[1], o, threads),
+        if isa in kernels.LUT_SHAPES:
+            tables = [None if p is None else kernels.lut_layout(p, isa) for p in (plus, minus)]
+            return Product(
+                f"lut_gemm ({kernels.LUT_SHAPES[isa][1]}-input tables, {spec['encoding']} weights)",
+                lambda x: kernels.lut_gemm(x, tables[0], tables[1], o, isa, threads),
             )
         packed = [None if p is None else kernels.pack_rows(p) for p in (plus, minus)]
-        return Step(
-            "product",
+        return Product(
             f"select_gemm ({spec['encoding']} weights)",
             lambda x: kernels.select_gemm(x, packed[0], packed[1], isa, threads),
         )

@@ -36,11 +36,14 @@ void fm_xnor_gemm(int isa, int threads, const uint64_t *a, int64_t n, const uint
 void fm_select_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
                     const uint64_t *minus, int64_t o, int64_t row_words, float *out);
 
-/* fm_select_gemm's products on AVX-512 (AVX-512 F only; callers check fm_best_isa() == FM_AVX512)
- * by table lookups, reading the weights as 4-bit selections in the layout of select_lut.c:
- * (ceil(o / 16), ceil(k / 4), 16) bytes each for plus and (ternary) minus. */
-void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
-                 const uint8_t *minus, int64_t o, float *out);
+/* fm_select_gemm's products by table lookups (select_lut.c), the weights as G-bit selections of
+ * L rows: (ceil(o / L), ceil(k / G), L) bytes each for plus and (ternary) minus. AVX-512 (L = 16,
+ * G = 4; callers check fm_best_isa() == FM_AVX512) and AVX2 (L = 8, G = 3; fm_best_isa() >= FM_AVX2);
+ * x86 only. */
+void fm_lut_gemm_avx512(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+                        const uint8_t *minus, int64_t o, float *out);
+void fm_lut_gemm_avx2(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+                      const uint8_t *minus, int64_t o, float *out);
 
 /* out[i * o + j] = sum_t x[i, t] w[j, t]: float32 rows (n, k) times float32 weight rows (o, k). */
 void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,

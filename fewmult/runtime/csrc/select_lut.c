@@ -1,14 +1,14 @@
-/* Float activations times binary or ternary weights by table lookups, 16 outputs at a time.
+/* Float activations times binary or ternary weights by table lookups, L outputs at a time.
  *
- * For one example and one group of four consecutive inputs, the 16 sums that a 4-bit selection can
- * make of those inputs fit one 512-bit register (the table). Sixteen weight rows' 4-bit selections
- * of that group, as lane indices, pick each row's sum with one permute (VPERMPS): 16 outputs x 4
- * inputs = 64 multiply-adds become one permute and one addition. The selections are laid out at
- * load time (fm_lut_layout's format, built by fewmult/runtime/network.py): for output block b
- * (rows 16 b .. 16 b + 15), group g and lane l, byte [(b * groups + g) * 16 + l] is the selection
- * of row 16 b + l, bit i for input 4 g + i. Tables are built per example from its inputs, each read
- * by every output block; eight examples share each loaded selection. Float32 sums, in another order
- * than the reference's: equal within rounding. */
+ * For one example and one group of G consecutive inputs, the 2^G sums that a G-bit selection can
+ * make of those inputs fit one vector register of L = 2^G lanes (the table). L weight rows' G-bit
+ * selections of that group, as lane indices, pick each row's sum with one permute (VPERMPS):
+ * L outputs x G inputs = 64 (AVX-512: L = 16, G = 4) or 24 (AVX2: L = 8, G = 3) multiply-adds become
+ * one permute and one addition. The selections are laid out at load time (kernels.lut_layout): for
+ * output block b (rows L b .. L b + L - 1), group g and lane l, byte [(b * groups + g) * L + l] is
+ * the selection of row L b + l, bit i for input G g + i. Tables are built per example from its
+ * inputs, each read by every output block; eight examples share each loaded selection. Float32
+ * sums, in another order than the reference's: equal within rounding. */
 #include <stdlib.h>
 
 #include "fewmult_kernels.h"
@@ -86,14 +86,14 @@ FM_TARGET_AVX512 static void lut_task(const __m512 *table, const float *total, i
     }
 }
 
-void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+void fm_lut_gemm_avx512(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
                  const uint8_t *minus, int64_t o, float *out) {
     int64_t groups = (k + 3) / 4, blocks = (o + 15) / 16, tasks_n = (n + EXAMPLES - 1) / EXAMPLES;
     int64_t chunks = (blocks + CHUNK_BLOCKS - 1) / CHUNK_BLOCKS;
     __m512 *table = aligned_alloc(64, (size_t)(n * groups) * sizeof(__m512));
     float *total = malloc((size_t)n * sizeof(float));
     int64_t work = n * k * 4;
-    (void)threads;
+    (void)threads, (void)work;
     FM_PARALLEL_FOR
     for (int64_t i = 0; i < n; i++) {
         build_tables(x + i * k, k, groups, table + i * groups);
@@ -102,6 +102,7 @@ void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_
             total[i] += x[i * k + t];
     }
     work = n * o * k / 16;
+    (void)work;
     FM_PARALLEL_FOR
     for (int64_t task = 0; task < tasks_n * chunks; task++) {
         int64_t i0 = task / chunks * EXAMPLES, b0 = task % chunks * CHUNK_BLOCKS;
@@ -111,9 +112,73 @@ void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_
     free(total);
     free(table);
 }
-#else
-void fm_lut_gemm(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
-                 const uint8_t *minus, int64_t o, float *out) {
+
+/* AVX2: 8 lanes, groups of 3 inputs; a task's tables (8 examples) are read from L2. */
+FM_TARGET_AVX2 static void lut_task_avx2(const float *x, int64_t rows, int64_t k, const uint8_t *plus,
+                                         const uint8_t *minus, int64_t b0, int64_t b1, int64_t o, float *out) {
+    int64_t groups = (k + 2) / 3;
+    __m256 *table = aligned_alloc(32, (size_t)(EXAMPLES * groups) * sizeof(__m256));
+    const __m256 has[3] = {/* the lanes m with bit i set */
+                           _mm256_castsi256_ps(_mm256_setr_epi32(0, -1, 0, -1, 0, -1, 0, -1)),
+                           _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, -1, -1, 0, 0, -1, -1)),
+                           _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1))};
+    float total[EXAMPLES] = {0};
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < groups; g++) {
+            __m256 t = _mm256_setzero_ps();
+            for (int i = 0; i < 3 && 3 * g + i < k; i++) {
+                float v = x[r * k + 3 * g + i];
+                t = _mm256_add_ps(t, _mm256_and_ps(_mm256_set1_ps(v), has[i]));
+                total[r] += v;
+            }
+            table[r * groups + g] = t;
+        }
+    for (int64_t b = b0; b < b1; b++) {
+        __m256 acc[EXAMPLES];
+        for (int r = 0; r < EXAMPLES; r++)
+            acc[r] = _mm256_setzero_ps();
+        for (int side = 0; side < (minus ? 2 : 1); side++) {
+            const uint8_t *sel = (side ? minus : plus) + b * groups * 8;
+            for (int64_t g = 0; g < groups; g++) {
+                __m256i index = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sel + g * 8)));
+                for (int64_t r = 0; r < rows; r++) {
+                    __m256 entry = _mm256_permutevar8x32_ps(table[r * groups + g], index);
+                    acc[r] = side ? _mm256_sub_ps(acc[r], entry) : _mm256_add_ps(acc[r], entry);
+                }
+            }
+        }
+        float lanes[8];
+        for (int64_t r = 0; r < rows; r++) {
+            /* binary weights: the selected minus the rest = 2 (selected) - (all) */
+            __m256 v = minus ? acc[r] : _mm256_sub_ps(_mm256_add_ps(acc[r], acc[r]), _mm256_set1_ps(total[r]));
+            _mm256_storeu_ps(lanes, v);
+            for (int64_t l = 0; l < 8 && b * 8 + l < o; l++)
+                out[r * o + b * 8 + l] = lanes[l];
+        }
+    }
+    free(table);
+}
+
+void fm_lut_gemm_avx2(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+                      const uint8_t *minus, int64_t o, float *out) {
+    int64_t blocks = (o + 7) / 8, tasks_n = (n + EXAMPLES - 1) / EXAMPLES, chunk = 2 * CHUNK_BLOCKS;
+    int64_t chunks = (blocks + chunk - 1) / chunk;
+    int64_t work = n * o * k / 16;
+    (void)threads, (void)work;
+    FM_PARALLEL_FOR
+    for (int64_t task = 0; task < tasks_n * chunks; task++) {
+        int64_t i0 = task / chunks * EXAMPLES, b0 = task % chunks * chunk;
+        lut_task_avx2(x + i0 * k, fm_min64(EXAMPLES, n - i0), k, plus, minus, b0, fm_min64(b0 + chunk, blocks),
+                      o, out + i0 * o);
+    }
+}
+#else /* never called off x86 (kernels.py uses them only for AVX2 and AVX-512); the ABI stays one */
+void fm_lut_gemm_avx512(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+                        const uint8_t *minus, int64_t o, float *out) {
+    (void)threads, (void)x, (void)n, (void)k, (void)plus, (void)minus, (void)o, (void)out;
+}
+void fm_lut_gemm_avx2(int threads, const float *x, int64_t n, int64_t k, const uint8_t *plus,
+                      const uint8_t *minus, int64_t o, float *out) {
     (void)threads, (void)x, (void)n, (void)k, (void)plus, (void)minus, (void)o, (void)out;
 }
 #endif
