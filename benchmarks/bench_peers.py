@@ -121,9 +121,12 @@ PEERS = {"brevitas": brevitas_layer, "bitorch": bitorch_layer, "by hand": hand_l
 PACKAGES = {"brevitas": "brevitas", "bitorch": "bitorch"}
 
 
-def with_peer_layers(model: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> nn.Module | None:
-    """A copy of fewmult's ``model`` whose quantized layers are the peer's, with the same weights."""
-    model = copy.deepcopy(model)
+def with_peer_layers(
+    model: nn.Module, make: Callable[[nn.Module], nn.Module | None]
+) -> tuple[nn.Module, list[nn.Module]] | None:
+    """A copy of fewmult's ``model`` whose quantized layers are the peer's, with the same weights,
+    and those layers; None where the peer has no such layer."""
+    model, swapped = copy.deepcopy(model), []
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, (QuantLinear, QuantConv2d)) or layer.weight_quantizer is None:
             continue
@@ -136,7 +139,8 @@ def with_peer_layers(model: nn.Module, make: Callable[[nn.Module], nn.Module | N
                 new.bias.copy_(layer.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return model
+        swapped.append(new)
+    return model, swapped
 
 
 def make_steps(network: str, kind: str, peers: list[str]) -> dict[str, Callable[[], None]]:
@@ -156,24 +160,19 @@ def make_steps(network: str, kind: str, peers: list[str]) -> dict[str, Callable[
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     steps = {}
     for name in ["fewmult", *peers]:
+        clipped: list[torch.Tensor] = []  # fewmult's own clipping runs in its optimizer hook
         if name == "fewmult":
             model = fewmult_model
         else:
-            model = with_peer_layers(fewmult_model, lambda layer, name=name: PEERS[name](layer, kind))
-            if model is None:
+            peer = with_peer_layers(fewmult_model, lambda layer, name=name: PEERS[name](layer, kind))
+            if peer is None:
                 continue
+            model, layers = peer
             model.train()
+            clipped = [layer.weight for layer in layers]  # the same clipping as fewmult's quantizers
         optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
         if name == "fewmult":
             bind_optimizer(model, optimizer)
-            clipped = []
-        else:  # the same clipping of the latent weights as fewmult's quantizers
-            clipped = [
-                m.weight
-                for m in model.modules()
-                if type(m).__module__.split(".")[0] in ("brevitas", "bitorch")
-            ]
-            clipped += [m.weight for m in model.modules() if isinstance(m, (HandLinear, HandConv2d))]
 
         def step(model=model, optimizer=optimizer, clipped=clipped) -> None:
             optimizer.zero_grad(set_to_none=True)
