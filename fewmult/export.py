@@ -327,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.bench:
-        bench(args.run_dir, Path(s["file"]), args.batches, args.threads)
+        try:
+            bench(args.run_dir, Path(s["file"]), args.batches, args.threads)
+        except Exception as exc:
+            return report_user_error("fewmult.export", exc)
     return 0
 
 
@@ -337,6 +340,11 @@ def bench(run_dir: Path, path: Path, batches: list[int], threads: int | None) ->
     from fewmult.runtime import max_threads
 
     _, _, datamodule = recorded_network(run_dir)
+    if datamodule.input_kind != "images":
+        raise UserError(
+            "--bench times networks of images against PyTorch's feed-forward layers; this run's "
+            f"network reads {datamodule.input_kind} (the export itself is written and checked)."
+        )
     x = datamodule.load().test_x.float().numpy()
     repeats = -(-max(batches) // len(x))
     x = np.concatenate([x] * repeats) if repeats > 1 else x

@@ -168,6 +168,11 @@ def test_export_of_a_trained_run(run_cli, tmp_path, run):
     assert proc.returncode == 0, proc.stderr
     if bench:
         check_bench(proc, out)
+    if run == "lstm-lab2":  # --bench compares image networks only: said in one line, the export kept
+        refused = run_cli(str(out), "--bench", module="fewmult.export")
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert "--bench times networks of images" in refused.stderr
+        assert "vs NumPy" in refused.stdout
     summary = json.loads((out / "export" / "export.json").read_text())
     results = json.loads((out / "results.json").read_text())
     n = summary["test_examples"]
