@@ -90,6 +90,15 @@ def check_teacher_weight(weight: object) -> None:
         )
 
 
+def check_checkpoint_interval(checkpoint: DictConfig | dict) -> None:
+    """``checkpoint.every_steps`` (a positive integer) and ``checkpoint.every_minutes`` (a positive
+    number), each or both null."""
+    for key, integer in (("every_steps", True), ("every_minutes", False)):
+        value = checkpoint.get(key)
+        if value is not None:
+            require_positive(value, f"checkpoint.{key}", integer=integer)
+
+
 def check_values(cfg: DictConfig) -> None:
     """Reject values that cannot work, with the key to fix, from the config alone (no torch)."""
     if cfg.recipe.paper != cfg.paper:  # the recorded paper must be the one whose recipe runs
@@ -119,6 +128,7 @@ def check_values(cfg: DictConfig) -> None:
         )
     if cfg.get("teacher"):
         check_teacher_weight(cfg.teacher_weight)
+    check_checkpoint_interval(cfg.get("checkpoint") or {})
     if not isinstance(cfg.bn_reestimate, bool):
         raise UserError(f"bn_reestimate must be true or false, got {cfg.bn_reestimate!r}.")
 

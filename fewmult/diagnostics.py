@@ -97,14 +97,40 @@ class LayerDiagnostics(L.Callback):
         # sign(w) >= 0 at the previous epoch's end, one byte per weight on the weights' device (packing
         # it eight to a byte took a third of the epoch-end time)
         self._signs: dict[str, torch.Tensor] = {}
+        self._restored: dict[str, Any] | None = None  # from a checkpoint, until training starts
+        self._layer_modules: dict[str, QuantLinear | QuantConv2d] = {}
 
     def _layers(self, pl_module: L.LightningModule) -> dict[str, QuantLinear | QuantConv2d]:
         return layers_by_short_name(pl_module.model)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # a resumed run starts from last.ckpt, written at the end of the previous epoch: its signs
-        # are that epoch's, so a relaunch needs nothing saved for the flip rate
-        self._signs = {name: layer.weight.detach() >= 0 for name, layer in self._layers(pl_module).items()}
+        self._layer_modules = self._layers(pl_module)
+        restored, self._restored = self._restored, None
+        if restored is None:  # a new run, or one resumed at an epoch's end: the signs are that epoch's
+            self._signs = {name: layer.weight.detach() >= 0 for name, layer in self._layer_modules.items()}
+            return
+        # resumed inside an epoch: the signs of the epoch's start and its QBP counts so far
+        device = next(iter(self._layer_modules.values())).weight.device
+        self._signs = {name: signs.to(device) for name, signs in restored["signs"].items()}
+        for name, (clipped, inputs) in restored["qbp"].items():
+            layer = self._layer_modules[name]
+            layer.qbp_clipped.copy_(clipped)
+            layer.qbp_inputs = inputs
+
+    def state_dict(self) -> dict[str, Any]:
+        """The signs of the epoch's start (one byte per weight) and the epoch's QBP counts, which
+        the flip rate and the clipped fractions of an epoch resumed from its middle need."""
+        return {
+            "signs": {name: signs.cpu() for name, signs in self._signs.items()},
+            "qbp": {
+                name: (layer.qbp_clipped.cpu(), layer.qbp_inputs)
+                for name, layer in self._layer_modules.items()
+                if layer.qbp_clipped is not None
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict if state_dict.get("signs") else None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for layer in self._layers(pl_module).values():

@@ -46,6 +46,16 @@ class LossMean:
         self.total += loss.detach() * n
         self.count += n
 
+    def state(self) -> dict[str, torch.Tensor | int]:
+        return {"total": self.total.clone(), "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor | int], device: torch.device) -> LossMean:
+        mean = cls(device)
+        mean.total.copy_(state["total"])
+        mean.count = int(state["count"])
+        return mean
+
     def compute(self, strategy) -> torch.Tensor:
         totals = torch.stack([self.total, torch.tensor(float(self.count), device=self.total.device)])
         total, count = strategy.reduce(totals, reduce_op="sum")
@@ -96,6 +106,7 @@ class ClassifierModule(L.LightningModule):
         # ModuleDict keys cannot be "train" (a Module attribute), hence the underscore
         self.error = nn.ModuleDict({f"{s}_": MulticlassError(num_classes) for s in ("train", *EVAL_SPLITS)})
         self._losses: dict[str, LossMean] = {}  # per split, over the epoch so far
+        self._restored_sums: dict | None = None  # the epoch's sums from a checkpoint written inside it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -151,7 +162,33 @@ class ClassifierModule(L.LightningModule):
         self._losses["train"] = LossMean(self.device)
         if self.teacher is not None:
             self._losses["distill"] = LossMean(self.device)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Inside an epoch, its running training loss, distillation loss and error go along, so that
+        a run resumed there logs the same epoch means as the uninterrupted one."""
+        running = {name: self._losses[name].state() for name in ("train", "distill") if name in self._losses}
+        if running:
+            error = self.error["train_"]
+            checkpoint["epoch_sums"] = {
+                "losses": running,
+                "error": {k: v.clone() for k, v in error.metric_state.items()},
+                "error_updates": error._update_count,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_sums = checkpoint.get("epoch_sums")
+
+    def on_train_start(self) -> None:
+        # here rather than in on_load_checkpoint: the module is on its device now. A restart inside
+        # an epoch does not call on_train_epoch_start, so these sums are the epoch's from here on.
+        sums, self._restored_sums = self._restored_sums, None
+        if sums is None:
+            return
+        self._losses.update({name: LossMean.from_state(s, self.device) for name, s in sums["losses"].items()})
+        error = self.error["train_"]
+        for name, value in sums["error"].items():
+            setattr(error, name, value.to(self.device))
+        error._update_count = sums["error_updates"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # after the last batch rather than in on_train_epoch_end, which Lightning calls after the
@@ -160,6 +197,9 @@ class ClassifierModule(L.LightningModule):
             self._log_train_epoch()
 
     def _log_train_epoch(self) -> None:
+        # the epoch's learning rate (schedules step between epochs), logged at its end so that an
+        # epoch resumed from its middle, where on_train_epoch_start does not run, logs it too
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         loss = self._losses.pop("train").compute(self.trainer.strategy)
         # already reduced over ranks; sync_dist only silences Lightning (the mean of equal values)
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)

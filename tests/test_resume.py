@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewmult.checkpointing import epochs_done
+from fewmult.checkpointing import progress
 from tests.conftest import REPO
 
 EPOCHS = 7  # launch() sets it; a test may give its own trainer.max_epochs after
@@ -70,6 +70,12 @@ SETUPS = {
     ],
 }
 TIMINGS = {"train_seconds", "started_at", "finished_at"}
+KILL_BATCH = 1  # tests.faults.KillAt's default: train_batch kills after this batch (0-based)
+Kill = tuple  # (point, epoch, signal) or (point, epoch, signal, batch) for train_batch
+
+
+def _batch(kill: Kill) -> int:
+    return kill[3] if len(kill) > 3 else KILL_BATCH
 
 
 def launch(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -92,14 +98,13 @@ def launch(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     )
 
 
-def kill_callbacks(
-    markers: Path, kills: list[tuple[str, int, str]], in_folder: list[str] | None = None
-) -> str:
+def kill_callbacks(markers: Path, kills: list[Kill], in_folder: list[str] | None = None) -> str:
     """``KillAt`` callbacks, one per kill (each only in run folders of that name, when given)."""
     items = [
-        f"{{_target_:tests.faults.KillAt,at:{at},epoch:{epoch},signal:{sig},marker:{markers / str(n)}"
-        + (f",in_folder:{in_folder[n]}}}" if in_folder else "}")
-        for n, (at, epoch, sig) in enumerate(kills)
+        f"{{_target_:tests.faults.KillAt,at:{at},epoch:{epoch},signal:{sig},batch:{_batch(kill)},"
+        f"marker:{markers / str(n)}" + (f",in_folder:{in_folder[n]}}}" if in_folder else "}")
+        for n, kill in enumerate(kills)
+        for at, epoch, sig in [kill[:3]]
     ]
     return f"callbacks=[{','.join(items)}]"
 
@@ -117,12 +122,16 @@ def partial_checkpoints(run_dir: Path) -> list[Path]:
     return list((run_dir / "checkpoints").glob(".last.ckpt.*.tmp"))
 
 
-def kill_and_relaunch(tmp_path: Path, args: list[str], kills: list[tuple[str, int, str]]) -> Path:
-    """Launch with the kills armed until a launch completes; check what each kill left behind."""
+def kill_and_relaunch(
+    tmp_path: Path, args: list[str], kills: list[Kill], every_steps: int | None = None
+) -> Path:
+    """Launch with the kills armed until a launch completes; check what each kill left behind
+    (``every_steps``: the run's ``checkpoint.every_steps``)."""
     run_dir, markers = tmp_path / "killed", tmp_path / "markers"
     markers.mkdir()
     callbacks = kill_callbacks(markers, kills)
-    for n, (at, epoch, sig) in enumerate(kills):
+    for n, kill in enumerate(kills):
+        at, epoch, sig = kill[:3]
         proc = launch(run_dir, *args, "logger=none", callbacks)
         assert (markers / str(n)).is_file(), f"the launch died before reaching {at}: {proc.stderr[-3000:]}"
         if sig == "KILL":
@@ -132,26 +141,34 @@ def kill_and_relaunch(tmp_path: Path, args: list[str], kills: list[tuple[str, in
             assert "stopped by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
             assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
         last = run_dir / "checkpoints" / "last.ckpt"
-        done = epochs_done(torch.load(last, weights_only=True)) if last.is_file() else 0
-        # killed before epoch `epoch` ended, so the newest checkpoint is the previous epoch's
+        done, batches = progress(torch.load(last, weights_only=True)) if last.is_file() else (0, 0)
+        # killed before epoch `epoch` ended, so the newest checkpoint has `epoch` epochs done ...
         assert done == epoch, (at, done)
+        if at == "train_batch":  # ... and SIGTERM saved the batches trained, a SIGKILL kept the last save
+            trained = _batch(kill) + 1
+            expected = (
+                trained if sig == "TERM" else (trained - 1) // every_steps * every_steps if every_steps else 0
+            )
+            assert batches == expected, (kill, batches)
         if at == "checkpoint_write":  # the kill really landed inside the write
             (partial,) = partial_checkpoints(run_dir)
             assert partial.stat().st_size > 1 << 20
     proc = launch(run_dir, *args, "logger=none", callbacks)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (
-        f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'} ({kills[-1][1]} epochs done)" in proc.stdout
-    )
+    # from the last epoch's end, or from inside the epoch a SIGTERM or a mid-epoch checkpoint saved
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'} ({kills[-1][1]} epochs" in proc.stdout
     assert not partial_checkpoints(run_dir)  # the relaunch cleared the killed writer's leftovers
     return run_dir
 
 
-def check_same_as_uninterrupted(tmp_path: Path, args: list[str], kills: list[tuple[str, int, str]]) -> None:
+def check_same_as_uninterrupted(
+    tmp_path: Path, args: list[str], kills: list[Kill], every_steps: int | None = None
+) -> None:
     reference = tmp_path / "reference"
     proc = launch(reference, *args, "logger=none")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    killed = kill_and_relaunch(tmp_path, args, kills)
+    mid_epoch = [f"checkpoint.every_steps={every_steps}"] if every_steps else []
+    killed = kill_and_relaunch(tmp_path, [*args, *mid_epoch], kills, every_steps)
     assert [int(r["epoch"]) for r in metric_rows(killed)] == list(range(EPOCHS))
     assert metric_rows(killed) == metric_rows(reference)  # bit-identical to the printed digits
     # the diagnostics too: the relaunch drops a killed epoch's rows and takes its flip rates from last.ckpt
@@ -165,9 +182,12 @@ def test_a_run_killed_and_preempted_ends_as_if_never_killed(tmp_path):
     ``method.weight_quantizer.rng=torch``, which the relaunch takes from last.ckpt; QBP from its hashed
     stream), SGD with its schedule and the data order (Lin et al.'s: a new one every 2 epochs, with
     their BN re-estimation from it), through a SIGKILL inside the checkpoint write and a SIGTERM
-    mid-epoch (epoch 4, the first of an order). (The slow tier kills the all-hashed tc+qbp at every point.)"""
-    kills = [("checkpoint_write", 2, "KILL"), ("train_batch", 4, "TERM")]
-    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng+lin_code"], kills)
+    mid-epoch (epoch 4, the first of an order). Inside epoch 3 a SIGKILL lands after batch 4 of 6,
+    so the relaunch continues from the checkpoint written after batch 4 (``checkpoint.every_steps=2``),
+    and the SIGTERM one saves itself after its batch. (The slow tier kills the all-hashed tc+qbp at
+    every point.)"""
+    kills = [("checkpoint_write", 2, "KILL"), ("train_batch", 3, "KILL", 4), ("train_batch", 4, "TERM")]
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng+lin_code"], kills, every_steps=2)
 
 
 @pytest.mark.slow

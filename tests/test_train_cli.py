@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from fewmult.build import build_model
 from fewmult.config import compose_config
-from fewmult.data.loader import EpochShuffle
+from fewmult.data.order import EpochShuffle
 from fewmult.nn import QuantLinear
 from tests import fakedata
 from tests.conftest import imported_modules, only_run_dir

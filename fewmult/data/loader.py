@@ -2,7 +2,8 @@
 
 The papers' datasets fit in (GPU) memory, so a per-sample ``Dataset`` + ``DataLoader`` with PIL
 transforms only adds Python overhead. :class:`TensorBatches` shuffles with one ``randperm`` per
-epoch and slices. Under DDP every rank draws the same permutation and takes its own stride of it.
+epoch and slices. Under DDP every rank draws the same permutation and takes its own stride of it
+(:mod:`fewmult.data.order`).
 """
 
 from __future__ import annotations
@@ -12,32 +13,10 @@ from collections.abc import Iterator
 import torch
 
 from fewmult.data.augment import CropFlip, batch_key
+from fewmult.data.order import EpochShuffle, ResumableOrder, rank_share, share_size
 
 
-class EpochShuffle:
-    """The order of the examples in one epoch: a permutation that depends only on (seed, epoch).
-
-    As with ``DistributedSampler``, the trainer says which epoch comes next through
-    :meth:`set_epoch` (Lightning calls it on ``loader.sampler`` before every training epoch), so a
-    run resumed at epoch k draws exactly the orders the uninterrupted run drew from epoch k on.
-    ``every``: a new order every this many epochs (Lin et al.'s code: 2, its evaluation interval);
-    epochs ``[k * every, (k + 1) * every)`` share the order ``k``.
-    """
-
-    def __init__(self, seed: int, every: int = 1) -> None:
-        self.seed = seed
-        self.every = every
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def permutation(self, n: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch // self.every)
-        return torch.randperm(n, generator=g)
-
-
-class TensorBatches:
+class TensorBatches(ResumableOrder):
     """An iterable of ``(x, y)`` minibatches.
 
     Args:
@@ -88,15 +67,10 @@ class TensorBatches:
             return None
         else:
             order = torch.arange(n)
-        if self.drop_last:  # equal shares keep DDP ranks in step
-            order = order[: n - n % self.world_size]
-        return order[self.rank :: self.world_size].to(self.x.device)
+        return rank_share(order, self.rank, self.world_size, equal=self.drop_last).to(self.x.device)
 
     def _num_examples(self) -> int:
-        n = len(self.y)
-        if self.drop_last:
-            return n // self.world_size
-        return len(range(self.rank, n, self.world_size))
+        return share_size(len(self.y), self.rank, self.world_size, equal=self.drop_last)
 
     def __len__(self) -> int:
         n, b = self._num_examples(), self.batch_size
@@ -104,8 +78,8 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
-        epoch = self.sampler.epoch if self.sampler is not None else 0
-        for i in range(len(self)):
+        epoch = self._epoch()
+        for i in range(self._first_batch(), len(self)):
             if order is None:
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
                 x, y = self.x[sl], self.y[sl]
@@ -114,4 +88,5 @@ class TensorBatches:
                 x, y = self.x[idx], self.y[idx]
             if self.augment is not None:
                 x = self.augment(x, self.fill, batch_key(self.seed, epoch, self.rank, i))
+            self._yielding()
             yield x, y

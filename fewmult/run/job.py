@@ -186,7 +186,7 @@ def _fit(
             callbacks=[
                 EpochMetricsCSV(metrics, shown=("train/loss", f"val/{metric}", f"test/{metric}")),
                 BestCheckpoint(checkpoints / "best.ckpt", monitor=f"val/{metric}"),
-                LastCheckpoint(checkpoints / "last.ckpt"),
+                LastCheckpoint(checkpoints / "last.ckpt", **(cfg.get("checkpoint") or {})),
                 RandomStates(),
                 *([LayerDiagnostics(run_dir / "layers.csv")] if cfg.diagnostics else []),
                 *([RecomputeBatchNorm(cfg.bn_reestimate_form)] if cfg.bn_reestimate else []),
