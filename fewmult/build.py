@@ -85,6 +85,12 @@ def checked_datamodule(cfg: DictConfig) -> TensorDataModule:
     check_config(cfg)
     datamodule = instantiate(cfg.dataset)
     check_model_fits_data(cfg, datamodule)
+    if cfg.bn_reestimate and not hasattr(datamodule, "statistics_batches"):
+        raise UserError(
+            f"bn_reestimate=true re-estimates BN statistics from the whole training set before every "
+            f"validation (Lin et al.'s code), which dataset={cfg.dataset.name} streams from disk; use "
+            "bn_reestimate=false (procedure=default)."
+        )
     images = datamodule.input_kind == "images"  # text: the network's vocabulary needs the file
     if cfg.get("teacher"):
         load_teacher(cfg, datamodule.input_kind)
@@ -138,7 +144,11 @@ def optimizer_factory(cfg: DictConfig) -> Callable[[nn.Module], torch.optim.Opti
 
 
 def build_module(
-    cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, input_kind: str = "images"
+    cfg: DictConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    input_kind: str = "images",
+    top5: bool = False,
 ) -> ClassifierModule:
     return ClassifierModule(
         model=build_model(cfg, input_shape, num_classes),
@@ -147,4 +157,5 @@ def build_module(
         scheduler=instantiate(cfg.schedule),
         num_classes=num_classes,
         teacher=load_teacher(cfg, input_kind) if cfg.get("teacher") else None,
+        top5=top5,
     )

@@ -17,11 +17,12 @@ EVAL_SPLITS = ("val", "test")  # the order of TensorDataModule.val_dataloader()
 
 
 class MulticlassError(MulticlassAccuracy):
-    """Top-1 error rate, 1 - accuracy, as both papers report it (synchronized across DDP ranks)."""
+    """Top-k error rate, 1 - accuracy (top-1 as both papers report it; top-5 as ImageNet papers add),
+    synchronized across DDP ranks."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, top_k: int = 1) -> None:
         super().__init__(
-            num_classes=num_classes, average="micro", validate_args=False
+            num_classes=num_classes, top_k=top_k, average="micro", validate_args=False
         )  # checks cost ~1 ms a step
 
     def compute(self) -> torch.Tensor:
@@ -74,7 +75,8 @@ class ClassifierModule(L.LightningModule):
     errors are means over all positions (for the cross-entropy loss: nats per character).
 
     Logged per epoch: ``train/loss``, ``train/error``, ``val/loss``, ``val/error``, ``test/loss``,
-    ``test/error`` and ``lr``; with a teacher also ``train/distill``, the distribution loss
+    ``test/error`` and ``lr``; from a streamed dataset also ``train/data_wait``, the share of the
+    epoch spent waiting for data; with a teacher also ``train/distill``, the distribution loss
     (``train/loss`` stays the task's loss, comparable with ``val/loss``). The test split is
     evaluated with the validation split at every validation, so that the test error at the epoch of
     best validation error can be reported.
@@ -86,6 +88,7 @@ class ClassifierModule(L.LightningModule):
         scheduler: builds the per-epoch LR scheduler from the optimizer, or returns None.
         num_classes: for the error metrics.
         teacher: a frozen network whose softmax the model also learns to match (``teacher=``).
+        top5: also log ``val/top5_error`` and ``test/top5_error`` (ImageNet; needs more than 5 classes).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class ClassifierModule(L.LightningModule):
         scheduler: Callable[[torch.optim.Optimizer], object] | None,
         num_classes: int,
         teacher: Teacher | None = None,
+        top5: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -105,7 +109,13 @@ class ClassifierModule(L.LightningModule):
         self.scheduler_factory = scheduler
         # ModuleDict keys cannot be "train" (a Module attribute), hence the underscore
         self.error = nn.ModuleDict({f"{s}_": MulticlassError(num_classes) for s in ("train", *EVAL_SPLITS)})
+        self.top5_error = (
+            nn.ModuleDict({s: MulticlassError(num_classes, top_k=5) for s in EVAL_SPLITS})
+            if top5 and num_classes > 5
+            else None
+        )
         self._losses: dict[str, LossMean] = {}  # per split, over the epoch so far
+        self._epoch_lr = 0.0  # the learning rate the epoch trains with
         self._restored_sums: dict | None = None  # the epoch's sums from a checkpoint written inside it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +125,7 @@ class ClassifierModule(L.LightningModule):
         # No self.log here: per-step logging costs ~5 % of an MLP step on CPU. The epoch's loss and
         # error are accumulated on the device and logged once, after the epoch's last batch.
         x, y = batch
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # a Python float: no sync
         logits, y = per_position(self.model(x), y)
         loss = self.loss(logits, y)
         self.error["train_"].update(logits.detach(), y)
@@ -141,6 +152,10 @@ class ClassifierModule(L.LightningModule):
         self._losses.setdefault(split, LossMean(self.device)).add(self.loss(logits, y), len(y))
         opts = {"on_step": False, "on_epoch": True, "batch_size": len(y), "add_dataloader_idx": False}
         self.log(f"{split}/error", error, **opts)
+        if self.top5_error is not None:
+            top5 = self.top5_error[split]
+            top5.update(logits, y)
+            self.log(f"{split}/top5_error", top5, **opts)
 
     def _log_eval_losses(self) -> None:
         for split in EVAL_SPLITS:
@@ -197,9 +212,14 @@ class ClassifierModule(L.LightningModule):
             self._log_train_epoch()
 
     def _log_train_epoch(self) -> None:
-        # the epoch's learning rate (schedules step between epochs), logged at its end so that an
-        # epoch resumed from its middle, where on_train_epoch_start does not run, logs it too
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # the epoch's learning rate, logged at its end so that an epoch resumed from its middle, where
+        # on_train_epoch_start does not run, logs it too (read in the step: Lightning steps an epoch's
+        # schedule after the last batch's training_step, before on_train_batch_end)
+        self.log("lr", self._epoch_lr, on_step=False, on_epoch=True)
+        # a streamed dataset's share of the epoch spent waiting for batches (mean over ranks; a
+        # timing, so it differs between an interrupted run and its uninterrupted twin)
+        if (waited := getattr(self.trainer.train_dataloader, "wait_share", None)) is not None:
+            self.log("train/data_wait", float(waited), on_step=False, on_epoch=True, sync_dist=True)
         loss = self._losses.pop("train").compute(self.trainer.strategy)
         # already reduced over ranks; sync_dist only silences Lightning (the mean of equal values)
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)

@@ -23,7 +23,7 @@ METRIC_COLUMNS = [
     "epoch_seconds",
 ]
 # columns of some runs only, after the others: the distribution loss of a run with a teacher
-OPTIONAL_COLUMNS = ["train/distill"]
+OPTIONAL_COLUMNS = ["train/distill", "val/top5_error", "test/top5_error", "train/data_wait"]
 
 
 def _columns(old_text: str, row: dict[str, float]) -> list[str]:

@@ -118,3 +118,32 @@ def register_svhn_md5(monkeypatch, sums: dict[str, str]) -> None:
     cls = torchvision.datasets.SVHN
     table = {split: [url, name, sums.get(split, md5_)] for split, (url, name, md5_) in cls.split_list.items()}
     monkeypatch.setattr(cls, "split_list", table)
+
+
+def write_image_folder(
+    root: Path,
+    classes: int = 6,
+    train_per_class: int = 6,
+    val_per_class: int = 2,
+    seed: int = 0,
+    flat_val: bool = False,
+) -> Path:
+    """An ImageNet-layout tree of real JPEG files (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, or
+    a flat ``val/`` as the validation archive extracts) of varied sizes, each class a colour of its own
+    under noise, so that a net can tell them apart. Returns the tree's folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "imagenet"
+    colours = rng.integers(40, 216, size=(classes, 3))
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            wnid = f"n{c:08d}"
+            where = folder / split if split == "val" and flat_val else folder / split / wnid
+            where.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = int(rng.integers(40, 72)), int(rng.integers(40, 96))
+                pixels = colours[c] + rng.normal(0, 30, size=(h, w, 3))
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                image.save(where / f"{split}_{wnid}_{i}.JPEG", quality=90)
+    return folder

@@ -20,6 +20,7 @@ from fewmult.errors import UserError
 from fewmult.models import QuantModel
 from fewmult.nn.layers import quant_layers
 from fewmult.published import Published, lookup, published_rows, settings_differing, setup_key
+from tests import fakedata
 
 
 def options(group: str) -> list[str]:
@@ -75,7 +76,7 @@ def builds_and_steps(cfg) -> None:
     """The composed run's model reads a batch of its data; its optimizer, schedule, loss and trainer
     instantiate, with the learning rate the recipe sets in every parameter group."""
     datamodule = instantiate(cfg.dataset)
-    assert isinstance(datamodule, TensorDataModule)
+    assert datamodule.input_kind in ("images", "tokens") and datamodule.image_shape
     model = build_model(cfg, datamodule.image_shape, 10)  # with the method's quantizers and activations
     model.eval()
     x, out_shape = example_batch(datamodule)
@@ -313,18 +314,31 @@ def test_paper_and_dataset_select_the_setup(overrides, arch_name, optimizer, bat
     assert cfg.trainer.max_epochs == epochs
 
 
+@pytest.fixture(scope="module")
+def image_folder_root(tmp_path_factory) -> str:
+    """A tiny ImageNet-layout tree, so that dataset=imagenet instantiates (it checks its folders)."""
+    root = tmp_path_factory.mktemp("image_folder")
+    fakedata.write_image_folder(root, classes=2, train_per_class=1, val_per_class=1)
+    return str(root)
+
+
 @pytest.mark.parametrize("paper", options("paper"))
 @pytest.mark.parametrize("dataset", options("dataset"))
-def test_a_run_is_recorded_under_the_paper_whose_recipe_runs(paper, dataset):
-    cfg = compose_config(f"paper={paper}", f"dataset={dataset}")
+def test_a_run_is_recorded_under_the_paper_whose_recipe_runs(paper, dataset, image_folder_root):
+    at = [f"dataset.root={image_folder_root}"] if dataset == "imagenet" else []
+    cfg = compose_config(f"paper={paper}", f"dataset={dataset}", *at)
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     assert not OmegaConf.missing_keys(task)  # the recipe fills every ??? the groups leave to it
     if cfg.recipe.paper == paper:
         check_config(cfg)
-        builds_and_steps(compose_config(f"paper={paper}", f"dataset={dataset}", "method=bnn"))
+        builds_and_steps(compose_config(f"paper={paper}", f"dataset={dataset}", "method=bnn", *at))
         return
-    assert paper != "hou2017" and dataset in ("text", "warpeace", "linux")  # only Hou et al. have an LSTM
-    with pytest.raises(UserError, match=rf"paper={paper} has no setup for dataset=.*Add paper=hou2017"):
+    # only Hou et al. have an LSTM; only Bi-Real and ReActNet an ImageNet recipe (Bi-Real's is offered)
+    fix = "liu2018" if dataset == "imagenet" else "hou2017"
+    assert (dataset == "imagenet" and paper not in ("liu2018", "liu2020")) or (
+        paper != "hou2017" and dataset in ("text", "warpeace", "linux")
+    )
+    with pytest.raises(UserError, match=rf"paper={paper} has no setup for dataset=.*Add paper={fix}"):
         check_config(cfg)
 
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from fewmult.checkpointing import progress
+from tests import fakedata
 from tests.conftest import REPO
 
 EPOCHS = 7  # launch() sets it; a test may give its own trainer.max_epochs after
@@ -109,9 +110,12 @@ def kill_callbacks(markers: Path, kills: list[Kill], in_folder: list[str] | None
     return f"callbacks=[{','.join(items)}]"
 
 
+TIMING_COLUMNS = {"epoch_seconds", "train/data_wait"}
+
+
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open() as f:
-        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
 
 
 def results(run_dir: Path) -> dict:
@@ -238,3 +242,22 @@ def test_a_two_stage_run_killed_in_each_stage_ends_as_if_never_killed(tmp_path):
         str(reference / "stage1"),
     )
     assert ours == theirs and ours["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_streamed_imagenet_run_killed_inside_an_epoch_ends_as_if_never_killed(tmp_path):
+    """dataset=imagenet (real JPEG files decoded by a DataLoader worker, random resized crops drawn
+    per image and epoch): a SIGKILL after batch 2 of 3 in epoch 1, with a checkpoint after every
+    batch, and a SIGTERM after batch 1 of epoch 3; the relaunches continue inside those epochs."""
+    fakedata.write_image_folder(tmp_path / "data")
+    args = [
+        "dataset=imagenet",
+        "paper=liu2018",
+        "method=bireal",
+        "model=resnet20",
+        f"dataset.root={tmp_path / 'data'}",
+        *("dataset.image_size=16", "dataset.resize=18", "dataset.val_size=6", "dataset.batch_size=8"),
+        "dataset.workers=1",
+    ]
+    kills = [("train_batch", 1, "KILL", 1), ("train_batch", 3, "TERM", 0)]
+    check_same_as_uninterrupted(tmp_path, args, kills, every_steps=1)

@@ -92,10 +92,15 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _best_results(best: dict[str, float], per_character_nats: bool) -> dict[str, Any]:
-    """The ``results.json`` fields of the selected epoch."""
+    """The ``results.json`` fields of the selected epoch (top-5 errors where they were logged)."""
     fields = {
         "best_epoch": int(best["epoch"]),
         **{f"{split}_{m}": best[f"{split}/{m}"] for split in ("val", "test") for m in ("error", "loss")},
+        **{
+            f"{split}_top5_error": best[f"{split}/top5_error"]
+            for split in ("val", "test")
+            if f"{split}/top5_error" in best
+        },
     }
     if per_character_nats:  # cross-entropy of a language model: also in bits per character
         fields.update({f"{split}_bpc": fields[f"{split}_loss"] / math.log(2) for split in ("val", "test")})
@@ -171,7 +176,8 @@ def _fit(
         results["selected_by"] = f"val_{metric}"  # also in a failed run's results, for the report
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
-        module = build_module(cfg, splits.input_shape, splits.num_classes, datamodule.input_kind)
+        top5 = getattr(datamodule, "top5", False)
+        module = build_module(cfg, splits.input_shape, splits.num_classes, datamodule.input_kind, top5)
         if cfg.get("init_from") and ckpt_path is None:  # a relaunch continues from its own last.ckpt
             load_weights_from(module.model, Path(cfg.init_from).expanduser())
         if not cfg.diagnostics:

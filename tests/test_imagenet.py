@@ -1,0 +1,244 @@
+"""dataset=imagenet: the ImageFolder layout and its messages, the decoding against torchvision's
+transforms, the stream's order, sharding and resumption, and training through the real entry point
+on a tiny tree of real JPEG files."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from fewmult.data.imagenet import ImageFolderData
+from fewmult.data.imagenet.decode import draw_key, eval_image, random_resized_box, train_image
+from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
+from fewmult.errors import UserError
+from tests import fakedata
+from tests.conftest import only_run_dir
+
+TINY = ["dataset.image_size=16", "dataset.resize=18", "dataset.val_size=6", "dataset.eval_batch_size=5"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """6 classes, 6 training and 2 validation JPEGs each, 40-95 pixels wide."""
+    return fakedata.write_image_folder(tmp_path_factory.mktemp("inet"))
+
+
+def data(root, **kwargs) -> ImageFolderData:
+    args = {"name": "imagenet", "root": str(root), "folder": "imagenet", "batch_size": 4, "val_size": 6}
+    return ImageFolderData(**{**args, **kwargs, "image_size": 16, "resize": 18})
+
+
+def test_the_splits_hold_every_file_once_and_the_held_out_images_are_the_same_for_every_seed(tree):
+    splits = data(tree.parent, seed=0).load()
+    assert splits.sizes() == {"train": 30, "val": 6, "test": 12} and splits.num_classes == 6
+    files = [path for path, _ in splits.train + splits.val]
+    assert len(set(files)) == 36
+    assert data(tree.parent, seed=5).load().val == splits.val  # a fixed draw, not the run's seed
+    assert {label for _, label in splits.test} == set(range(6))
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("no_tree", "no folder"),
+        ("no_val", "has no 'val' folder"),
+        ("flat_val", "holds 12 images directly, not in class folders"),
+        ("other_classes", "are not those of"),
+        ("empty_class", "needs images"),
+    ],
+)
+def test_a_malformed_tree_is_named_with_the_layout_and_the_fix(tmp_path, damage, says):
+    folder = fakedata.write_image_folder(tmp_path, flat_val=damage == "flat_val")
+    if damage == "no_tree":
+        folder = folder.rename(tmp_path / "elsewhere")
+    elif damage == "no_val":
+        for f in sorted((folder / "val").rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        (folder / "val").rmdir()
+    elif damage == "other_classes":
+        (folder / "val" / "n00000005").rename(folder / "val" / "n99999999")
+    elif damage == "empty_class":
+        for f in (folder / "val" / "n00000001").iterdir():
+            f.unlink()
+    with pytest.raises(UserError, match=says) as caught:
+        data(tmp_path).load()
+    assert "imagenet" in str(caught.value)
+
+
+def test_a_damaged_jpeg_is_named_by_the_training_process(tmp_path):
+    folder = fakedata.write_image_folder(tmp_path)
+    bad = sorted((folder / "train" / "n00000002").iterdir())[0]
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    module = data(tmp_path, workers=1)
+    stream = module.train_dataloader()
+    with pytest.raises(UserError, match=rf"cannot decode {bad}.*replace it with a good copy") as caught:
+        list(stream)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_crop_boxes_follow_torchvisions_distribution_and_flip_half_the_time():
+    """4,000 boxes of a 500 x 375 image against 4,000 from torchvision's RandomResizedCrop.get_params:
+    the same bounds, and means of area and aspect ratio within 5 standard deviations (sd of a
+    difference of means: 0.006 for the area, 0.004 for the log ratio); flips 1/2 within 5 sd (0.008)."""
+    image = Image.new("RGB", (500, 375))
+    torch.manual_seed(0)
+    theirs = [v2.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
+    ours, flips = [], 0
+    for index in range(4000):
+        rng = random.Random(draw_key(0, 0, index))
+        left, top, w, h = random_resized_box(500, 375, rng)
+        assert 0 <= left <= 500 - w and 0 <= top <= 375 - h
+        ours.append((top, left, h, w))
+        flips += rng.random() < 0.5
+
+    def stats(boxes):
+        areas = [h * w / (500 * 375) for _, _, h, w in boxes]
+        logs = [math.log(w / h) for _, _, h, w in boxes]
+        return min(areas), max(areas), sum(areas) / len(areas), min(logs), max(logs), sum(logs) / len(logs)
+
+    a, b = stats(ours), stats(theirs)
+    assert a[0] >= 0.075 and a[1] <= 1 and a[3] >= math.log(3 / 4) - 0.02 and a[4] <= math.log(4 / 3) + 0.02
+    assert abs(a[2] - b[2]) < 0.03 and abs(a[5] - b[5]) < 0.02
+    assert abs(flips / 4000 - 0.5) < 0.04
+
+
+def test_decoding_without_draft_gives_torchvisions_pixels(tree):
+    """Evaluation: Resize(256) + CenterCrop(224) in miniature; training: the same box through
+    torchvision's resized_crop, mirrored when the draw says so."""
+    path = str(sorted((tree / "val" / "n00000003").iterdir())[0])
+    image = Image.open(path).convert("RGB")
+    expected = v2.CenterCrop(16)(v2.Resize(18)(image))
+    assert (
+        eval_image(path, 16, 18, draft=False)
+        == torch.tensor(list(expected.getdata())).numpy().reshape(16, 16, 3)
+    ).all()
+    flipped = 0
+    for index in range(20):
+        key = draw_key(0, 3, index)
+        rng = random.Random(key)
+        left, top, w, h = random_resized_box(*image.size, rng)
+        crop = v2.functional.resized_crop(image, top, left, h, w, [16, 16])
+        if rng.random() < 0.5:
+            crop, flipped = v2.functional.horizontal_flip(crop), flipped + 1
+        got = train_image(path, 16, key, draft=False)
+        assert (got == torch.tensor(list(crop.getdata())).numpy().reshape(16, 16, 3)).all()
+    assert 0 < flipped < 20
+
+
+def test_draft_decoding_is_close_to_the_full_decode(tree):
+    path = str(max((tree / "train").rglob("*.JPEG"), key=lambda p: Image.open(p).size[0]))
+    full = torch.tensor(eval_image(path, 16, 18, draft=False)).float()
+    fast = torch.tensor(eval_image(path, 16, 18, draft=True)).float()
+    assert (full - fast).abs().mean() < 12  # both low-pass reductions of the same image (0-255 scale)
+
+
+def stream(tree, rank=0, world=1, train=True, workers=0, batch=4) -> ImageStream:
+    splits = data(tree.parent).load()
+    images = FolderImages(
+        splits.train if train else splits.test, Decoding(16, 18, train, 0, True), "imagenet"
+    )
+    return ImageStream(
+        images, batch, shuffle=train, drop_last=train, seed=0, rank=rank, world_size=world, workers=workers
+    )
+
+
+def labels_and_pixels(s: ImageStream, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    s.set_epoch(epoch) if hasattr(s, "set_epoch") else s.sampler.set_epoch(epoch)
+    return list(s)
+
+
+def test_ranks_share_an_epoch_without_overlap_and_evaluation_sees_every_image_once(tree):
+    """Training: 30 images on 2 ranks of batch 4 = 3 batches each, 24 distinct images; evaluation:
+    12 test images as 6 + 6 with no padding."""
+    whole = stream(tree, batch=1)
+    whole.sampler.set_epoch(1)
+    one = torch.cat([x for x, _ in whole])
+    seen = []
+    for rank in range(2):
+        s = stream(tree, rank=rank, world=2, batch=4)
+        s.sampler.set_epoch(1)
+        batches = list(s)
+        assert len(batches) == len(s) == 3
+        seen += [x for batch, _ in batches for x in batch]
+    # every image a rank trained on is the one the single process trained on at that place of the order
+    assert sum(any(torch.equal(x, y) for y in one) for x in seen) == 24
+    counts = [sum(len(y) for _, y in stream(tree, rank=r, world=2, train=False, batch=5)) for r in range(2)]
+    assert counts == [6, 6]
+
+
+def test_workers_decode_what_the_training_process_would(tree):
+    first = [x for x, _ in labels_and_pixels(stream(tree, workers=0), 2)]
+    second = [x for x, _ in labels_and_pixels(stream(tree, workers=2), 2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not torch.equal(first[0], labels_and_pixels(stream(tree), 3)[0][0])  # a new epoch, new crops
+
+
+def test_a_stream_resumed_inside_an_epoch_gives_the_batches_not_yet_trained(tree):
+    uninterrupted = labels_and_pixels(stream(tree), 4)
+    s = stream(tree)
+    s.sampler.set_epoch(4)
+    it = iter(s)
+    for _ in range(3):
+        next(it)
+    state = s.state_dict()
+    assert state == {"epoch": 4, "batches": 3}
+    resumed = stream(tree)
+    resumed.load_state_dict(state)
+    rest = labels_and_pixels(resumed, 4)
+    assert len(rest) == len(uninterrupted) - 3
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(rest, uninterrupted[3:], strict=True)
+    )
+    assert len(labels_and_pixels(resumed, 5)) == len(uninterrupted)  # the next epoch starts at its start
+
+
+def test_batches_are_normalized_on_the_device_as_float_nchw(tree):
+    module = data(tree.parent)
+    x, y = next(iter(module.train_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (4, 16, 16, 3)
+    z, _ = module.on_after_batch_transfer((x, y), 0)
+    mean = torch.tensor(module.mean).view(1, 3, 1, 1)
+    std = torch.tensor(module.std).view(1, 3, 1, 1)
+    assert z.shape == (4, 3, 16, 16) and z.dtype == torch.float32 and z.is_contiguous()
+    assert torch.allclose(z, (x.permute(0, 3, 1, 2).float() / 255 - mean) / std, atol=1e-5)
+
+
+def test_imagenet_trains_through_the_entry_point_with_top5_and_the_data_wait(run_cli, tree, tmp_path):
+    proc = run_cli(
+        "dataset=imagenet",
+        "paper=liu2018",
+        "method=bireal",
+        f"dataset.root={tree.parent}",
+        *TINY,
+        "dataset.batch_size=8",
+        "trainer.max_epochs=2",
+        "logger=csv",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run_dir(tmp_path / "outputs")
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and results["train_samples"] == 30
+    assert 0 <= results["test_top5_error"] <= results["test_error"] <= 1
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"val/top5_error", "test/top5_error", "train/data_wait"} <= set(header)
+    column = {name: [float(r.split(",")[header.index(name)]) for r in rows[1:]] for name in header}
+    # the rate each epoch trained at: Bi-Real's schedule stepped before every epoch, 1e-3 (1 - (e + 1) / 2)
+    assert column["lr"] == [0.0005, 0.0]
+    waits = column["train/data_wait"]
+    assert all(0 <= w < 1 for w in waits) and not any(math.isnan(w) for w in waits)
+
+
+def test_a_flat_validation_folder_is_refused_before_a_run_folder_is_made(run_cli, tmp_path):
+    fakedata.write_image_folder(tmp_path / "data", flat_val=True)
+    proc = run_cli("dataset=imagenet", "paper=liu2018", f"dataset.root={tmp_path / 'data'}", *TINY)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "fewmult: error: imagenet:" in proc.stderr and "valprep.sh" in proc.stderr
+    assert not list((tmp_path / "outputs").rglob("*")) if (tmp_path / "outputs").exists() else True
