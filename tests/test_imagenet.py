@@ -4,6 +4,7 @@ on a tiny tree of real JPEG files."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -242,3 +243,49 @@ def test_a_flat_validation_folder_is_refused_before_a_run_folder_is_made(run_cli
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "fewmult: error: imagenet:" in proc.stderr and "valprep.sh" in proc.stderr
     assert not list((tmp_path / "outputs").rglob("*")) if (tmp_path / "outputs").exists() else True
+
+
+# No batch norm (each rank would normalize over its own half batch); 7 held-out validation images,
+# so the two ranks evaluate 4 and 3; a worker per rank decodes
+DDP_IMAGENET = [
+    "dataset=imagenet",
+    "paper=liu2018",
+    "model=mlp",
+    "model.arch=64FC",
+    "model.batch_norm=false",
+    "dataset.image_size=16",
+    "dataset.resize=18",
+    "dataset.val_size=7",
+    "dataset.eval_batch_size=2",
+    "dataset.workers=1",
+    "trainer.max_epochs=2",
+    "logger=csv",
+]
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_and_evaluate_as_one_with_their_batches_together(run_cli, tree, tmp_path):
+    """trainer=ddp on 2 CPU processes (gloo) with batches of 4 against one process with batches of 8:
+    the same images in every step (each rank takes every other image of the epoch's order, with the
+    same crops), the gradients averaged, and every validation and test image scored once."""
+    root = f"dataset.root={tree.parent}"
+    ddp = run_cli(
+        *DDP_IMAGENET,
+        root,
+        "dataset.batch_size=4",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "hydra.run.dir=ddp",
+        timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = run_cli(
+        *DDP_IMAGENET, root, "dataset.batch_size=8", "trainer=cpu", "hydra.run.dir=one", timeout=600
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = {name: list(csv.DictReader((tmp_path / name / "metrics.csv").open())) for name in ("ddp", "one")}
+    assert len(rows["ddp"]) == len(rows["one"]) == 2
+    for d, o in zip(rows["ddp"], rows["one"], strict=True):
+        for key in ("train/loss", "val/loss", "test/loss", "val/error", "test/error", "test/top5_error"):
+            assert float(d[key]) == pytest.approx(float(o[key]), rel=1e-4, abs=1e-6), key
