@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fewmult.errors import UserError, require_positive
+from fewmult.run.ranks import ddp_devices, ddp_nodes, ddp_strategy, shared_run_dir
 from fewmult.rundir import new_dir
 
 
@@ -59,10 +60,19 @@ def _deterministic_on(accelerator: str) -> bool:
     return deterministic_on(accelerator)
 
 
+def run_folder(base: str) -> str:
+    """An auto-named output folder: of its own (:func:`fewmult.rundir.new_dir`), or inside a
+    launch of many processes the one they all compute (:func:`fewmult.run.ranks.shared_run_dir`)."""
+    return shared_run_dir(base) or new_dir(base)
+
+
 def register_resolvers() -> None:
     """The ``fewmult.*`` resolvers the configs use; before Hydra composes."""
     resolvers = {
-        "fewmult.new_dir": (new_dir, True),  # cached per config, as Hydra's ``now``
+        "fewmult.new_dir": (run_folder, True),  # cached per config, as Hydra's ``now``
+        "fewmult.ddp_strategy": (ddp_strategy, False),
+        "fewmult.ddp_devices": (ddp_devices, False),
+        "fewmult.ddp_nodes": (ddp_nodes, False),
         "fewmult.visible_accelerator": (_visible_accelerator, False),
         "fewmult.deterministic_on": (_deterministic_on, False),
         "fewmult.data_root": (data_root, False),

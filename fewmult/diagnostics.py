@@ -99,35 +99,41 @@ class LayerDiagnostics(L.Callback):
         self._signs: dict[str, torch.Tensor] = {}
         self._restored: dict[str, Any] | None = None  # from a checkpoint, until training starts
         self._layer_modules: dict[str, QuantLinear | QuantConv2d] = {}
+        self._trainer: L.Trainer | None = None
 
     def _layers(self, pl_module: L.LightningModule) -> dict[str, QuantLinear | QuantConv2d]:
         return layers_by_short_name(pl_module.model)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._layer_modules = self._layers(pl_module)
+        self._trainer = trainer
         restored, self._restored = self._restored, None
         if restored is None:  # a new run, or one resumed at an epoch's end: the signs are that epoch's
             self._signs = {name: layer.weight.detach() >= 0 for name, layer in self._layer_modules.items()}
             return
-        # resumed inside an epoch: the signs of the epoch's start and its QBP counts so far
+        # resumed inside an epoch: the signs of the epoch's start and its QBP counts so far, summed
+        # over the ranks: on rank zero (the epoch's end adds up the ranks' counts)
         device = next(iter(self._layer_modules.values())).weight.device
         self._signs = {name: signs.to(device) for name, signs in restored["signs"].items()}
         for name, (clipped, inputs) in restored["qbp"].items():
             layer = self._layer_modules[name]
-            layer.qbp_clipped.copy_(clipped)
-            layer.qbp_inputs = inputs
+            lead = trainer.global_rank == 0
+            layer.qbp_clipped.copy_(clipped if lead else torch.zeros_like(clipped))
+            layer.qbp_inputs = inputs if lead else 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The signs of the epoch's start (one byte per weight) and the epoch's QBP counts, which
-        the flip rate and the clipped fractions of an epoch resumed from its middle need."""
-        return {
-            "signs": {name: signs.cpu() for name, signs in self._signs.items()},
-            "qbp": {
-                name: (layer.qbp_clipped.cpu(), layer.qbp_inputs)
-                for name, layer in self._layer_modules.items()
-                if layer.qbp_clipped is not None
-            },
-        }
+        """The signs of the epoch's start (one byte per weight) and the epoch's QBP counts summed
+        over the DDP ranks (every rank builds the checkpoint), which the flip rate and the clipped
+        fractions of an epoch resumed from its middle need."""
+        qbp = {}
+        for name, layer in self._layer_modules.items():
+            if layer.qbp_clipped is not None:
+                counts = torch.cat(
+                    [layer.qbp_clipped, torch.tensor([layer.qbp_inputs], device=layer.qbp_clipped.device)]
+                )
+                counts = self._trainer.strategy.reduce(counts, reduce_op="sum").cpu()
+                qbp[name] = (counts[:2].clone(), int(counts[2]))
+        return {"signs": {name: signs.cpu() for name, signs in self._signs.items()}, "qbp": qbp}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict if state_dict.get("signs") else None

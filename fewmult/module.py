@@ -40,15 +40,14 @@ class LossMean:
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), device=device)
+        # float64: the sum of a resumed epoch adds its parts in another order than the uninterrupted
+        # run; in double precision both round to the same six digits of metrics.csv
+        self.total = torch.zeros((), device=device, dtype=torch.float64)
         self.count = 0
 
     def add(self, loss: torch.Tensor, n: int) -> None:
         self.total += loss.detach() * n
         self.count += n
-
-    def state(self) -> dict[str, torch.Tensor | int]:
-        return {"total": self.total.clone(), "count": self.count}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor | int], device: torch.device) -> LossMean:
@@ -58,9 +57,9 @@ class LossMean:
         return mean
 
     def compute(self, strategy) -> torch.Tensor:
-        totals = torch.stack([self.total, torch.tensor(float(self.count), device=self.total.device)])
+        totals = torch.stack([self.total, torch.full_like(self.total, self.count)])
         total, count = strategy.reduce(totals, reduce_op="sum")
-        return total / count
+        return (total / count).float()
 
 
 def per_position(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,31 +178,44 @@ class ClassifierModule(L.LightningModule):
             self._losses["distill"] = LossMean(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Inside an epoch, its running training loss, distillation loss and error go along, so that
-        a run resumed there logs the same epoch means as the uninterrupted one."""
-        running = {name: self._losses[name].state() for name in ("train", "distill") if name in self._losses}
-        if running:
-            error = self.error["train_"]
-            checkpoint["epoch_sums"] = {
-                "losses": running,
-                "error": {k: v.clone() for k, v in error.metric_state.items()},
-                "error_updates": error._update_count,
-            }
+        """Inside an epoch, its running training loss, distillation loss and error go along, summed
+        over the DDP ranks (every rank builds the checkpoint; rank zero's is written), so that a run
+        resumed there logs the same epoch means as the uninterrupted one."""
+        names = [name for name in ("train", "distill") if name in self._losses]
+        if not names:
+            return
+        strategy = self.trainer.strategy
+        sums = {}
+        for name in names:
+            mean = self._losses[name]
+            both = torch.stack([mean.total, torch.full_like(mean.total, mean.count)])
+            total, count = strategy.reduce(both, reduce_op="sum")
+            sums[name] = {"total": total, "count": int(count)}
+        error = self.error["train_"]
+        checkpoint["epoch_sums"] = {
+            "losses": sums,
+            "error": {k: strategy.reduce(v.clone(), reduce_op="sum") for k, v in error.metric_state.items()},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_sums = checkpoint.get("epoch_sums")
 
     def on_train_start(self) -> None:
         # here rather than in on_load_checkpoint: the module is on its device now. A restart inside
-        # an epoch does not call on_train_epoch_start, so these sums are the epoch's from here on.
+        # an epoch does not call on_train_epoch_start, so these sums are the epoch's from here on:
+        # the sums over all ranks on rank zero, zero on the others (the epoch's end adds them up)
         sums, self._restored_sums = self._restored_sums, None
         if sums is None:
             return
-        self._losses.update({name: LossMean.from_state(s, self.device) for name, s in sums["losses"].items()})
+        lead = self.global_rank == 0
+        for name, state in sums["losses"].items():
+            self._losses[name] = LossMean.from_state(state, self.device) if lead else LossMean(self.device)
         error = self.error["train_"]
-        for name, value in sums["error"].items():
-            setattr(error, name, value.to(self.device))
-        error._update_count = sums["error_updates"]
+        error.reset()
+        if lead:
+            for name, value in sums["error"].items():
+                setattr(error, name, value.to(self.device))
+            error._update_count = 1  # the states hold updates: compute() may read them
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # after the last batch rather than in on_train_epoch_end, which Lightning calls after the
@@ -215,7 +227,7 @@ class ClassifierModule(L.LightningModule):
         # the epoch's learning rate, logged at its end so that an epoch resumed from its middle, where
         # on_train_epoch_start does not run, logs it too (read in the step: Lightning steps an epoch's
         # schedule after the last batch's training_step, before on_train_batch_end)
-        self.log("lr", self._epoch_lr, on_step=False, on_epoch=True)
+        self.log("lr", self._epoch_lr, on_step=False, on_epoch=True, sync_dist=True)
         # a streamed dataset's share of the epoch spent waiting for batches (mean over ranks; a
         # timing, so it differs between an interrupted run and its uninterrupted twin)
         if (waited := getattr(self.trainer.train_dataloader, "wait_share", None)) is not None:

@@ -33,6 +33,7 @@ PROCESS_MODULES = {
     "test_gpu_pool",
     "test_gpu_check",
     "test_readme",
+    "test_launch",
 }
 
 

@@ -81,3 +81,55 @@ def test_the_first_line_says_where_the_setup_came_from(monkeypatch, overrides, p
     line = setup_line(compose_config(*overrides))
     missing = [p for p in parts if p not in line]
     assert not missing, line
+
+
+SLURM_2x4 = {
+    "SLURM_NTASKS": "8",
+    "SLURM_PROCID": "5",
+    "SLURM_NNODES": "2",
+    "SLURM_NTASKS_PER_NODE": "4",
+    "SLURM_JOB_ID": "777",
+}
+TORCHRUN_1x2 = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "abc"}
+
+
+@pytest.mark.parametrize(
+    "env, strategy, devices, nodes, folder",
+    [
+        ({}, "ddp_spawn", 2, 1, None),
+        (SLURM_2x4, "ddp", 4, 2, "slurm-777"),  # srun or submitit with nodes=2, tasks_per_node=4
+        (TORCHRUN_1x2, "ddp", 2, 1, "torchrun-abc"),
+    ],
+)
+def test_trainer_ddp_joins_the_processes_a_launcher_started(
+    monkeypatch, env, strategy, devices, nodes, folder
+):
+    """Inside a launch every process is a rank: Lightning's ddp joins them, devices and nodes follow
+    the launch, and the auto-named run folder is the launch's (the same on every rank)."""
+    for key in (
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "TORCHELASTIC_RUN_ID",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    ddp = resolved_trainer("trainer=ddp", "trainer.accelerator=cpu")
+    assert (ddp["strategy"], ddp["devices"], ddp["num_nodes"]) == (strategy, devices, nodes)
+    from fewmult.run.ranks import shared_run_dir
+
+    shared = shared_run_dir("outputs/2026-12-05/10-00-00")
+    assert shared == (f"outputs/2026-12-05/{folder}" if folder else None)
+
+
+def test_a_launch_without_an_id_must_name_its_folder(monkeypatch):
+    for key, value in {**TORCHRUN_1x2, "TORCHELASTIC_RUN_ID": "none"}.items():
+        monkeypatch.setenv(key, value)
+    from fewmult.errors import UserError
+    from fewmult.run.ranks import shared_run_dir
+
+    with pytest.raises(UserError, match=r"hydra\.run\.dir=runs/NAME"):
+        shared_run_dir("outputs/2026-12-05/10-00-00")

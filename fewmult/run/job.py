@@ -34,6 +34,7 @@ from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
 from fewmult.published import published_fields, settings_differing, setup_fields
 from fewmult.results import best_epoch, read_metrics, write_json
+from fewmult.run.ranks import current_launch
 from fewmult.rundir import claim_run_dir, discard_unused_folder, prepare_run_dir, task_config
 from fewmult.stages.init_from import load_weights_from
 from fewmult.stages.two_stage import finished, stage1_config, stage1_dir, stage1_lock, stage2_config
@@ -117,6 +118,16 @@ def train(
     continues the run from ``checkpoints/last.ckpt`` (see :mod:`fewmult.rundir` for what it checks
     first; nothing in the folder changes if it refuses).
     """
+    launch = current_launch()
+    if launch is not None and launch.rank > 0:  # rank zero owns the folder: this rank only reads it
+        return _fit(
+            cfg,
+            run_dir,
+            task_config(cfg),
+            datamodule or checked_datamodule(cfg),
+            _follower_resume(cfg, run_dir),
+            stage,
+        )
     print(setup_line(cfg), flush=True)
     if differing := settings_differing(cfg):
         print(
@@ -140,11 +151,24 @@ def train(
         lock.release()
 
 
+def _follower_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """A rank > 0 of a launch: the checkpoint rank zero continues from, read and changed by nothing
+    before the ranks join (rank zero refuses what it cannot continue, which ends the launch)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if cfg.resume and last.is_file() else None
+
+
 def train_stages(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule) -> dict[str, Any]:
     """:func:`train`, or with ``two_stage`` stage 1 (unless it is already done) and then this run
     from its best weights (:mod:`fewmult.stages.two_stage`); returns this run's results."""
     if not cfg.get("two_stage"):
         return train(cfg, run_dir, datamodule)
+    if (launch := current_launch()) is not None:
+        raise UserError(
+            f"stages=two runs stage 1 and then stage 2 in one job, which a launch of {launch.world_size} "
+            f"processes by {launch.launcher} does not support yet. Run stage 1 as a launch of its own "
+            "(without stages=two, method.weight_quantizer=null), then stage 2 with init_from=STAGE1_DIR."
+        )
     first = stage1_config(cfg)
     first_dir = stage1_dir(first, run_dir, _sweep_dir())
     with stage1_lock(first_dir):
@@ -165,6 +189,8 @@ def _fit(
     ckpt_path: str | None,
     stage: int | None,
 ) -> dict[str, Any]:
+    launch = current_launch()
+    leader = launch is None or launch.rank == 0  # writes results.json and logs
     results = {**_base_results(cfg), "started_at": time.time()}
     results_path = run_dir / "results.json"
     checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
@@ -183,7 +209,8 @@ def _fit(
         if not cfg.diagnostics:
             stop_counting(module.model)
         results["multiplications"] = count_for_config(cfg, module.model, datamodule)[1]
-        logger = make_logger(config["logger"], run_dir, run_config=config, **_run_identity(cfg, stage))
+        if leader:
+            logger = make_logger(config["logger"], run_dir, run_config=config, **_run_identity(cfg, stage))
         trainer = instantiate(
             cfg.trainer,
             default_root_dir=str(run_dir),
@@ -224,7 +251,8 @@ def _fit(
     finally:
         results["train_seconds"] = round(time.perf_counter() - start, 3)
         results["finished_at"] = time.time()
-        write_json(results_path, results)
+        if leader:
+            write_json(results_path, results)
         finish_logger(logger, failed=results.get("status") != "completed")
     return results
 
@@ -252,6 +280,8 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as exc:
         sys.exit(report_user_error("fewmult", exc))
     metric = results["selected_by"].removeprefix("val_")
+    if (launch := current_launch()) is not None and launch.rank > 0:
+        return results[results["selected_by"]]
     print(
         f"val {metric} {results[f'val_{metric}']:.4f}  test {metric} {results[f'test_{metric}']:.4f}  "
         f"(epoch {results['best_epoch']} of {results['epochs']})\nrun saved to {run_dir}",
