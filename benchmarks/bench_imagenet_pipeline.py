@@ -78,7 +78,12 @@ def torchvision_epochs(folder: Path, workers: int) -> Callable[[int], Iterable]:
     return lambda epoch: loader
 
 
-def fewmult_loader(folder: Path, workers: int, draft: bool) -> Callable[[int], Iterable]:
+def fewmult_loader(
+    folder: Path, workers: int | str, draft: bool, device: str = "cpu"
+) -> Callable[[int], Iterable]:
+    """Epochs of ``dataset=imagenet``'s training stream, each batch copied to ``device`` (pinned and
+    asynchronous on a GPU) and normalized there, as a run does."""
+    gpu = device == "cuda"
     module = ImageFolderData(
         name="imagenet",
         root=str(folder.parent),
@@ -87,12 +92,20 @@ def fewmult_loader(folder: Path, workers: int, draft: bool) -> Callable[[int], I
         val_size=1,
         workers=workers,
         jpeg_draft=draft,
+        pin_memory=gpu,
     )
     stream = module.train_dataloader()
 
+    def on_device(batch):
+        x, y = (t.to(device, non_blocking=gpu) for t in batch)
+        x, y = module.on_after_batch_transfer((x, y), 0)
+        if gpu:
+            torch.cuda.synchronize()  # the rate of batches ready on the device
+        return x, y
+
     def epoch(e: int) -> Iterable:
         stream.sampler.set_epoch(e)
-        return (module.on_after_batch_transfer(batch, 0) for batch in stream)
+        return (on_device(batch) for batch in stream)
 
     return epoch
 

@@ -13,8 +13,10 @@ function and checks:
 
 and prints each step's time relative to full precision (``fp`` at 32-true, same paper, so same
 network and optimizer) and to a plain PyTorch loop over the same network (the framework's cost),
-then the per-epoch times of the paper setups (``benchmarks.bench_scale``). Exits non-zero when a
-check fails.
+then the per-epoch times of the paper setups (``benchmarks.bench_scale``, ImageNet's included) and
+the images per second of ``dataset=imagenet``'s pipeline with its default workers on this machine's
+CPUs, against the ImageNet ResNet-18's training images per second (the pipeline must keep up).
+Exits non-zero when a check fails.
 
 Run: ``python -m benchmarks.gpu_check`` (``--steps``, ``--methods fp,lab``, ``--no-scale``).
 """
@@ -33,7 +35,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from benchmarks.bench_scale import print_scale_tables
+from benchmarks.bench_imagenet_pipeline import fewmult_loader, second_epoch_rate, write_jpegs
+from benchmarks.bench_scale import print_scale_tables, seconds_per_step
 from fewmult.build import build_model, optimizer_factory
 from fewmult.config import compose_config
 from fewmult.device import visible_accelerator
@@ -153,6 +156,28 @@ def variants(methods: list[str]) -> list[tuple[str, list[str]]]:
     return found
 
 
+def check_imagenet_pipeline(device: str, images: int = 512) -> list[str]:
+    """Images per second of the ImageNet stream (``dataset.workers=auto``) on generated JPEG files,
+    against those Bi-Real's ResNet-18 trains per second here; a failure when the pipeline is slower."""
+    with tempfile.TemporaryDirectory(prefix="gpu_check_jpegs_") as tmp:
+        folder = Path(tmp) / "imagenet"
+        write_jpegs(folder, images)
+        fed = second_epoch_rate(fewmult_loader(folder, "auto", draft=True, device=device))
+    step, batch, _ = seconds_per_step(
+        ("liu2018", "imagenet", None), device, 2, None if device == "cuda" else 16
+    )
+    trained = batch / step
+    print(
+        f"ImageNet pipeline: {fed:,.0f} images/s with dataset.workers=auto; ResNet-18 trains {trained:,.0f}/s"
+    )
+    if fed < trained:
+        return [
+            f"the ImageNet pipeline ({fed:,.0f} images/s) cannot feed the ResNet-18 ({trained:,.0f}/s) on "
+            "this machine: give the job more CPUs per device"
+        ]
+    return []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (GPU 20, CPU 5)")
@@ -207,6 +232,8 @@ def main() -> int:
     if not args.no_scale:
         print()
         print_scale_tables(device, steps=2)
+        print()
+        failed += check_imagenet_pipeline(device)
     print("\n" + ("all checks passed" if not failed else "FAILED:\n  " + "\n  ".join(failed)))
     return 1 if failed else 0
 

@@ -85,7 +85,7 @@ def checked_datamodule(cfg: DictConfig) -> TensorDataModule:
     check_config(cfg)
     datamodule = instantiate(cfg.dataset)
     check_model_fits_data(cfg, datamodule)
-    if cfg.bn_reestimate and not hasattr(datamodule, "statistics_batches"):
+    if cfg.bn_reestimate and not isinstance(datamodule, TensorDataModule):
         raise UserError(
             f"bn_reestimate=true re-estimates BN statistics from the whole training set before every "
             f"validation (Lin et al.'s code), which dataset={cfg.dataset.name} streams from disk; use "

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fewmult.count import format_bytes
+from fewmult.data import TensorDataModule
 from fewmult.errors import UserError, report_user_error
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
@@ -218,6 +219,11 @@ def export_run(run_dir: Path) -> dict[str, Any]:
     """Write ``RUN_DIR/export/model.npz``, check it against PyTorch on the test split, return the numbers."""
     run_dir = Path(run_dir)
     cfg, model, datamodule = recorded_network(run_dir)
+    if not isinstance(datamodule, TensorDataModule):  # e.g. ImageNet: its splits are files on disk
+        raise UserError(
+            f"fewmult.export checks the packed network on the test split held in memory, and "
+            f"dataset={cfg.dataset.name} is streamed from disk: exporting its runs is not supported yet."
+        )
     ops, arrays = pack_network(model)
     quantizers = [m.weight_quantizer for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
     latent_eval = any(q is not None and q.eval_policy == "latent" and q.bits < 32 for q in quantizers)

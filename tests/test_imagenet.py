@@ -235,6 +235,8 @@ def test_imagenet_trains_through_the_entry_point_with_top5_and_the_data_wait(run
     assert column["lr"] == [0.0005, 0.0]
     waits = column["train/data_wait"]
     assert all(0 <= w < 1 for w in waits) and not any(math.isnan(w) for w in waits)
+    export = run_cli(str(run), module="fewmult.export")  # checks on a test split in memory: refused
+    assert export.returncode == 2 and "dataset=imagenet is streamed from disk" in export.stderr
 
 
 def test_a_flat_validation_folder_is_refused_before_a_run_folder_is_made(run_cli, tmp_path):

@@ -118,7 +118,7 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["dataset=imagenet"], "Available options in 'dataset'"),
+        (["dataset=imagenet21k"], "Available options in 'dataset'"),
         pytest.param(["method=ternary"], "Available options in 'method'", marks=pytest.mark.slow),
         pytest.param(["optim.lr=0"], "optim.lr must be a positive number", marks=pytest.mark.slow),
         pytest.param(["optim.lr=-0.1"], "optim.lr must be a positive number", marks=pytest.mark.slow),
