@@ -93,7 +93,7 @@ def checked_datamodule(cfg: DictConfig) -> TensorDataModule:
         )
     images = datamodule.input_kind == "images"  # text: the network's vocabulary needs the file
     if cfg.get("teacher"):
-        load_teacher(cfg, datamodule.input_kind)
+        load_teacher(cfg, datamodule.input_kind, datamodule.num_classes)
     if cfg.get("init_from") and images:
         model = build_model(cfg, datamodule.image_shape, datamodule.num_classes)
         matching_weights(model, Path(cfg.init_from).expanduser())
@@ -156,6 +156,6 @@ def build_module(
         optimizer=optimizer_factory(cfg),
         scheduler=instantiate(cfg.schedule),
         num_classes=num_classes,
-        teacher=load_teacher(cfg, input_kind) if cfg.get("teacher") else None,
+        teacher=load_teacher(cfg, input_kind, num_classes) if cfg.get("teacher") else None,
         top5=top5,
     )

@@ -151,11 +151,14 @@ def check_config(cfg: DictConfig) -> None:
     from fewmult.optim import check_bop_can_flip
     from fewmult.quant import quantizer_class
     from fewmult.stages.init_from import run_files
+    from fewmult.stages.teacher import is_torchvision_teacher, teacher_weights_file
 
     check_values(cfg)
     check_schedule(cfg)
     for key in ("init_from", "teacher"):
-        if cfg.get(key):
+        if key == "teacher" and is_torchvision_teacher(cfg.get(key)):
+            teacher_weights_file(cfg)
+        elif cfg.get(key):
             try:
                 run_files(Path(cfg[key]).expanduser())
             except UserError as exc:

@@ -46,6 +46,11 @@ MAY_CHANGE = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
+    "checkpoint",  # how often last.ckpt is written: a resumed run computes the same (tests/test_resume.py)
+    "dataset.folder",  # where ImageNet is, as dataset.root
+    "dataset.workers",  # the decoding processes: each image's crop is drawn from its index, not its worker
+    "dataset.prefetch_factor",
+    "dataset.pin_memory",
 )
 MAY_GROW = ("trainer.max_epochs",)  # extending a finished or running job
 # keys added to the configs after runs were recorded, with the value that computes what those runs
@@ -61,6 +66,7 @@ ADDED_LATER = {
     "init_from": None,
     "teacher": None,
     "teacher_weight": 1.0,
+    "teacher_weights": None,
     "two_stage": None,
     "dataset.shuffle_every": 1,
     "dataset.eval_whole_batches": False,

@@ -291,3 +291,79 @@ def test_two_ddp_processes_train_and_evaluate_as_one_with_their_batches_together
     for d, o in zip(rows["ddp"], rows["one"], strict=True):
         for key in ("train/loss", "val/loss", "test/loss", "val/error", "test/error", "test/top5_error"):
             assert float(d[key]) == pytest.approx(float(o[key]), rel=1e-4, abs=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory):
+    """A state dict file of torchvision's resnet18 for the tiny tree's 6 classes (random weights: no
+    download here; ImageNet's would have 1000)."""
+    import torchvision
+
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=6).state_dict(), path)
+    return path
+
+
+def test_a_torchvision_teacher_needs_its_weights_file_and_imagenet_inputs(tree, resnet18_weights, tmp_path):
+    from fewmult.build import checked_datamodule
+    from fewmult.config import compose_config
+    from fewmult.stages.teacher import load_teacher
+
+    base = ["dataset=imagenet", "paper=liu2020", "method=reactnet", f"dataset.root={tree.parent}", *TINY]
+    teacher = load_teacher(
+        compose_config(*base, "teacher=torchvision:resnet18", f"teacher_weights={resnet18_weights}"),
+        "images",
+        6,
+    )
+    x = torch.randn(2, 3, 16, 16)
+    assert teacher.divergence(x, torch.randn(2, 6)).item() > 0
+    with pytest.raises(UserError, match=r"needs teacher_weights=FILE.*downloads nothing"):
+        checked_datamodule(compose_config(*base, "teacher=torchvision:resnet18"))
+    with pytest.raises(UserError, match="are not the weights of torchvision's resnet18 with 1000 classes"):
+        load_teacher(
+            compose_config(*base, "teacher=torchvision:resnet18", f"teacher_weights={resnet18_weights}"),
+            "images",
+        )
+    with pytest.raises(UserError, match="are not the weights of torchvision's resnet34"):
+        load_teacher(
+            compose_config(*base, "teacher=torchvision:resnet34", f"teacher_weights={resnet18_weights}"),
+            "images",
+        )
+    with pytest.raises(UserError, match="has no classification model 'resnet7'"):
+        load_teacher(
+            compose_config(*base, "teacher=torchvision:resnet7", f"teacher_weights={resnet18_weights}"),
+            "images",
+        )
+    cifar = ["dataset=synthetic", "paper=liu2020", "method=reactnet", "model=resnet20"]
+    with pytest.raises(UserError, match="is an ImageNet network"):
+        load_teacher(
+            compose_config(*cifar, "teacher=torchvision:resnet18", f"teacher_weights={resnet18_weights}"),
+            "images",
+        )
+
+
+@pytest.mark.slow
+def test_imagenet_distills_from_a_torchvision_teacher_through_the_entry_point(
+    run_cli, tree, resnet18_weights, tmp_path
+):
+    proc = run_cli(
+        "dataset=imagenet",
+        "paper=liu2020",
+        "method=reactnet",
+        "model=resnet20",
+        f"dataset.root={tree.parent}",
+        *TINY,
+        "dataset.batch_size=8",
+        "trainer.max_epochs=2",
+        "teacher=torchvision:resnet18",
+        f"teacher_weights={resnet18_weights}",
+        "logger=csv",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "taught by torchvision:resnet18" in proc.stdout
+    run = only_run_dir(tmp_path / "outputs")
+    results = json.loads((run / "results.json").read_text())
+    assert (results["teacher"], results["teacher_weights"]) == ("torchvision:resnet18", str(resnet18_weights))
+    distill = [float(r["train/distill"]) for r in csv.DictReader((run / "metrics.csv").open())]
+    assert len(distill) == 2 and all(d > 0 for d in distill)

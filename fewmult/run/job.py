@@ -73,7 +73,10 @@ def _run_identity(cfg: DictConfig, stage: int | None = None) -> dict[str, Any]:
 
 
 def _absolute(run_dir: str | None) -> str | None:
-    return str(Path(run_dir).expanduser().resolve()) if run_dir else None
+    """A run folder as an absolute path (``torchvision:ARCH`` as given)."""
+    if not run_dir or str(run_dir).startswith("torchvision:"):
+        return run_dir
+    return str(Path(run_dir).expanduser().resolve())
 
 
 def _base_results(cfg: DictConfig) -> dict[str, Any]:
@@ -82,7 +85,7 @@ def _base_results(cfg: DictConfig) -> dict[str, Any]:
         **setup,
         **method_bits(cfg),  # W/A: bits_w, bits_a
         "seed": cfg.seed,
-        **{key: _absolute(cfg.get(key)) for key in ("init_from", "teacher")},
+        **{key: _absolute(cfg.get(key)) for key in ("init_from", "teacher", "teacher_weights")},
         "teacher_weight": cfg.teacher_weight if cfg.get("teacher") else None,
         "lr": cfg.optim.lr,
         "epochs": cfg.trainer.max_epochs,

@@ -1,5 +1,7 @@
 """``teacher=RUN_DIR``: a finished run's network whose softmax the student learns to match
-(ReActNet's distribution loss, :func:`fewmult.nn.losses.distribution_loss`)."""
+(ReActNet's distribution loss, :func:`fewmult.nn.losses.distribution_loss`); on ImageNet also
+``teacher=torchvision:ARCH`` with ``teacher_weights=FILE``, torchvision's architecture with weights
+the user gives (ReActNet's teacher is a real-valued ResNet-34; fewmult downloads nothing)."""
 
 from __future__ import annotations
 
@@ -39,9 +41,67 @@ class Teacher:
         return distribution_loss(student_logits, teacher_logits.reshape(student_logits.shape))
 
 
-def load_teacher(cfg: DictConfig, input_kind: str) -> Teacher:
+TORCHVISION = "torchvision:"
+TORCHVISION_INPUTS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}  # its weights' inputs
+
+
+def is_torchvision_teacher(teacher: str | None) -> bool:
+    return bool(teacher) and str(teacher).startswith(TORCHVISION)
+
+
+def teacher_weights_file(cfg: DictConfig) -> Path:
+    """``teacher_weights`` of a ``teacher=torchvision:ARCH``, refused in one line when not given or absent."""
+    arch = str(cfg.teacher).removeprefix(TORCHVISION)
+    weights = cfg.get("teacher_weights")
+    if not weights or not Path(weights).expanduser().is_file():
+        where = f"{weights} does not exist" if weights else "none was given"
+        raise UserError(
+            f"teacher={cfg.teacher} needs teacher_weights=FILE, the state dict of torchvision's {arch} "
+            f"trained on ImageNet ({where}). fewmult downloads nothing: fetch the file (e.g. "
+            f"torchvision.models.{arch.upper()}_Weights.IMAGENET1K_V1's URL) on a machine with network "
+            "access and give its path."
+        )
+    return Path(weights).expanduser()
+
+
+def torchvision_teacher(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """torchvision's ``ARCH`` with ``num_classes`` outputs (the dataset's: 1000 on ImageNet) and the
+    weights of ``teacher_weights``, for ImageNet inputs normalized as its weights expect."""
+    import torchvision
+
+    arch = str(cfg.teacher).removeprefix(TORCHVISION)
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise UserError(
+            f"teacher={cfg.teacher}: torchvision has no classification model {arch!r} "
+            "(e.g. resnet34, resnet50)."
+        )
+    if cfg.dataset.name != "imagenet" or any(
+        tuple(cfg.dataset.get(key, ())) != value for key, value in TORCHVISION_INPUTS.items()
+    ):
+        raise UserError(
+            f"teacher={cfg.teacher} is an ImageNet network that reads images normalized with ImageNet's "
+            f"mean and std; this run is dataset={cfg.dataset.name} with other inputs. Give teacher=RUN_DIR, "
+            "a fewmult run on this dataset."
+        )
+    path = teacher_weights_file(cfg)
+    network = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    try:
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise UserError(
+            f"teacher_weights={path} are not the weights of torchvision's {arch} with {num_classes} classes "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}). Give that model's state dict file."
+        ) from None
+    return network
+
+
+def load_teacher(cfg: DictConfig, input_kind: str, num_classes: int = 1000) -> Teacher:
     """``cfg.teacher``'s best network, refused in one line unless it was trained on this dataset (the
-    same classes, the same preprocessing of the same batch)."""
+    same classes, the same preprocessing of the same batch); or torchvision's
+    (:func:`torchvision_teacher`)."""
+    if is_torchvision_teacher(cfg.teacher):
+        check_teacher_weight(cfg.teacher_weight)
+        return Teacher(torchvision_teacher(cfg, num_classes), float(cfg.teacher_weight))
     run_dir = Path(cfg.teacher).expanduser()
     if input_kind != "images":
         raise UserError(
