@@ -252,7 +252,7 @@ def test_the_table_of_published_numbers_is_the_papers():
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
-def test_every_sweep_composes_and_each_of_its_jobs_too(sweep):
+def test_every_sweep_composes_and_each_of_its_jobs_too(sweep, image_folder_root):
     cfg = compose_config(f"+experiment={sweep}")
     params = cfg.hydra.sweeper.params
     assert params
@@ -264,7 +264,8 @@ def test_every_sweep_composes_and_each_of_its_jobs_too(sweep):
         assert str(chosen).lower() == value.lower()
     # the last job passes every check made before data is read (e.g. ReActNet needs residual additions)
     last_job = [f"{key}={str(values).split(',')[-1]}" for key, values in params.items()]
-    checked_datamodule(compose_config(f"+experiment={sweep}", *last_job))
+    at = [f"dataset.root={image_folder_root}"] if cfg.dataset.name == "imagenet" else []
+    checked_datamodule(compose_config(f"+experiment={sweep}", *last_job, *at))
 
 
 def test_wandb_sweep_drives_the_cli_with_overrides_the_config_has():
