@@ -408,3 +408,16 @@ def test_data_root_defaults_to_fewmult_data(monkeypatch, tmp_path, dataset):
     monkeypatch.delenv("FEWMULT_DATA")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert compose_config(f"dataset={dataset}").dataset.root == str(tmp_path / "home/.cache/fewmult/data")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("checkpoint.every_steps=0", "checkpoint.every_steps must be a positive integer"),
+        ("checkpoint.every_steps=2.5", "checkpoint.every_steps must be a positive integer"),
+        ("checkpoint.every_minutes=-1", "checkpoint.every_minutes must be a positive number"),
+    ],
+)
+def test_a_bad_checkpoint_interval_is_refused_with_its_key(override, message):
+    with pytest.raises(UserError, match=message):
+        check_config(compose_config(override))

@@ -261,3 +261,18 @@ def test_a_streamed_imagenet_run_killed_inside_an_epoch_ends_as_if_never_killed(
     ]
     kills = [("train_batch", 1, "KILL", 1), ("train_batch", 3, "TERM", 0)]
     check_same_as_uninterrupted(tmp_path, args, kills, every_steps=1)
+
+
+def test_a_checkpoint_every_few_minutes_is_written_inside_the_epoch_and_resumed_from(tmp_path):
+    """checkpoint.every_minutes: the clock is read every 25 batches (here always past due), so a
+    SIGKILL after batch 28 of 30 in epoch 1 leaves the checkpoint of batch 25, and the relaunch
+    continues from there."""
+    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+    args = [*SMALL_MLP, "dataset.batch_size=20", "trainer.max_epochs=2", "checkpoint.every_minutes=1e-6"]
+    kill = f"callbacks=[{{_target_:tests.faults.KillAt,at:train_batch,epoch:1,batch:27,marker:{marker}}}]"
+    first = launch(run_dir, *args, "logger=none", kill)
+    assert first.returncode == -signal.SIGKILL and marker.is_file(), first.stderr[-3000:]
+    assert progress(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)) == (1, 25)
+    again = launch(run_dir, *args, "logger=none", kill)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(1 epochs and 25 training batches of epoch 1 done)" in again.stdout
