@@ -54,13 +54,18 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_share_one_folder_and_train_as_one_process_of_their_batches(tmp_path):
-    launched = torchrun(tmp_path, *SETUP, "dataset.batch_size=50")
+def test_torchrun_ranks_train_as_one_process_and_resume_together_from_inside_an_epoch(tmp_path):
+    """Two ranks of batch 50 (one auto-named folder, written by rank zero alone) train as one process
+    of batch 100. Then the same launch into a named folder (torchrun --standalone draws a new id per
+    launch), SIGKILLed on both ranks after batch 2 of 6 in epoch 1 with a checkpoint after every batch:
+    the same command again continues from batch 2 of epoch 1 on both ranks and ends as the launch that
+    was never killed."""
+    args = [*SETUP, "dataset.batch_size=50", "checkpoint.every_steps=1"]
+    launched = torchrun(tmp_path, *args)
     assert launched.returncode == 0, launched.stderr[-3000:]
     (run,) = (tmp_path / "outputs").glob("*/torchrun-*")  # one folder, named after the launch
     assert sorted(p.name for p in (tmp_path / "outputs").rglob("results.json")) == ["results.json"]
-    results = json.loads((run / "results.json").read_text())
-    assert results["status"] == "completed"
+    assert json.loads((run / "results.json").read_text())["status"] == "completed"
     assert launched.stdout.count("run saved to") == 1  # rank 1 prints nothing of its own
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
@@ -84,15 +89,6 @@ def test_torchrun_ranks_share_one_folder_and_train_as_one_process_of_their_batch
         for key in ("train/loss", "val/loss", "test/loss", "val/error", "test/error"):
             assert float(ddp_row[key]) == pytest.approx(float(one_row[key]), rel=1e-4, abs=1e-6), key
 
-
-@pytest.mark.slow
-def test_a_torchrun_launch_killed_inside_an_epoch_resumes_on_every_rank(tmp_path):
-    """SIGKILL on both ranks after batch 2 of 3 in epoch 1, with a checkpoint after every batch: the
-    same command again (a named folder: torchrun --standalone draws a new id per launch) continues
-    from batch 2 of epoch 1 on both ranks and ends as the uninterrupted launch."""
-    args = [*SETUP, "dataset.batch_size=100", "checkpoint.every_steps=1"]
-    reference = torchrun(tmp_path, *args, "hydra.run.dir=reference")
-    assert reference.returncode == 0, reference.stderr[-3000:]
     marker = tmp_path / "killed.marker"
     kill = f"callbacks=[{{_target_:tests.faults.KillAt,at:train_batch,epoch:1,batch:1,marker:{marker}}}]"
     first = torchrun(tmp_path, *args, "hydra.run.dir=killed", kill)
@@ -106,4 +102,4 @@ def test_a_torchrun_launch_killed_inside_an_epoch_resumes_on_every_rank(tmp_path
     again = torchrun(tmp_path, *args, "hydra.run.dir=killed", kill)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "and 1 training batches of epoch 1 done" in again.stdout
-    assert rows(tmp_path / "killed") == rows(tmp_path / "reference")
+    assert rows(tmp_path / "killed") == rows(run)
