@@ -367,3 +367,30 @@ def test_imagenet_distills_from_a_torchvision_teacher_through_the_entry_point(
     assert (results["teacher"], results["teacher_weights"]) == ("torchvision:resnet18", str(resnet18_weights))
     distill = [float(r["train/distill"]) for r in csv.DictReader((run / "metrics.csv").open())]
     assert len(distill) == 2 and all(d > 0 for d in distill)
+
+
+def test_the_file_list_is_listed_once_and_again_when_a_class_folder_changes(tmp_path, monkeypatch, capsys):
+    from fewmult.data.imagenet import layout
+
+    folder = fakedata.write_image_folder(tmp_path)
+    first = data(tmp_path).load()
+    assert "computing the file list once into" in capsys.readouterr().out
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("listed again")
+
+    with monkeypatch.context() as m:  # unchanged folders: the files come from the cache
+        m.setattr(layout, "scan_split", no_listing)
+        assert data(tmp_path).load() == first
+    added = folder / "train" / "n00000004" / "added.JPEG"
+    added.write_bytes(next((folder / "train" / "n00000004").iterdir()).read_bytes())
+    again = data(tmp_path).load()
+    assert str(added) in [path for path, _ in again.train + again.val]
+    assert again.sizes()["train"] + again.sizes()["val"] == 37
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(layout, "cached", read_only)  # a data folder the job may not write: said, listed
+    assert data(tmp_path).load() == again
+    assert "cannot keep the file list" in capsys.readouterr().err

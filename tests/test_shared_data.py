@@ -112,7 +112,10 @@ def test_a_cache_wanted_by_three_jobs_is_computed_once(tmp_path):
     go.touch()
     outputs = [c.finish() for c in children]
     assert counter.read_text() == "computed\n"
-    assert sum(any("preprocessing once into" in line for line in out) for out in outputs) == 1
+    assert (
+        sum(any("computing the preprocessing cache once into" in line for line in out) for out in outputs)
+        == 1
+    )
     digests = {line for out in outputs for line in out if line.startswith("digest")}
     assert len(digests) == 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.pt", "x.pt.lock"]

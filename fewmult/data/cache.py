@@ -39,19 +39,22 @@ def _load(path: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Load ``path`` if it holds a readable cache, else compute it (once across processes) and save it."""
+def cached(
+    path: Path, compute: Callable[[], dict[str, torch.Tensor]], what: str = "the preprocessing cache"
+) -> dict[str, torch.Tensor]:
+    """Load ``path`` if it holds a readable cache, else compute it (once across processes) and save it;
+    ``what`` names it in the lines printed while waiting and computing."""
     if (tensors := _load(path)) is not None:  # the common case takes no lock
         return tensors
 
     def waiting(holder: str) -> None:
-        print(f"waiting for {holder} to finish the preprocessing cache {path}", flush=True)
+        print(f"waiting for {holder} to finish {what} {path}", flush=True)
 
     with FileLock(path.with_name(path.name + ".lock"), on_wait=waiting):
         if (tensors := _load(path)) is not None:  # written by the process we waited for
             return tensors
         remove_stale_temporaries(path.parent, path.name)
-        print(f"preprocessing once into {path}", flush=True)
+        print(f"computing {what} once into {path}", flush=True)
         tensors = compute()
         with atomic_open(path) as f:
             torch.save(tensors, f)

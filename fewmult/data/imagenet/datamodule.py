@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from fewmult.data.files import resolve_root
-from fewmult.data.imagenet.layout import FolderSplit, class_folders, scan_split
+from fewmult.data.imagenet.layout import FolderSplit, class_folders, indexed_split
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.data.splits import check_val_size
 from fewmult.errors import UserError, require_positive
@@ -151,8 +151,8 @@ class ImageFolderData(L.LightningDataModule):
     def load(self) -> StreamSplits:
         """Scan the files (once) and split them."""
         if self._splits is None:
-            train = scan_split(self.folder, "train", self.name)
-            test = scan_split(self.folder, "val", self.name, classes=train.classes)
+            train = indexed_split(self.folder, "train", self.name)
+            test = indexed_split(self.folder, "val", self.name, classes=train.classes)
             check_val_size(self.val_size, len(train.samples), self.name)
             train_samples, val_samples = held_out(train, self.val_size)
             if len(train_samples) < self.batch_size:

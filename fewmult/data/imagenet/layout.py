@@ -7,11 +7,15 @@ every message says how to get from what is on disk to the expected layout.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from fewmult.data.cache import cache_path, cached
 from fewmult.errors import UserError
 
 LAYOUT = (
@@ -77,4 +81,51 @@ def scan_split(folder: Path, split: str, dataset: str, classes: list[str] | None
         samples = make_dataset(folder / split, index, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as exc:  # torchvision: a class folder without images
         raise UserError(f"{dataset}: {exc} Every class folder of {folder / split} needs images.") from exc
+    return FolderSplit(samples=samples, classes=found)
+
+
+def _listing_key(where: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """What the file list depends on: every class folder's name and modification time (a file added
+    to or removed from a folder changes its time), one ``stat`` per class instead of a listing of
+    every file."""
+    return [(name, os.stat(where / name).st_mtime_ns) for name in classes]
+
+
+def indexed_split(folder: Path, split: str, dataset: str, classes: list[str] | None = None) -> FolderSplit:
+    """:func:`scan_split` through a cache of the file list in ``<folder's parent>/fewmult-cache/``.
+
+    Listing ImageNet's 1.28 M training files takes minutes on a network file system, and every
+    launch, rank and sweep job would do it; the cache is keyed by the class folders' modification
+    times, so a changed folder is listed again (on a file system that keeps whole seconds, a change
+    in the second the list was made can go unseen: delete the cache file). Where the cache cannot be written (a read-only data
+    folder) the folder is listed on every launch, and a line says so.
+    """
+    found = class_folders(folder, split, dataset)
+    if classes is not None and found != classes:
+        scan_split(folder, split, dataset, classes)  # says how the class folders differ
+    key = {"dataset": dataset, "tree": str(folder / split), "listing": _listing_key(folder / split, found)}
+    path = cache_path(folder.parent, f"{dataset}-files-{split}", key)
+
+    def listed() -> dict[str, torch.Tensor]:
+        scanned = scan_split(folder, split, dataset, classes)
+        names = "\n".join(os.path.relpath(p, folder / split) for p, _ in scanned.samples).encode()
+        return {
+            "names": torch.frombuffer(bytearray(names), dtype=torch.uint8),
+            "labels": torch.tensor([label for _, label in scanned.samples], dtype=torch.int64),
+        }
+
+    try:
+        stored = cached(path, listed, what="the file list")
+    except OSError as exc:
+        print(
+            f"{dataset}: cannot keep the file list in {path.parent} ({exc}); listing {folder / split} "
+            "on every launch",
+            file=sys.stderr,
+            flush=True,
+        )
+        stored = listed()
+    names = bytes(stored["names"].numpy()).decode().split("\n") if len(stored["names"]) else []
+    samples = [
+        (str(folder / split / n), int(c)) for n, c in zip(names, stored["labels"].tolist(), strict=True)
+    ]
     return FolderSplit(samples=samples, classes=found)
