@@ -97,8 +97,8 @@ def indexed_split(folder: Path, split: str, dataset: str, classes: list[str] | N
     Listing ImageNet's 1.28 M training files takes minutes on a network file system, and every
     launch, rank and sweep job would do it; the cache is keyed by the class folders' modification
     times, so a changed folder is listed again (on a file system that keeps whole seconds, a change
-    in the second the list was made can go unseen: delete the cache file). Where the cache cannot be written (a read-only data
-    folder) the folder is listed on every launch, and a line says so.
+    in the second the list was made can go unseen: delete the cache file). Where the cache cannot be
+    written (a read-only data folder) the folder is listed on every launch, and a line says so.
     """
     found = class_folders(folder, split, dataset)
     if classes is not None and found != classes:
