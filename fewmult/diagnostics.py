@@ -85,6 +85,13 @@ def weight_statistics(
     return torch.stack([v.float().reshape(()) for v in values])
 
 
+def _qbp_counts(trainer: L.Trainer, layer: QuantLinear | QuantConv2d) -> torch.Tensor:
+    """The layer's clipped low and high exponents and its inputs so far, summed over DDP ranks."""
+    device = layer.qbp_clipped.device
+    counts = torch.cat([layer.qbp_clipped, torch.tensor([layer.qbp_inputs], device=device)])
+    return trainer.strategy.reduce(counts, reduce_op="sum")
+
+
 class LayerDiagnostics(L.Callback):
     """Writes one row per quantized layer and epoch to ``path`` (layers.csv) and to the loggers.
 
@@ -128,10 +135,7 @@ class LayerDiagnostics(L.Callback):
         qbp = {}
         for name, layer in self._layer_modules.items():
             if layer.qbp_clipped is not None:
-                counts = torch.cat(
-                    [layer.qbp_clipped, torch.tensor([layer.qbp_inputs], device=layer.qbp_clipped.device)]
-                )
-                counts = self._trainer.strategy.reduce(counts, reduce_op="sum").cpu()
+                counts = _qbp_counts(self._trainer, layer).cpu()
                 qbp[name] = (counts[:2].clone(), int(counts[2]))
         return {"signs": {name: signs.cpu() for name, signs in self._signs.items()}, "qbp": qbp}
 
@@ -176,11 +180,9 @@ class LayerDiagnostics(L.Callback):
     @staticmethod
     def _qbp_fractions(trainer: L.Trainer, layer: QuantLinear | QuantConv2d) -> torch.Tensor:
         """qbp_low, qbp_high of the epoch, summed over DDP ranks (NaN without QBP)."""
-        device = layer.weight.device
         if layer.qbp_clipped is None:
-            return torch.full((2,), math.nan, device=device)
-        counts = torch.cat([layer.qbp_clipped, torch.tensor([layer.qbp_inputs], device=device)])
-        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+            return torch.full((2,), math.nan, device=layer.weight.device)
+        counts = _qbp_counts(trainer, layer)
         return counts[:2].double().div(counts[2]).float()  # 0/0 = NaN: no input seen (e.g. LSTM gates)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

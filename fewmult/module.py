@@ -56,9 +56,14 @@ class LossMean:
         mean.count = int(state["count"])
         return mean
 
-    def compute(self, strategy) -> torch.Tensor:
+    def summed(self, strategy) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the losses, number of examples) over all ranks, in one collective."""
         totals = torch.stack([self.total, torch.full_like(self.total, self.count)])
         total, count = strategy.reduce(totals, reduce_op="sum")
+        return total, count
+
+    def compute(self, strategy) -> torch.Tensor:
+        total, count = self.summed(strategy)
         return (total / count).float()
 
 
@@ -187,9 +192,7 @@ class ClassifierModule(L.LightningModule):
         strategy = self.trainer.strategy
         sums = {}
         for name in names:
-            mean = self._losses[name]
-            both = torch.stack([mean.total, torch.full_like(mean.total, mean.count)])
-            total, count = strategy.reduce(both, reduce_op="sum")
+            total, count = self._losses[name].summed(strategy)
             sums[name] = {"total": total, "count": int(count)}
         error = self.error["train_"]
         checkpoint["epoch_sums"] = {

@@ -70,6 +70,7 @@ class TensorDataModule(L.LightningDataModule):
     image_shape: tuple[int, ...] = ()  # (C, H, W) of one example, known without loading the data
     input_kind = "images"  # what the model must read: "images" (float) or "tokens" (int64 codes)
     selection_metric = "error"  # the validation metric that picks the reported epoch (both papers)
+    top5 = False  # whether top-5 error is logged beside top-1 (ImageNet's streamed data module does)
 
     def load_splits(self) -> Splits:
         raise NotImplementedError

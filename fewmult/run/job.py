@@ -34,9 +34,10 @@ from fewmult.loggers import finish_logger, make_logger
 from fewmult.provenance import setup_line
 from fewmult.published import published_fields, settings_differing, setup_fields
 from fewmult.results import best_epoch, read_metrics, write_json
-from fewmult.run.ranks import current_launch
+from fewmult.run.ranks import current_launch, owns_run_dir
 from fewmult.rundir import claim_run_dir, discard_unused_folder, prepare_run_dir, task_config
 from fewmult.stages.init_from import load_weights_from
+from fewmult.stages.teacher import is_torchvision_teacher
 from fewmult.stages.two_stage import finished, stage1_config, stage1_dir, stage1_lock, stage2_config
 
 
@@ -74,7 +75,7 @@ def _run_identity(cfg: DictConfig, stage: int | None = None) -> dict[str, Any]:
 
 def _absolute(run_dir: str | None) -> str | None:
     """A run folder as an absolute path (``torchvision:ARCH`` as given)."""
-    if not run_dir or str(run_dir).startswith("torchvision:"):
+    if not run_dir or is_torchvision_teacher(run_dir):
         return run_dir
     return str(Path(run_dir).expanduser().resolve())
 
@@ -121,8 +122,7 @@ def train(
     continues the run from ``checkpoints/last.ckpt`` (see :mod:`fewmult.rundir` for what it checks
     first; nothing in the folder changes if it refuses).
     """
-    launch = current_launch()
-    if launch is not None and launch.rank > 0:  # rank zero owns the folder: this rank only reads it
+    if not owns_run_dir():  # rank zero of the launch owns the folder: this rank only reads it
         return _fit(
             cfg,
             run_dir,
@@ -192,8 +192,7 @@ def _fit(
     ckpt_path: str | None,
     stage: int | None,
 ) -> dict[str, Any]:
-    launch = current_launch()
-    leader = launch is None or launch.rank == 0  # writes results.json and logs
+    leader = owns_run_dir()  # writes results.json and logs
     results = {**_base_results(cfg), "started_at": time.time()}
     results_path = run_dir / "results.json"
     checkpoints, metrics = run_dir / "checkpoints", run_dir / "metrics.csv"
@@ -205,8 +204,9 @@ def _fit(
         results["selected_by"] = f"val_{metric}"  # also in a failed run's results, for the report
         splits = datamodule.load()
         results["train_samples"] = splits.sizes()["train"]
-        top5 = getattr(datamodule, "top5", False)
-        module = build_module(cfg, splits.input_shape, splits.num_classes, datamodule.input_kind, top5)
+        module = build_module(
+            cfg, splits.input_shape, splits.num_classes, datamodule.input_kind, datamodule.top5
+        )
         if cfg.get("init_from") and ckpt_path is None:  # a relaunch continues from its own last.ckpt
             load_weights_from(module.model, Path(cfg.init_from).expanduser())
         if not cfg.diagnostics:
@@ -283,7 +283,7 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as exc:
         sys.exit(report_user_error("fewmult", exc))
     metric = results["selected_by"].removeprefix("val_")
-    if (launch := current_launch()) is not None and launch.rank > 0:
+    if not owns_run_dir():  # rank zero prints the result
         return results[results["selected_by"]]
     print(
         f"val {metric} {results[f'val_{metric}']:.4f}  test {metric} {results[f'test_{metric}']:.4f}  "

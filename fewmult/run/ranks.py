@@ -67,6 +67,13 @@ def current_launch() -> Launch | None:
     return None
 
 
+def owns_run_dir() -> bool:
+    """Whether this process prepares the run folder, writes results.json and logs: rank zero of a
+    launch, or a process of its own."""
+    launch = current_launch()
+    return launch is None or launch.rank == 0
+
+
 def ddp_strategy() -> str:
     """``ddp`` inside a launch (the processes exist), ``ddp_spawn`` otherwise (Lightning's ``ddp``
     re-executes the command line, which breaks Hydra multirun and pytest)."""
