@@ -1,46 +1,53 @@
 """From launch to the first training step, per method: what a sweep's every job pays before it trains.
 
-Each method is launched as a user launches it (``python -m fewmult.train method=M``, on the small
-generated dataset, one epoch, no logger), twice in a row: the first launch may compile fewmult's fused
-kernels (``torch.compile``; inductor keeps them in its cache folder, ``TORCHINDUCTOR_CACHE_DIR`` or
-``/tmp/torchinductor_<user>``, shared by the jobs of a machine), the second finds them there. A
-callback passed through the ``callbacks`` key (:class:`Marks`) prints the seconds since launch at:
+Two measurements, each method launched as a user launches it (``python -m fewmult.train
+method=M``, on the small generated dataset, one epoch, no logger):
 
-* ``fit``: Lightning's ``setup``, after the imports, the config checks, the data and the model;
-* ``step``: the end of the first training step (its forward, backward and optimizer step).
+* **Alone**, twice in a row: the first launch may compile fewmult's fused kernels
+  (``torch.compile``; inductor keeps them in its cache folder, ``TORCHINDUCTOR_CACHE_DIR`` or
+  ``/tmp/torchinductor_<user>``, shared by the jobs of a machine), the second finds them there.
+  Seconds since launch at Lightning's ``setup`` (after the imports, the config checks, the data and
+  the model) and at the end of the first training step (its forward, backward and optimizer step).
+* **In a sweep**: four jobs (``seed=1,2,3,4``) through ``hydra/launcher=gpu_pool`` on one CPU slot,
+  with a fresh process for every job (``jobs_per_process=1``) and with the slot's one process
+  (the default). Seconds from each job's launch (the header of its ``output.log``) to the end of its
+  first training step, and the sweep's wall-clock time.
 
-``step - fit`` is what the goal "first step within 2 s of the end of imports" measures at most (it
-also holds Lightning's own set-up of the loop).
+A callback passed through the ``callbacks`` key (:class:`Marks`) prints the clock at both points.
 
-Run: ``python -m benchmarks.bench_startup [--methods fp,lab,...]``.
+Run: ``python -m benchmarks.bench_startup [--methods fp,lab,...] [--sweep-methods fp,bnn,...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import lightning as L
 
 from fewmult.config import CONF_DIR
 
-LAUNCHED = "FEWMULT_BENCH_LAUNCHED_AT"  # the launch time, from the benchmark to the launched process
 METHODS = "fp,bc_det,bc_stoch,tc,bwn,lab,lab2,bnn,xnor,bireal,reactnet"
+SWEEP_METHODS = "fp,bc_stoch,bnn,reactnet"
+SEEDS = "1,2,3,4"
 
 
 class Marks(L.Callback):
-    """Prints ``mark NAME SECONDS`` (seconds since the launch) at set-up and after the first step."""
+    """Prints ``mark NAME UNIX_TIME`` at set-up and after the first training step."""
 
     def __init__(self) -> None:
-        self.launched = float(os.environ.get(LAUNCHED, time.time()))
         self.stepped = False
 
-    def _mark(self, name: str) -> None:
-        print(f"mark {name} {time.time() - self.launched:.2f}", flush=True)
+    @staticmethod
+    def _mark(name: str) -> None:
+        print(f"mark {name} {time.time():.3f}", flush=True)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._mark("fit")
@@ -51,10 +58,14 @@ class Marks(L.Callback):
             self._mark("step")
 
 
-def launch(method: str, folder: Path) -> dict[str, float]:
+def _marks(text: str) -> dict[str, float]:
+    return {name: float(t) for name, t in re.findall(r"^mark (\w+) ([\d.]+)$", text, re.MULTILINE)}
+
+
+def _args(method: str) -> list[str]:
     # Bi-Real and ReActNet: a ResNet, and a constant schedule (theirs needs two epochs; one is timed)
     network = ["model=resnet20", "schedule=constant"] if method in ("bireal", "reactnet") else []
-    args = [
+    return [
         f"method={method}",
         "dataset=synthetic",
         *network,
@@ -62,41 +73,83 @@ def launch(method: str, folder: Path) -> dict[str, float]:
         "logger=none",
         "diagnostics=false",
         "callbacks=[{_target_:benchmarks.bench_startup.Marks}]",
-        f"hydra.run.dir={folder}",
     ]
-    env = {**os.environ, LAUNCHED: repr(time.time()), "PYTHONPATH": str(CONF_DIR.parent)}
+
+
+def _train(args: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent)}
     proc = subprocess.run(
         [sys.executable, "-m", "fewmult.train", *args], env=env, capture_output=True, text=True, timeout=900
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"method={method} failed: {proc.stderr[-2000:]}")
-    marks = dict(line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("mark "))
-    return {name: float(seconds) for name, seconds in marks.items()}
+        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def alone(method: str, folder: Path) -> dict[str, float]:
+    """Seconds from launch to set-up (``fit``) and to the end of the first step (``step``)."""
+    launched = time.time()
+    marks = _marks(_train([*_args(method), f"hydra.run.dir={folder}"]))
+    return {name: t - launched for name, t in marks.items()}
+
+
+def in_sweep(method: str, folder: Path, jobs_per_process: str) -> tuple[list[float], float]:
+    """Seconds from each job's launch to its first step, in job order, and the sweep's wall time."""
+    started = time.time()
+    _train(
+        [
+            "-m",
+            "hydra/launcher=gpu_pool",
+            "hydra.launcher.devices=[cpu]",
+            f"hydra.launcher.jobs_per_process={jobs_per_process}",
+            f"hydra.sweep.dir={folder}",
+            *_args(method),
+            f"seed={SEEDS}",
+        ]
+    )
+    wall = time.time() - started
+    seconds = []
+    for job in range(len(SEEDS.split(","))):
+        log = (folder / str(job) / "output.log").read_text()
+        launched = re.search(r"^=== gpu_pool: launched on \S+ at ([\d-]+ [\d:.]+),", log, re.MULTILINE)
+        seconds.append(_marks(log)["step"] - datetime.fromisoformat(launched.group(1)).timestamp())
+    return seconds, wall
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--methods", default=METHODS, help="launched alone ('' for none)")
+    parser.add_argument("--sweep-methods", default=SWEEP_METHODS, help="swept ('' for none)")
     parser.add_argument("--folder", default="outputs/bench_startup", help="where the runs go")
     args = parser.parse_args()
+    root = Path(args.folder)
     start = time.time()
     subprocess.run([sys.executable, "-c", "import fewmult.run.job"], check=True, timeout=300)
     print(f"a job's imports alone (python -c 'import fewmult.run.job'): {time.time() - start:.1f} s\n")
-    columns = "set-up | first step | step - set-up"
-    print(f"| method | launch 1: {columns} | launch 2: {columns} |")
-    print("|---|---|---|---|---|---|---|")
-    for method in args.methods.split(","):
-        cells = []
-        for attempt in (1, 2):
-            marks = launch(method, Path(args.folder) / f"{method}_{attempt}_{time.time_ns()}")
-            cells += [
-                f"{marks['fit']:.1f} s",
-                f"{marks['step']:.1f} s",
-                f"{marks['step'] - marks['fit']:.1f} s",
-            ]
-        print(f"| {method} | " + " | ".join(cells) + " |", flush=True)
+    if methods := [m for m in args.methods.split(",") if m]:
+        columns = "set-up | first step"
+        print(f"| method | launch 1: {columns} | launch 2: {columns} |")
+        print("|---|---|---|---|---|")
+        for method in methods:
+            cells = []
+            for attempt in (1, 2):
+                marks = alone(method, root / f"{method}_{attempt}_{time.time_ns()}")
+                cells += [f"{marks['fit']:.1f} s", f"{marks['step']:.1f} s"]
+            print(f"| {method} | " + " | ".join(cells) + " |", flush=True)
+    if methods := [m for m in args.sweep_methods.split(",") if m]:
+        print(f"\nfour jobs (seed={SEEDS}) on one CPU slot of gpu_pool: launch to first step, per job")
+        print("| method | a process per job: jobs 1-4 | sweep | one process: job 1 | jobs 2-4 | sweep |")
+        print("|---|---|---|---|---|---|")
+        for method in methods:
+            fresh, fresh_wall = in_sweep(method, root / f"{method}_fresh_{time.time_ns()}", "1")
+            kept, kept_wall = in_sweep(method, root / f"{method}_kept_{time.time_ns()}", "null")
+            print(
+                f"| {method} | {statistics.median(fresh):.1f} s (median) | {fresh_wall:.1f} s "
+                f"| {kept[0]:.1f} s | {', '.join(f'{s:.2f}' for s in kept[1:])} s | {kept_wall:.1f} s |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

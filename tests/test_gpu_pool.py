@@ -240,3 +240,39 @@ def test_slurm_preset_requeues_and_submitit_local_runs_jobs(run_cli, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["status"] for r in jobs(sweep).values()) == ["completed", "completed"]
+
+
+def test_a_slots_jobs_share_its_process_and_end_as_in_a_fresh_one(run_cli, tmp_path):
+    """Four jobs of one config on one CPU slot, two per process (``jobs_per_process=2``); the third
+    ends its process (``os._exit`` from a callback): it fails alone and the fourth gets a new process.
+    A job run second in a process trains exactly as the first did in a fresh one."""
+    sweep = tmp_path / "sweep"
+    crash = "[{_target_:os._exit,status:3}]"
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=gpu_pool",
+        "hydra.launcher.devices=[cpu]",
+        "hydra.launcher.jobs_per_process=2",
+        f"hydra.sweep.dir={sweep}",
+        "dataset=synthetic",
+        "method=tc",
+        "trainer.max_epochs=2",
+        "logger=none",
+        f"callbacks=[],[],{crash},[]",
+    )
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "1 of 4 jobs failed" in proc.stdout and f"{sweep / '2'} died (exit 3)" in proc.stdout
+    headers = [(sweep / str(i) / OUTPUT_LOG).read_text().splitlines()[0] for i in range(4)]
+    assert [h.endswith("a new process") for h in headers] == [True, False, True, True], headers
+    first_pid = re.search(r"a new process|process (\d+), job 2 in it$", headers[1]).group(1)
+    assert first_pid and "job 2 in it" not in headers[2]
+    results = jobs(sweep)
+    assert sorted(results) == ["0", "1", "3"] and {r["status"] for r in results.values()} == {"completed"}
+
+    def trained(job: str, name: str) -> list[list[str]]:  # every column but the wall-clock ones
+        rows = [line.split(",") for line in (sweep / job / name).read_text().splitlines()]
+        keep = [i for i, column in enumerate(rows[0]) if "seconds" not in column and "wait" not in column]
+        return [[row[i] for i in keep] for row in rows]
+
+    for name in ("metrics.csv", "layers.csv"):
+        assert trained("1", name) == trained("0", name) == trained("3", name), name

@@ -1,1 +1,1 @@
-"""``hydra/launcher=gpu_pool``: one fresh process per job, bound to a free slot (GPU or CPU)."""
+"""``hydra/launcher=gpu_pool``: jobs side by side on free slots (GPU or CPU), each slot's jobs in one process."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,13 +96,6 @@ def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     if (slurm := os.environ.get("SLURM_CPUS_PER_TASK", "")).isdigit():
         counts.append(int(slurm))
     return max(1, min(counts))
-
-
-def slot_queue(slots: list[tuple[str, ...]]) -> queue.Queue:
-    q: queue.Queue = queue.Queue()
-    for slot in slots:
-        q.put(slot)
-    return q
 
 
 def slot_env(slot: tuple[str, ...], threads: int) -> dict[str, str]:

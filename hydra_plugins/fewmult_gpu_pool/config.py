@@ -21,6 +21,9 @@ class GPUPoolLauncherConf:
     threads_per_job: Optional[int] = None  # noqa: UP045
     # skip jobs whose folder holds a completed results.json (relaunching resumes a sweep)
     skip_completed: bool = True
+    # jobs one slot's process runs before it is replaced; null = all of them (the imports and the
+    # compiled kernels are paid once per slot), 1 = a fresh process for every job
+    jobs_per_process: Optional[int] = None  # noqa: UP045
 
 
 ConfigStore.instance().store(

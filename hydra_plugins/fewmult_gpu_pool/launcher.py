@@ -1,16 +1,18 @@
-"""The ``gpu_pool`` launcher: every job in a fresh process on a free slot, failures isolated.
+"""The ``gpu_pool`` launcher: jobs side by side on free slots, each slot's jobs in its own process.
 
 * Slots come from ``hydra.launcher.devices`` (default: every visible GPU; ``[cpu,cpu]`` runs two CPU
   jobs side by side) grouped by ``gpus_per_job``, each GPU slot taken by up to ``jobs_per_gpu``
   jobs at once; a queue hands them out, so a short job frees its place for the next one at once.
-* Each job runs ``hydra_plugins.fewmult_gpu_pool._worker`` in a new interpreter whose environment
-  pins its devices (``CUDA_VISIBLE_DEVICES``) and its threads before torch loads.
+* Every slot runs its jobs in a process of its own (``_process.SlotProcess``) whose environment pins
+  its devices (``CUDA_VISIBLE_DEVICES``) and its threads before torch loads. The process stays for
+  the slot's next job, so a sweep pays the imports and ``torch.compile`` once per slot
+  (``jobs_per_process=1``: a fresh process for every job). A job that ends its process fails alone.
 * A failing job is recorded (its ``JobReturn`` is FAILED; fewmult writes ``results.json`` with
   ``status: failed``) while the others go on; the failures are listed at the end, and Hydra's
   sweeper then exits non-zero.
 * Each job's output (stdout and stderr) goes to ``output.log`` in its job folder, appended by
-  every launch under a header with the slot and the launch time; a failure is listed with that
-  file and its last lines.
+  every launch under a header with the slot, the launch time and the process; a failure is listed
+  with that file and its last lines.
 * Threads per job: the CPUs this process may use (affinity, container quota, SLURM's
   ``--cpus-per-task``) divided by the number of slots, unless ``threads_per_job`` is set.
 * Relaunching into the same ``hydra.sweep.dir`` skips jobs whose ``results.json`` says completed
@@ -22,9 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
+import queue
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +41,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fewmult.rundir import RECORD, config_changes, task_config
-from hydra_plugins.fewmult_gpu_pool._slots import make_slots, slot_env, slot_queue, usable_cpus
+from hydra_plugins.fewmult_gpu_pool._process import SlotProcess
+from hydra_plugins.fewmult_gpu_pool._slots import make_slots, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,18 @@ class GPUPoolLauncher(Launcher):
         jobs_per_gpu: int = 1,
         threads_per_job: int | None = None,
         skip_completed: bool = True,
+        jobs_per_process: int | None = None,
     ) -> None:
+        if jobs_per_process is not None and (not isinstance(jobs_per_process, int) or jobs_per_process < 1):
+            raise ValueError(
+                f"hydra.launcher.jobs_per_process must be an integer >= 1 or null, got {jobs_per_process!r}"
+            )
         self.devices = None if devices is None else [str(d) for d in devices]
         self.gpus_per_job = gpus_per_job
         self.jobs_per_gpu = jobs_per_gpu
         self.threads_per_job = threads_per_job
         self.skip_completed = skip_completed
+        self.jobs_per_process = jobs_per_process
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -81,14 +88,21 @@ class GPUPoolLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         slots = make_slots(self.devices, self.gpus_per_job, self.jobs_per_gpu)
         threads = self.threads_per_job or max(1, usable_cpus() // len(slots))
-        free = slot_queue(slots)
+        processes = [SlotProcess(slot, threads, self.jobs_per_process) for slot in slots]
+        free: queue.Queue[SlotProcess] = queue.Queue()
+        for process in processes:
+            free.put(process)
         log.info(f"gpu_pool: {len(job_overrides)} jobs on {len(slots)} slots {slots}, {threads} threads each")
-        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            futures = [
-                pool.submit(self._run, initial_job_idx + i, list(overrides), free, threads)
-                for i, overrides in enumerate(job_overrides)
-            ]
-            returns = [f.result() for f in futures]
+        try:
+            with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+                futures = [
+                    pool.submit(self._run, initial_job_idx + i, list(overrides), free)
+                    for i, overrides in enumerate(job_overrides)
+                ]
+                returns = [f.result() for f in futures]
+        finally:
+            for process in processes:
+                process.close()
         failed = [r for r in returns if r.status == JobStatus.FAILED]
         if failed:
             log.error(f"gpu_pool: {len(failed)} of {len(returns)} jobs failed:")
@@ -104,47 +118,43 @@ class GPUPoolLauncher(Launcher):
             sweep_config.hydra.job.num = idx
         return sweep_config
 
-    def _run(self, idx: int, overrides: list[str], free, threads: int) -> JobReturn:
+    def _run(self, idx: int, overrides: list[str], free: queue.Queue[SlotProcess]) -> JobReturn:
         config = self._job_config(idx, overrides)
         job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         if self.skip_completed and (done := _completed(job_dir, config)) is not None:
             log.info(f"gpu_pool: #{idx} already completed in {job_dir}, skipped")
             metric = done.get(done.get("selected_by", "val_error"))  # what the job itself returned
             return _job_return(config, overrides, job_dir, JobStatus.COMPLETED, metric)
-        slot = free.get()
+        process = free.get()
         try:
-            log.info(f"gpu_pool: #{idx} on {slot}: {' '.join(filter_overrides(overrides))}")
-            return self._run_in_process(config, overrides, job_dir, slot, threads)
+            log.info(f"gpu_pool: #{idx} on {process.name}: {' '.join(filter_overrides(overrides))}")
+            return self._run_in(process, config, overrides, job_dir)
         finally:
-            free.put(slot)
+            free.put(process)
 
-    def _run_in_process(self, config, overrides, job_dir: Path, slot, threads: int) -> JobReturn:
+    def _run_in(self, process: SlotProcess, config, overrides, job_dir: Path) -> JobReturn:
         job_dir.mkdir(parents=True, exist_ok=True)
         output = job_dir / OUTPUT_LOG
-        with tempfile.TemporaryDirectory(prefix="gpu_pool_") as tmp, output.open("ab") as log_file:
+        with tempfile.TemporaryDirectory(prefix="gpu_pool_") as tmp:
             payload, result = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
             state = Singleton.get_state()
             payload.write_bytes(cloudpickle.dumps((self.hydra_context, self.task_function, config, state)))
-            env = {**os.environ, **slot_env(slot, threads)}
             started = datetime.now().isoformat(sep=" ", timespec="milliseconds")
-            header = f"=== gpu_pool: launched on {env['FEWMULT_SLOT']} at {started}, {threads} threads\n"
-            log_file.write(header.encode())
-            log_file.flush()
-            proc = subprocess.run(
-                [sys.executable, "-m", "hydra_plugins.fewmult_gpu_pool._worker", str(payload), str(result)],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-            if result.is_file():
+            threads = process.env["OMP_NUM_THREADS"]
+            with output.open("a") as log_file:
+                log_file.write(
+                    f"=== gpu_pool: launched on {process.name} at {started}, {threads} threads, "
+                    f"{process.describe_next()}\n"
+                )
+            exit_code = process.run(payload, result, output)
+            if exit_code is None and result.is_file():
                 returned = cloudpickle.loads(result.read_bytes())
                 if returned.status == JobStatus.FAILED:
                     log.error(f"gpu_pool: job in {job_dir} failed; the end of {output}:\n{_tail(output)}")
                 return returned
-        error = RuntimeError(f"job process exited with code {proc.returncode}; see {output}")
+        error = RuntimeError(f"job process exited with code {exit_code}; see {output}")
         log.error(
-            f"gpu_pool: job in {job_dir} died (exit {proc.returncode}); the end of {output}:\n{_tail(output)}"
+            f"gpu_pool: job in {job_dir} died (exit {exit_code}); the end of {output}:\n{_tail(output)}"
         )
         return _job_return(config, overrides, job_dir, JobStatus.FAILED, error)
 
