@@ -1,1 +1,1 @@
-"""``hydra/launcher=gpu_pool``: jobs side by side on free slots (GPU or CPU), each slot's jobs in one process."""
+"""``hydra/launcher=gpu_pool``: jobs side by side on free slots (GPU or CPU), one process per slot."""
