@@ -43,6 +43,7 @@ kernels = Extension(
             "cpu",
             "bitpack",
             "xnor_gemm",
+            "amx_gemm",
             "select_gemm",
             "select_lut",
             "float_gemm",

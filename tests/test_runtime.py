@@ -23,6 +23,9 @@ from tests.test_methods_train import METHODS
 COMPILED = kernels.load() is not None
 ISAS = list(kernels.ISAS[: kernels.ISAS.index(kernels.best_isa()) + 1]) if COMPILED else []
 needs_kernels = pytest.mark.skipif(not COMPILED, reason="no compiled kernels (no C compiler at install)")
+needs_amx = pytest.mark.skipif(
+    "amx" not in ISAS, reason="no AMX here (CPU before Sapphire Rapids, Linux before 5.16, or no kernels)"
+)
 # odd sizes: partial tiles (n, o not multiples of 4), rows shorter than, equal to and longer than a
 # 64-bit word and a 512-bit block, a 16-float block and its tail
 SHAPES = [(1, 1, 1), (5, 63, 7), (4, 64, 4), (6, 65, 9), (3, 513, 5), (9, 1100, 17)]
@@ -63,15 +66,48 @@ def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o):
     assert np.array_equal(out, expected)
 
 
+# AMX tiles hold 16 rows: one tile, partial tiles, more than one group of four row tiles
+AMX_SHAPES = [*SHAPES, (16, 64, 16), (17, 130, 33), (70, 1100, 40)]
+
+
+@needs_amx
+@pytest.mark.parametrize(("n", "k", "o"), AMX_SHAPES)
+def test_amx_sign_gemm_is_xnor_gemm_exactly(n, k, o):
+    """The 0/1-byte tile product, corrected by the rows' ones, is the dot product of the signs, also
+    with zero words inside a row (a convolution's taps outside the image) and rows longer than k."""
+    rng = np.random.default_rng(n * 1000 + k)
+    a, w = random_bits(rng, n, k), random_bits(rng, o, k)
+    packed = kernels.pack_rows(a)
+    packed[::3, : packed.shape[1] // 2] = 0  # taps outside the image: zero words, read as -1
+    out = kernels.amx_sign_gemm(packed, kernels.amx_layout(w, 4), w.sum(1, dtype=np.int32), k, o, threads=2)
+    assert np.array_equal(out, kernels.xnor_gemm(packed, kernels.pack_rows(w), k, "avx512", threads=2))
+
+
+@pytest.mark.parametrize("group", [4, 2])
+def test_amx_layout_holds_each_weight_tile_rows_masks(group):
+    """Mask r of (row block b, input block c) has bit ``group * j + q`` = input ``group * r + q`` of
+    the block's row j: a weight tile's row r, as TDPBUUD (4 bytes) and TDPBF16PS (2 bf16) read it."""
+    bits = np.random.default_rng(group).random((21, 150)) < 0.5
+    layout = kernels.amx_layout(bits, group)
+    span = 16 * group
+    assert layout.shape == (2, -(-150 // span), 16) and layout.dtype == np.dtype(f"<u{2 * group}")
+    for row, t in [(0, 0), (17, 149), (20, 37), (5, 64), (9, 3)]:
+        block, j, r, q = row // 16, row % 16, t % span // group, t % group
+        assert bool(int(layout[block, t // span, r]) >> (group * j + q) & 1) == bits[row, t]
+    assert not any(int(m) >> (group * (21 - 16)) for m in layout[1].ravel())  # rows past 21: none
+
+
 # select_gemm on every instruction set; lut_gemm (tables, AVX2 and AVX-512) where the CPU has them
-PRODUCTS = [f"select_gemm-{isa}" for isa in ISAS] + [
-    f"lut_gemm-{isa}" for isa in ISAS if isa in kernels.LUT_SHAPES
+PRODUCTS = [
+    *(f"select_gemm-{isa}" for isa in ISAS),
+    *(f"lut_gemm-{isa}" for isa in ISAS if isa in kernels.LUT_SHAPES),
+    pytest.param("amx_select_gemm-amx", marks=needs_amx),
 ]
 
 
 @needs_kernels
 @pytest.mark.parametrize("kernel", PRODUCTS)
-@pytest.mark.parametrize(("n", "k", "o"), [*SHAPES, (17, 130, 33)])
+@pytest.mark.parametrize(("n", "k", "o"), AMX_SHAPES)
 @pytest.mark.parametrize("encoding", ["binary", "ternary"])
 def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(kernel, n, k, o, encoding):
     rng = np.random.default_rng(n * 1000 + k + o)
@@ -83,10 +119,13 @@ def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(ke
         signs = np.where(nonzero, np.where(positive, 1.0, -1.0), 0.0)
         plus, minus = kernels.pack_rows(nonzero & positive), kernels.pack_rows(nonzero & ~positive)
     name, isa = kernel.split("-")
+    plus_bits = positive if encoding == "binary" else nonzero & positive
     if name == "lut_gemm":
-        plus_bits = positive if encoding == "binary" else nonzero & positive
         minus_lut = None if encoding == "binary" else kernels.lut_layout(nonzero & ~positive, isa)
         out = kernels.lut_gemm(x, kernels.lut_layout(plus_bits, isa), minus_lut, o, isa, threads=2)
+    elif name == "amx_select_gemm":
+        minus_tiles = None if encoding == "binary" else kernels.amx_layout(nonzero & ~positive, 2)
+        out = kernels.amx_select_gemm(x, kernels.amx_layout(plus_bits, 2), minus_tiles, o, threads=2)
     else:
         out = kernels.select_gemm(x, plus, minus, isa, threads=2)
     expected = x.astype(np.float64) @ signs.T

@@ -1,8 +1,8 @@
 """The compiled kernels (``csrc/``), loaded with ctypes, and the instruction set they run with.
 
 ``pip install`` builds them where a C compiler works (setup.py; optional). Each call names the
-instruction set, at most the CPU's best (``FEWMULT_RUNTIME_ISA=portable|avx2|avx512`` lowers it, e.g.
-to compare paths), and the number of threads (OpenMP). NumPy only: no torch is imported here.
+instruction set, at most the CPU's best (``FEWMULT_RUNTIME_ISA=portable|avx2|avx512|amx`` lowers it,
+e.g. to compare paths), and the number of threads (OpenMP). NumPy only: no torch is imported here.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-ISAS = ("portable", "avx2", "avx512")  # the order of FM_PORTABLE, FM_AVX2, FM_AVX512
+ISAS = ("portable", "avx2", "avx512", "amx")  # the order of FM_PORTABLE, FM_AVX2, FM_AVX512, FM_AMX
 ROW_WORDS = 8  # FM_ROW_WORDS: packed rows are padded to whole 512-bit blocks
+AMX_MIN_ROWS = 16  # an AMX tile's rows: fewer rows run the AVX-512 kernels (benchmarks/bench_runtime.py)
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
@@ -25,6 +26,8 @@ _SIGNATURES = {
     "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
     "fm_float_gemm": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
+    "fm_amx_sign_gemm": ([_I, _P, _L, _L, _P, _P, _L, _L, ctypes.c_int32, _P], None),
+    "fm_amx_select_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx2": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
@@ -121,6 +124,20 @@ def lut_layout(bits: np.ndarray, isa: str = "avx512") -> np.ndarray:
     return np.ascontiguousarray(selections.reshape(-1, lanes, selections.shape[1]).transpose(0, 2, 1))
 
 
+def amx_layout(bits: np.ndarray, group: int) -> np.ndarray:
+    """Boolean weight rows (o, k) as the AMX products read them (csrc/amx_gemm.c): per block of 16
+    rows and block of 16 ``group`` inputs, 16 masks of 16 ``group`` bits, bit ``group * j + q`` of mask r
+    holding input ``group * r + q`` of row j (zero-padded). ``group`` 4 (int8 tiles, uint64 masks) or 2
+    (bf16 tiles, uint32 masks)."""
+    o, k = bits.shape
+    span = 16 * group
+    padded = np.zeros((-(-o // 16) * 16, -(-k // span) * span), dtype=bool)
+    padded[:o, :k] = bits
+    tiles = padded.reshape(-1, 16, padded.shape[1] // span, 16, group).transpose(0, 2, 3, 1, 4)
+    masks = np.packbits(tiles.reshape(-1, span), axis=1, bitorder="little")
+    return np.ascontiguousarray(masks.view("<u8" if group == 4 else "<u4").reshape(*tiles.shape[:3]))
+
+
 def _ptr(array: np.ndarray | None) -> int | None:
     """A C-contiguous array's data pointer for ctypes (None stays NULL)."""
     if array is None:
@@ -137,6 +154,28 @@ def xnor_gemm(a: np.ndarray, w: np.ndarray, k: int, isa: str, threads: int) -> n
     """Packed +-1 rows ``a`` (n, words) times packed rows ``w`` (o, words) of length k: int32 (n, o)."""
     out = np.empty((len(a), len(w)), dtype=np.int32)
     load().fm_xnor_gemm(ISAS.index(isa), threads, _ptr(a), len(a), _ptr(w), len(w), w.shape[1], k, _ptr(out))
+    return out
+
+
+def amx_sign_gemm(
+    a: np.ndarray, w: np.ndarray, w_ones: np.ndarray, k: int, o: int, threads: int
+) -> np.ndarray:
+    """:func:`xnor_gemm` on AMX tiles: packed rows ``a`` (n, words) times weights in
+    :func:`amx_layout` (group 4) with each weight row's ones ``w_ones`` (int32, o): int32 (n, o)."""
+    out = np.empty((len(a), o), dtype=np.int32)
+    load().fm_amx_sign_gemm(
+        threads, _ptr(a), len(a), a.shape[1], _ptr(w), _ptr(w_ones), o, w.shape[1], k, _ptr(out)
+    )
+    return out
+
+
+def amx_select_gemm(
+    x: np.ndarray, plus: np.ndarray, minus: np.ndarray | None, o: int, threads: int
+) -> np.ndarray:
+    """:func:`select_gemm` on AMX tiles, the selections in :func:`amx_layout` (group 2)."""
+    (n, k) = x.shape
+    out = np.empty((n, o), dtype=np.float32)
+    load().fm_amx_select_gemm(threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, _ptr(out))
     return out
 
 

@@ -236,11 +236,11 @@ class CompiledNetwork:
                 )
             plus, _ = _planes(self.reference, spec)
             plus = _pixel_order(plus.reshape(o, k), s.pixels) if s.pixels else plus.reshape(o, k)
-            packed = kernels.pack_rows(plus) if not s.pixels else _pack_words(plus)
+            product = self._sign_product(
+                plus, kernels.pack_rows(plus) if not s.pixels else _pack_words(plus), k
+            )
             return Step(
-                "linear",
-                f"{k}->{o}, packed +-1 x binary: xnor_gemm (XNOR + popcount)",
-                lambda v: sums(kernels.xnor_gemm(v.data, packed, k, isa, threads)),
+                "linear", f"{k}->{o}, packed +-1 x binary: {product.how}", lambda v: sums(product.run(v.data))
             )
         product = self._float_product(spec, lambda p: p.reshape(o, k))
 
@@ -250,13 +250,28 @@ class CompiledNetwork:
 
         return Step("linear", f"{k}->{o}, float x {spec['encoding']}: {product.how}", run)
 
-    def _float_product(self, spec: dict[str, Any], rows: Callable[[np.ndarray], np.ndarray]) -> Product:
-        """Float32 rows (n, k) times the weight's rows, the weight arranged (o, k) by ``rows``."""
-        isa, threads, o = self.isa, self.threads, spec["shape"][0]
+    def _float_product(
+        self, spec: dict[str, Any], rows: Callable[[np.ndarray], np.ndarray], isa: str | None = None
+    ) -> Product:
+        """Float32 rows (n, k) times the weight's rows, the weight arranged (o, k) by ``rows``, on
+        ``isa`` (default: the network's)."""
+        isa, threads, o = isa or self.isa, self.threads, spec["shape"][0]
         if spec["encoding"] == "float32":
             values = np.ascontiguousarray(rows(self.reference.arrays[spec["values"]].astype(np.float32)))
             return Product("float_gemm", lambda x: kernels.float_gemm(x, values, isa, threads))
         plus, minus = (None if p is None else rows(p) for p in _planes(self.reference, spec))
+        if isa == "amx":
+            tiles = [None if p is None else kernels.amx_layout(p, 2) for p in (plus, minus)]
+            below = self._float_product(spec, rows, "avx512")
+            return Product(
+                f"amx_select_gemm (bf16 tiles, {spec['encoding']} weights; below "
+                f"{kernels.AMX_MIN_ROWS} rows {below.how})",
+                lambda x: (
+                    kernels.amx_select_gemm(x, tiles[0], tiles[1], o, threads)
+                    if len(x) >= kernels.AMX_MIN_ROWS
+                    else below.run(x)
+                ),
+            )
         if isa in kernels.LUT_SHAPES:
             tables = [None if p is None else kernels.lut_layout(p, isa) for p in (plus, minus)]
             return Product(
@@ -268,6 +283,23 @@ class CompiledNetwork:
             f"select_gemm ({spec['encoding']} weights)",
             lambda x: kernels.select_gemm(x, packed[0], packed[1], isa, threads),
         )
+
+    def _sign_product(self, rows: np.ndarray, packed: np.ndarray, k: int) -> Product:
+        """Packed +-1 activation rows (n, words) times binary weight rows given as booleans (o, bits)
+        and as the same bits ``packed`` (o, words), padding included: the int32 sums (n, o)."""
+        isa, threads, o = self.isa, self.threads, len(rows)
+        if isa != "amx":
+            return Product(
+                "xnor_gemm (XNOR + popcount)", lambda a: kernels.xnor_gemm(a, packed, k, isa, threads)
+            )
+        tiles, ones = kernels.amx_layout(rows, 4), rows.sum(axis=1, dtype=np.int32)
+
+        def run(a: np.ndarray) -> np.ndarray:
+            if len(a) < kernels.AMX_MIN_ROWS:
+                return kernels.xnor_gemm(a, packed, k, isa, threads)
+            return kernels.amx_sign_gemm(a, tiles, ones, k, o, threads)
+
+        return Product(f"amx_sign_gemm (int8 tiles; below {kernels.AMX_MIN_ROWS} rows xnor_gemm)", run)
 
     def _conv_geometry(self, op: dict[str, Any], s: State) -> dict[str, int]:
         _, c, kh, kw = op["weight"]["shape"]
@@ -297,26 +329,26 @@ class CompiledNetwork:
         cw = -(-g["c"] // 64)
         padded = np.zeros((o, g["kh"], g["kw"], cw * 64), dtype=bool)
         padded[..., : g["c"]] = taps
-        weights = _pack_words(padded.reshape(o, -1))
+        rows = padded.reshape(o, -1)
+        product = self._sign_product(rows, _pack_words(rows), g["c"] * g["kh"] * g["kw"])
         # the sum over channels of each tap's +-1 weights, for the zero-padding correction
         tap_sums = np.ascontiguousarray(
             (2 * taps.astype(np.int32) - 1).sum(axis=3).reshape(o, -1).T, dtype=np.int32
         )
         scale = _scale(self.reference, spec)
         bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
-        k = g["c"] * g["kh"] * g["kw"]
-        isa, threads = self.isa, self.threads
+        threads = self.threads
 
         def run(v: Value) -> Value:
             n = len(v.data)
             rows = kernels.im2col_bits(v.data, g, threads)
-            acc = kernels.xnor_gemm(rows, weights, k, isa, threads).reshape(n, g["ho"], g["wo"], o)
+            acc = product.run(rows).reshape(n, g["ho"], g["wo"], o)
             if g["ph"] or g["pw"]:
                 kernels.conv_border(acc, tap_sums, g, threads)
             return Value("acc", acc, scale=scale, bias=bias)
 
         return Step(
-            "conv2d", f"{g['c']}->{o} {g['kh']}x{g['kw']}, packed +-1 x binary: im2col + xnor_gemm", run
+            "conv2d", f"{g['c']}->{o} {g['kh']}x{g['kw']}, packed +-1 x binary: im2col + {product.how}", run
         )
 
     def _conv_float(self, op: dict[str, Any], s: State) -> Step:

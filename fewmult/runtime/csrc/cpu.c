@@ -10,7 +10,7 @@ int fm_best_isa(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vpopcntdq"))
-        return FM_AVX512;
+        return fm_amx_available() ? FM_AMX : FM_AVX512;
     if (__builtin_cpu_supports("avx2"))
         return FM_AVX2;
 #endif

@@ -16,10 +16,14 @@
 
 #define FM_ROW_WORDS 8 /* 512 bits: dense rows are padded to whole AVX-512 registers */
 
-enum { FM_PORTABLE = 0, FM_AVX2 = 1, FM_AVX512 = 2 };
+enum { FM_PORTABLE = 0, FM_AVX2 = 1, FM_AVX512 = 2, FM_AMX = 3 };
 
-/* The widest instruction set this CPU runs: FM_AVX512 needs AVX-512 F, BW and VPOPCNTDQ. */
+/* The widest instruction set this CPU runs: FM_AVX512 needs AVX-512 F, BW and VPOPCNTDQ; FM_AMX
+ * these and fm_amx_available(). Kernels without an AMX path take FM_AMX as FM_AVX512. */
 int fm_best_isa(void);
+/* 1 where this build, the CPU (AMX-TILE, -INT8, -BF16, AVX512-BF16) and the OS (Linux 5.16+, which
+ * is asked here for the tile state) let this process run tile instructions. */
+int fm_amx_available(void);
 /* Threads a kernel may use (OpenMP's default), 1 when built without OpenMP. */
 int fm_max_threads(void);
 
@@ -48,6 +52,18 @@ void fm_lut_gemm_avx2(int threads, const float *x, int64_t n, int64_t k, const u
 /* out[i * o + j] = sum_t x[i, t] w[j, t]: float32 rows (n, k) times float32 weight rows (o, k). */
 void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,
                    float *out);
+
+/* AMX tile products (amx_gemm.c; callers check fm_best_isa() == FM_AMX), the weights' bits in the
+ * order of a weight tile (kernels.amx_layout): for each block of 16 weight rows and each block of
+ * 16 G inputs, 16 masks of 16 G bits, bit G j + q of mask r = input G r + q of row j.
+ * Sign products (G = 4, uint64 masks, kblocks blocks a row): xnor_gemm's out from a's packed rows
+ * (first kblocks words of rows of a_words) and w_ones (each weight row's ones), exactly.
+ * Float products (G = 2, uint32 masks): select_gemm's out, +1 where plus, -1 where minus (binary:
+ * minus == NULL, -1 wherever not plus), float32 sums of exact products. */
+void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, int64_t a_words, const uint64_t *w,
+                      const int32_t *w_ones, int64_t o, int64_t kblocks, int32_t k, int32_t *out);
+void fm_amx_select_gemm(int threads, const float *x, int64_t n, int64_t k, const uint32_t *plus,
+                        const uint32_t *minus, int64_t o, float *out);
 
 /* Batch norm + sign folded into one comparison per unit, written as packed bits for the next
  * product: v = acc[i, j] * scale[j] + bias[j] (in double, as the NumPy reference computes it),
