@@ -93,17 +93,20 @@ def images_per_second(
     settle: float = 0.2,
 ) -> list[dict[str, float]]:
     """One row per batch size: images/s of ``runtime``, ``numpy`` and ``torch`` and the runtime's
-    ratio to each, on the first examples of ``x``."""
+    ratio to each, on the first examples of ``x``; where the runtime runs AMX tiles, also of its
+    AVX-512 kernels (``avx512``), so that the two compare in one run."""
     import torch
 
     torch.set_num_threads(threads)
     runtime, reference = CompiledNetwork(path, threads=threads), PackedNetwork(path)
+    vectors = CompiledNetwork(path, threads=threads, isa="avx512") if runtime.isa == "amx" else None
     baseline = torch_float32(reference)
     rows = []
     for batch in batches:
         xb = np.ascontiguousarray(x[:batch], dtype=np.float32)
         contestants = {
             "runtime": lambda xb=xb: runtime.forward(xb),
+            **({"avx512": lambda xb=xb: vectors.forward(xb)} if vectors else {}),
             "numpy": lambda xb=xb: reference.forward(xb),
             "torch": lambda xb=xb: baseline(xb),
         }
@@ -127,14 +130,17 @@ def images_per_second(
 
 
 def format_rows(rows: list[dict[str, float]], threads: int, isa: str) -> str:
+    avx512 = bool(rows) and "avx512_images_per_s" in rows[0]
     lines = [
         f"images/s, {threads} thread(s), kernels: {isa}",
-        f"{'batch':>5}  {'runtime':>10}  {'NumPy ref':>10}  {'PyTorch fp32':>12}  "
-        f"{'vs PyTorch':>10}  {'vs NumPy':>8}",
+        f"{'batch':>5}  {'runtime':>10}  " + (f"{'AVX-512':>10}  " if avx512 else "") + f"{'NumPy ref':>10}  "
+        f"{'PyTorch fp32':>12}  {'vs PyTorch':>10}  {'vs NumPy':>8}",
     ]
     for r in rows:
         lines.append(
-            f"{r['batch']:>5}  {r['runtime_images_per_s']:>10.0f}  {r['numpy_images_per_s']:>10.0f}  "
-            f"{r['torch_images_per_s']:>12.0f}  {r['vs_torch']:>9.1f}x  {r['vs_numpy']:>7.1f}x"
+            f"{r['batch']:>5}  {r['runtime_images_per_s']:>10.0f}  "
+            + (f"{r['avx512_images_per_s']:>10.0f}  " if avx512 else "")
+            + f"{r['numpy_images_per_s']:>10.0f}  {r['torch_images_per_s']:>12.0f}  "
+            f"{r['vs_torch']:>9.1f}x  {r['vs_numpy']:>7.1f}x"
         )
     return "\n".join(lines)
