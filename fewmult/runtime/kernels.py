@@ -17,7 +17,10 @@ import numpy as np
 
 ISAS = ("portable", "avx2", "avx512", "amx")  # the order of FM_PORTABLE, FM_AVX2, FM_AVX512, FM_AMX
 ROW_WORDS = 8  # FM_ROW_WORDS: packed rows are padded to whole 512-bit blocks
-AMX_MIN_ROWS = 16  # an AMX tile's rows: fewer rows run the AVX-512 kernels (benchmarks/bench_runtime.py)
+# rows from which the AMX products beat the AVX-512 kernels (benchmarks/bench_amx_kernels.py: sign
+# products 1.18x at 16 rows, 0.21x at 1; float products 0.83x at 16 rows, 1.40x at 64)
+AMX_MIN_ROWS = 16
+AMX_FLOAT_MIN_ROWS = 64
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {

@@ -265,10 +265,10 @@ class CompiledNetwork:
             below = self._float_product(spec, rows, "avx512")
             return Product(
                 f"amx_select_gemm (bf16 tiles, {spec['encoding']} weights; below "
-                f"{kernels.AMX_MIN_ROWS} rows {below.how})",
+                f"{kernels.AMX_FLOAT_MIN_ROWS} rows {below.how})",
                 lambda x: (
                     kernels.amx_select_gemm(x, tiles[0], tiles[1], o, threads)
-                    if len(x) >= kernels.AMX_MIN_ROWS
+                    if len(x) >= kernels.AMX_FLOAT_MIN_ROWS
                     else below.run(x)
                 ),
             )
