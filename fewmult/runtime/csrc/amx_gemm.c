@@ -16,7 +16,8 @@
  * in another order than the reference's (equal within rounding; inputs below 1e-33 in magnitude
  * lose their last parts, as the conversion flushes denormals).
  *
- * Tiles of 16 rows: callers give AMX at least 16 rows (below, the AVX-512 kernels are faster). */
+ * Tiles of 16 rows: with fewer rows (float products: fewer than 64) the AVX-512 kernels are faster,
+ * and the callers (fewmult/runtime/network.py) run those. */
 #define _GNU_SOURCE /* syscall() */
 #include <stdlib.h>
 #include <string.h>
@@ -32,13 +33,9 @@
 #include <unistd.h>
 #endif
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* Rows of the expanded activations are one cache line longer than their values: a power-of-two
  * length would put a tile's 16 rows into the same few L1 sets (2 of 64 for 2,048 bytes a row), and
- * the tile loads missed L1 (the sign product at 64 x 2048 x 2048 ran 1.3x slower). */
+ * the tile loads missed L1 (the sign product at 64 x 2048 x 2048 ran 1.17x slower). */
 #define PITCH_PAD 64
 #define ROW_BLOCKS 4 /* row tiles (16 rows each, a row group) sharing each expanded weight tile */
 
@@ -129,11 +126,10 @@ FM_TARGET_AMX static void zero_sums(void) {
 }
 
 /* What a product's tasks share: the expanded activations (rows kp elements apart, each of `part`
- * bytes, `parts` planes `plane` bytes apart), the weight masks, and how many input blocks of the
- * activations stay in L1 at once (chunk). */
+ * bytes, `parts` planes `plane` bytes apart) and the weight masks. */
 typedef struct {
     const char *a;
-    int64_t kp, kblocks, chunk, plane;
+    int64_t kp, kblocks, plane;
     int parts, part;
     const void *plus, *minus; /* masks: sign products use plus only */
 } product;
@@ -179,40 +175,47 @@ FM_TARGET_AMX static void float_blocks(const product *p, const char *a, int64_t 
 
 typedef void (*blocks_fn)(const product *, const char *, int64_t, int64_t, int64_t, int, char *);
 
+#define L1_CHUNK_BYTES 32768 /* activations of one input chunk of a row group: L1 holds them */
+#define MAX_CHUNK 8          /* input blocks a chunk: their expanded weight tiles, 1 KB each */
+
+/* Input blocks a chunk: as many as L1_CHUNK_BYTES of a row group's activations hold (8 for the sign
+ * product's one byte plane, 2 for the float product's three bf16 planes). */
+static int64_t chunk_blocks(const product *p) {
+    int64_t chunk = L1_CHUNK_BYTES / (16 * ROW_BLOCKS * 64 * p->parts);
+    return chunk < 1 ? 1 : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
+}
+
 /* One task: rows [i0, i0 + 16 blocks) times the weight blocks [jb0, jb1), input chunk by input chunk
  * so that the chunk's activations stay in L1 while every weight block reads them; each block's sums
  * wait in `sums` (4 KB a block) between chunks. */
 FM_TARGET_AMX static void task(const product *p, blocks_fn run, int64_t i0, int blocks, int64_t jb0,
                                int64_t jb1, char *tile, char *sums) {
     const char *a = p->a + i0 * p->kp * p->part;
-    for (int64_t b0 = 0; b0 < p->kblocks; b0 += p->chunk) {
+    const int64_t chunk = chunk_blocks(p);
+    for (int64_t b0 = 0; b0 < p->kblocks; b0 += chunk) {
         for (int64_t jb = jb0; jb < jb1; jb++) {
             char *own = sums + (jb - jb0) * 4096;
             if (b0 == 0)
                 zero_sums();
             else
                 load_sums(own);
-            run(p, a, jb, b0, fm_min64(b0 + p->chunk, p->kblocks), blocks, tile);
+            run(p, a, jb, b0, fm_min64(b0 + chunk, p->kblocks), blocks, tile);
             store_sums(own);
         }
     }
 }
-
-#define L1_CHUNK_BYTES 32768 /* activations of one input chunk of a row group: L1 holds them */
-#define MAX_CHUNK 8          /* input blocks a chunk: their expanded weight tiles, 1 KB each */
 
 typedef void (*finish_fn)(const void *ctx, int64_t i0, int64_t i1, int64_t jb0, int64_t jb1,
                           const int32_t *sums);
 
 /* Every task of a product: row groups (4 row tiles) x slices of weight blocks (one a thread), each
  * task's sums handed to `finish` (4 KB a weight block: row r, column c at r * 16 + c). */
-FM_TARGET_AMX static void run_tasks(int threads, product *p, blocks_fn run, int64_t n, int64_t o,
+FM_TARGET_AMX static void run_tasks(int threads, const product *p, blocks_fn run, int64_t n, int64_t o,
                                     finish_fn finish, const void *ctx) {
     int64_t cols = (o + 15) / 16, groups = (n + 16 * ROW_BLOCKS - 1) / (16 * ROW_BLOCKS);
-    int64_t per = (cols + threads - 1) / (threads > 0 ? threads : 1), slices = (cols + per - 1) / per;
+    int64_t slicing = threads > 0 ? threads : 1, per = (cols + slicing - 1) / slicing;
+    int64_t slices = (cols + per - 1) / per;
     int64_t tasks = groups * slices;
-    p->chunk = L1_CHUNK_BYTES / (16 * ROW_BLOCKS * 64 * p->parts);
-    p->chunk = p->chunk < 1 ? 1 : p->chunk > MAX_CHUNK ? MAX_CHUNK : p->chunk;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (tasks > 1)
 #endif
@@ -329,7 +332,7 @@ FM_TARGET_AMX void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, i
     uint8_t *bytes = aligned_alloc(64, (size_t)(rows * kp));
     int32_t *ones = malloc(sizeof(int32_t) * (size_t)n);
     expand_bits(threads, a, n, a_words, kblocks, kp, bytes, ones);
-    product p = {(const char *)bytes, kp, kblocks, 0, 0, 1, 1, w, NULL};
+    product p = {(const char *)bytes, kp, kblocks, 0, 1, 1, w, NULL};
     sign_out c = {out, ones, w_ones, o, k};
     run_tasks(threads, &p, sign_blocks, n, o, finish_sign, &c);
     free(bytes);
@@ -343,7 +346,7 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
     int64_t kblocks = (k + 31) / 32, kp = 32 * kblocks + PITCH_PAD / 2, rows = (n + 15) / 16 * 16, parts = rows * kp;
     uint16_t *planes = aligned_alloc(64, sizeof(uint16_t) * (size_t)(3 * parts));
     split_bf16(threads, x, n, k, kp, parts, planes);
-    product p = {(const char *)planes, kp, kblocks, 0, 2 * parts, 3, 2, plus, minus};
+    product p = {(const char *)planes, kp, kblocks, 2 * parts, 3, 2, plus, minus};
     float_out c = {out, o};
     run_tasks(threads, &p, float_blocks, n, o, finish_float, &c);
     free(planes);
