@@ -3,9 +3,11 @@
 Two measurements, each method launched as a user launches it (``python -m fewmult.train
 method=M``, on the small generated dataset, one epoch, no logger):
 
-* **Alone**, twice in a row: the first launch may compile fewmult's fused kernels
-  (``torch.compile``; inductor keeps them in its cache folder, ``TORCHINDUCTOR_CACHE_DIR`` or
-  ``/tmp/torchinductor_<user>``, shared by the jobs of a machine), the second finds them there.
+* **Alone**, with inductor's cache warm (``TORCHINDUCTOR_CACHE_DIR`` or
+  ``/tmp/torchinductor_<user>``, shared by the jobs of a machine: run the benchmark twice and read
+  the second): launches whose torch hashes its and Triton's sources before the first compiled kernel
+  (the remembered keys of :mod:`fewmult.run.source_keys` deleted first, as every launch was before
+  them) interleaved with launches that find the keys remembered, ``ROUNDS`` of each, medians.
   Seconds since launch at Lightning's ``setup`` (after the imports, the config checks, the data and
   the model) and at the end of the first training step (its forward, backward and optimizer step).
 * **In a sweep**: four jobs (``seed=1,2,3,4``) through ``hydra/launcher=gpu_pool`` on one CPU slot,
@@ -33,10 +35,12 @@ from pathlib import Path
 import lightning as L
 
 from fewmult.config import CONF_DIR
+from fewmult.run.source_keys import store_path
 
 METHODS = "fp,bc_det,bc_stoch,tc,bwn,lab,lab2,bnn,xnor,bireal,reactnet"
 SWEEP_METHODS = "fp,bc_stoch,bnn,reactnet"
 SEEDS = "1,2,3,4"
+ROUNDS = 2
 
 
 class Marks(L.Callback):
@@ -130,14 +134,21 @@ def main() -> None:
     print(f"a job's imports alone (python -c 'import fewmult.run.job'): {time.time() - start:.1f} s\n")
     if methods := [m for m in args.methods.split(",") if m]:
         columns = "set-up | first step"
-        print(f"| method | launch 1: {columns} | launch 2: {columns} |")
+        print(f"| method | sources hashed: {columns} | keys remembered: {columns} |")
         print("|---|---|---|---|---|")
         for method in methods:
-            cells = []
-            for attempt in (1, 2):
-                marks = alone(method, root / f"{method}_{attempt}_{time.time_ns()}")
-                cells += [f"{marks['fit']:.1f} s", f"{marks['step']:.1f} s"]
-            print(f"| {method} | " + " | ".join(cells) + " |", flush=True)
+            cells: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+            for _ in range(ROUNDS):  # interleaved: this machine's noise falls on both alike
+                for remembered in (False, True):
+                    if not remembered:
+                        store_path().unlink(missing_ok=True)  # the launch hashes and stores again
+                    cells[remembered].append(alone(method, root / f"{method}_{time.time_ns()}"))
+            medians = [
+                f"{statistics.median(m[mark] for m in cells[remembered]):.1f} s"
+                for remembered in (False, True)
+                for mark in ("fit", "step")
+            ]
+            print(f"| {method} | " + " | ".join(medians) + " |", flush=True)
     if methods := [m for m in args.sweep_methods.split(",") if m]:
         print(f"\nfour jobs (seed={SEEDS}) on one CPU slot of gpu_pool: launch to first step, per job")
         print("| method | a process per job: jobs 1-4 | sweep | one process: job 1 | jobs 2-4 | sweep |")

@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fewmult.run.source_keys import reuse_source_keys
+
 MASK = 0xFFFFFFFF
 
 
@@ -95,6 +97,8 @@ def run_fused(fn: Callable, *args):
     stochastic binarization took 7.1 ms; flattened 1.3 ms, the same numbers).
     """
     if fn not in _COMPILED:
+        if not _COMPILED:  # the process's first: torch hashes its sources unless they are remembered
+            reuse_source_keys()
         _COMPILED[fn] = torch.compile(fn, dynamic=True)
     compiled = _COMPILED[fn]
     if compiled is None:
