@@ -11,7 +11,7 @@ int fm_best_isa(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vpopcntdq"))
         return fm_amx_available() ? FM_AMX : FM_AVX512;
-    if (__builtin_cpu_supports("avx2"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))  /* every AVX2 CPU made has FMA3 */
         return FM_AVX2;
 #endif
     return FM_PORTABLE;

@@ -20,6 +20,8 @@ static void tile_portable(const float *x, const float *w, int64_t k, int64_t row
 }
 
 #ifdef FM_X86
+/* One tile of dot products, TILE_N rows by TILE_O weight rows at most: `rows` and `cols` are
+ * constants where the tile is whole, so the accumulators stay in registers. */
 FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const float *x, const float *w, int64_t k, const int rows,
                                                    const int cols, float *out, int64_t o) {
     __m512 acc[TILE_N][TILE_O];
@@ -42,18 +44,54 @@ FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const float *x, const float *
             out[r * o + c] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
-FM_TARGET_AVX512 static void tiles_avx512(const float *x, const float *w, int64_t k, int64_t rows, int64_t cols,
-                                          float *out, int64_t o) {
-    if (rows == TILE_N && cols == TILE_O)
-        tile_avx512(x, w, k, TILE_N, TILE_O, out, o);
-    else if (cols == TILE_O)
-        for (int64_t r = 0; r < rows; r++)
-            tile_avx512(x + r * k, w, k, 1, TILE_O, out + r * o, o);
-    else
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++)
-                tile_avx512(x + r * k, w + c * k, k, 1, 1, out + r * o + c, o);
+FM_TARGET_AVX2 static FM_INLINE float sum_lanes_avx2(__m256 v) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(half, _mm_movehdup_ps(half)));
 }
+
+/* tile_avx512 in 8 lanes (CPUs with AVX2 and FMA but not AVX-512: most AMD, older Intel); the
+ * last partial 8 read through a lane mask, as AVX-512 does with its mask registers. */
+FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const float *x, const float *w, int64_t k, const int rows,
+                                               const int cols, float *out, int64_t o) {
+    __m256 acc[TILE_N][TILE_O];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            acc[r][c] = _mm256_setzero_ps();
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t t = 0; t < k; t += 8) {
+        __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)fm_min64(k - t, 8)), lane);
+        __m256 b[TILE_O];
+        for (int c = 0; c < cols; c++)
+            b[c] = _mm256_maskload_ps(w + c * k + t, valid);
+        for (int r = 0; r < rows; r++) {
+            __m256 a = _mm256_maskload_ps(x + r * k + t, valid);
+            for (int c = 0; c < cols; c++)
+                acc[r][c] = _mm256_fmadd_ps(a, b[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            out[r * o + c] = sum_lanes_avx2(acc[r][c]);
+}
+
+/* A block of at most TILE_N x TILE_O outputs through `tile`: whole tiles at once, a partial block
+ * of weight rows one input row at a time, the rest output by output. */
+#define FM_TILES(name, tile, target)                                                                          \
+    target static void name(const float *x, const float *w, int64_t k, int64_t rows, int64_t cols, float *out, \
+                            int64_t o) {                                                                      \
+        if (rows == TILE_N && cols == TILE_O)                                                                 \
+            tile(x, w, k, TILE_N, TILE_O, out, o);                                                            \
+        else if (cols == TILE_O)                                                                              \
+            for (int64_t r = 0; r < rows; r++)                                                                \
+                tile(x + r * k, w, k, 1, TILE_O, out + r * o, o);                                             \
+        else                                                                                                  \
+            for (int64_t r = 0; r < rows; r++)                                                                \
+                for (int64_t c = 0; c < cols; c++)                                                            \
+                    tile(x + r * k, w + c * k, k, 1, 1, out + r * o + c, o);                                  \
+    }
+FM_TILES(tiles_avx512, tile_avx512, FM_TARGET_AVX512)
+FM_TILES(tiles_avx2, tile_avx2, FM_TARGET_AVX2)
 #endif
 
 void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,
@@ -68,6 +106,10 @@ void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, c
 #ifdef FM_X86
         if (isa >= FM_AVX512) {
             tiles_avx512(x + i0 * k, w + j0 * k, k, rows, cols, out + i0 * o + j0, o);
+            continue;
+        }
+        if (isa == FM_AVX2) {
+            tiles_avx2(x + i0 * k, w + j0 * k, k, rows, cols, out + i0 * o + j0, o);
             continue;
         }
 #endif

@@ -6,7 +6,7 @@
 #define FM_X86 1
 #include <immintrin.h>
 #define FM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq")))
-#define FM_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#define FM_TARGET_AVX2 __attribute__((target("avx2,fma,popcnt")))
 #define FM_INLINE inline __attribute__((always_inline))
 #endif
 
