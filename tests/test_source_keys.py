@@ -67,24 +67,30 @@ def test_a_later_process_takes_the_stored_keys_until_their_files_change(fresh_ke
     reuse(monkeypatch)  # the first process: torch computes the keys, which are stored
     store = json.loads(fresh_keys.read_text())
     true_torch_key = codecache.torch_key()
-    assert store["torch_key"]["key"] == true_torch_key.hex()
+    [(fingerprint, stored)] = store["torch_key"].items()
+    assert stored == true_torch_key.hex()
     if codecache.triton_key() is not None:
-        assert store["triton_key"]["key"] == codecache.triton_key()
+        assert list(store["triton_key"].values()) == [codecache.triton_key()]
 
-    store["torch_key"]["key"] = "00ff"  # marked, so that its use shows
+    store["torch_key"][fingerprint] = "00ff"  # marked, so that its use shows
     fresh_keys.write_text(json.dumps(store))
     reuse(monkeypatch)
     assert codecache.torch_key() == bytes.fromhex("00ff")
 
-    store["torch_key"]["fingerprint"] = "torch's files as they were before an upgrade"
+    # torch's files as they were before an upgrade, and as many other installations as are kept
+    others = {f"installation {i}": "00ff" for i in range(source_keys.KEPT)}
+    store["torch_key"] = others
     fresh_keys.write_text(json.dumps(store))
     reuse(monkeypatch)
     assert codecache.torch_key() == true_torch_key  # computed afresh
-    assert json.loads(fresh_keys.read_text())["torch_key"]["key"] == true_torch_key.hex()
+    kept = json.loads(fresh_keys.read_text())["torch_key"]
+    assert len(kept) == source_keys.KEPT and "installation 0" not in kept  # the oldest gave way
+    assert list(kept.items())[-1] == (fingerprint, true_torch_key.hex())
 
 
 def test_an_unreadable_store_is_computed_and_written_again(fresh_keys, monkeypatch):
     fresh_keys.parent.mkdir(parents=True)
     fresh_keys.write_text("{ not json")
     reuse(monkeypatch)
-    assert json.loads(fresh_keys.read_text())["torch_key"]["key"] == codecache.torch_key().hex()
+    stored = json.loads(fresh_keys.read_text())["torch_key"]
+    assert list(stored.values()) == [codecache.torch_key().hex()]

@@ -9,7 +9,9 @@ only when those files do. So the first process stores them beside inductor's cac
 fingerprint of the paths, sizes and modification times of the files its hash reads (a stat of each,
 ~0.03 s), and later processes hand a stored key whose fingerprint still matches to torch's own memo
 (``torch._inductor.codecache.{torch,triton}_key.set``). A changed, added or removed file changes
-the fingerprint, and torch computes that key afresh (and it is stored again).
+the fingerprint, and torch computes that key afresh (and it is stored again). Several
+installations sharing the cache folder (a project's and CI's virtual environments) keep an entry
+each, the newest ``KEPT``.
 
 Only an optimization: where this torch has no such memo (another version), nothing is stored or set
 and torch hashes as it always does.
@@ -32,6 +34,7 @@ import torch
 from fewmult.atomic import atomic_write_text
 
 STORE_NAME = "fewmult-source-keys.json"
+KEPT = 8  # installations (virtual environments) sharing one cache folder, each its own entry
 _done = False
 
 
@@ -116,17 +119,17 @@ def reuse_source_keys() -> None:
         now = current()
         if now is None:  # no Triton: torch does not hash it either
             continue
-        entry = store.get(name)
-        if isinstance(entry, dict) and entry.get("fingerprint") == now and "key" in entry:
+        known = store.get(name) if isinstance(store.get(name), dict) else {}
+        if isinstance(known.get(now), str):
             with contextlib.suppress(RuntimeError):  # already computed here: nothing left to save
-                memo.set(decode(entry["key"]))
+                memo.set(decode(known[now]))
             continue
         value = memo()
-        if value is not None:
-            store[name] = {"fingerprint": now, "key": encode(value)}
+        if value is not None:  # the newest last; the oldest go beyond KEPT installations
+            store[name] = dict([*list(known.items())[-(KEPT - 1) :], (now, encode(value))])
             changed = True
     if changed:
         try:
-            atomic_write_text(path, json.dumps(store, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(path, json.dumps(store, indent=1) + "\n")
         except OSError as exc:  # a read-only cache folder: the next process hashes again
             warnings.warn(f"could not remember torch's source keys in {path}: {exc}", stacklevel=2)
