@@ -43,23 +43,24 @@ def test_the_fingerprint_follows_every_file_the_hash_reads_and_nothing_else(tmp_
     assert now() != third
 
 
+def clear_memos() -> None:
+    for memo in (codecache.torch_key, codecache.triton_key):
+        memo.clear()
+
+
 @pytest.fixture
 def fresh_keys(tmp_path, monkeypatch):
-    """An empty inductor cache folder and torch's key memos cleared, before and after (so that the
-    worker's later compilations recompute the true keys whatever this test set)."""
+    """An empty inductor cache folder; torch's key memos cleared afterwards (so that the worker's
+    later compilations recompute the true keys whatever this test set)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    for memo in (codecache.torch_key, codecache.triton_key):
-        memo.clear()
     yield tmp_path / "inductor" / source_keys.STORE_NAME
-    for memo in (codecache.torch_key, codecache.triton_key):
-        memo.clear()
+    clear_memos()
 
 
 def reuse(monkeypatch) -> None:
     """What a new process does: its memos empty, its first compiled function about to run."""
     monkeypatch.setattr(source_keys, "_done", False)
-    for memo in (codecache.torch_key, codecache.triton_key):
-        memo.clear()
+    clear_memos()
     source_keys.reuse_source_keys()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import warnings
@@ -38,22 +37,19 @@ KEPT = 8  # installations (virtual environments) sharing one cache folder, each 
 _done = False
 
 
+def _files(root: Path, enters: Callable[[Path], bool]) -> Iterator[Path]:
+    """The files below ``root`` in the folders ``enters`` accepts, without bytecode caches."""
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__" and enters(Path(folder, d)))
+        for name in sorted(files):
+            if not name.endswith(".pyc"):
+                yield Path(folder, name)
+
+
 def _package_files(root: Path) -> Iterator[Path]:
     """The files of ``root`` and of its sub-packages (folders with ``__init__.py``: the ones
-    ``pkgutil.iter_modules`` enters), without bytecode caches."""
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if (Path(folder, d) / "__init__.py").exists())
-        for name in sorted(files):
-            if not name.endswith(".pyc"):
-                yield Path(folder, name)
-
-
-def _all_files(root: Path) -> Iterator[Path]:
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
-        for name in sorted(files):
-            if not name.endswith(".pyc"):
-                yield Path(folder, name)
+    ``pkgutil.iter_modules`` enters)."""
+    return _files(root, lambda folder: (folder / "__init__.py").exists())
 
 
 def fingerprint(files: Iterator[Path], version: str) -> str:
@@ -70,12 +66,11 @@ def _torch_fingerprint() -> str:
 
 
 def _triton_fingerprint() -> str | None:
-    spec = importlib.util.find_spec("triton")
-    if spec is None or spec.origin is None:
+    try:
+        import triton  # already imported by inductor's codecache, where installed
+    except ImportError:
         return None
-    import triton
-
-    return fingerprint(_all_files(Path(spec.origin).parent), triton.__version__)
+    return fingerprint(_files(Path(triton.__file__).parent, lambda _: True), triton.__version__)
 
 
 def store_path() -> Path:
