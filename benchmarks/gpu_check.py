@@ -9,7 +9,8 @@ function and checks:
   against a plain PyTorch step with the same optimizer; on CUDA the same steps run under
   ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising call fails the run;
 * **torch.compile**: every function fewmult compiles (the hashed random numbers of the stochastic
-  quantizers and QBP, the fused LSTM step, ...) compiled, rather than falling back to eager code;
+  quantizers and QBP, the fused LSTM step, ...) compiled, rather than falling back to eager code,
+  and none was recompiled so often (for new shapes, dtypes, settings) that Dynamo gave up on it;
 
 and prints each step's time relative to full precision (``fp`` at 32-true, same paper, so same
 network and optimizer) and to a plain PyTorch loop over the same network (the framework's cost),
@@ -142,10 +143,12 @@ def plain_step_seconds(overrides: list[str], steps: int) -> float:
 
 
 def variants(methods: list[str]) -> list[tuple[str, list[str]]]:
-    """(label, overrides); fp once per paper, the full-precision reference of that paper's methods."""
+    """(label, overrides); fp once per paper of the MLP methods checked (both papers when there are
+    none), the full-precision reference of that paper's methods."""
     found = [(m, [*MLP, f"method={m}"]) for m in methods if m != "fp" and m not in RESNET_METHODS]
     if "fp" in methods:
-        found = [("fp", [*MLP, "method=fp", f"paper={p}"]) for p in ("lin2016", "hou2017")] + found
+        papers = {compose_config(*overrides).paper for _, overrides in found} or {"lin2016", "hou2017"}
+        found = [("fp", [*MLP, "method=fp", f"paper={p}"]) for p in sorted(papers, reverse=True)] + found
     found += [(f"{m}+qbp", [*MLP, f"method={m}", "qbp=true"]) for m in ("bc_stoch", "tc") if m in methods]
     found += [(f"lstm {m}", [*LSTM, f"method={m}"]) for m in ("fp", "lab") if m in methods]  # fp first
     for method, paper in RESNET_METHODS.items():
@@ -154,6 +157,14 @@ def variants(methods: list[str]) -> list[tuple[str, list[str]]]:
                 found.append((f"resnet20 fp ({paper})", [*RESNET, "method=fp", f"paper={paper}"]))
             found.append((f"resnet20 {method}", [*RESNET, f"method={method}"]))
     return found
+
+
+def recompile_limit_hit() -> bool:
+    """Whether Dynamo stopped compiling a function in this process (after 8 versions of it, each
+    guarded on what it was traced with, it runs the function eagerly and only logs a warning)."""
+    from torch._dynamo.utils import counters
+
+    return any(reason.startswith("Dynamo recompile limit exceeded") for reason in counters["unimplemented"])
 
 
 def check_imagenet_pipeline(device: str, images: int = 512) -> list[str]:
@@ -229,6 +240,11 @@ def main() -> int:
     print(f"\ntorch.compile: compiled {', '.join(compiled) or 'nothing'}")
     if fallbacks:
         failed.append(f"torch.compile fell back to eager code for {', '.join(fallbacks)}")
+    if recompile_limit_hit():
+        failed.append(
+            "Dynamo hit its recompile limit: a fused function ran unfused from then on "
+            "(TORCH_LOGS=recompiles names it and why it recompiled)"
+        )
     if not args.no_scale:
         print()
         print_scale_tables(device, steps=2)

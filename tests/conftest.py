@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -57,22 +58,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     )
 
 
+def cli(
+    cwd: Path, *args: str, module: str = "fewmult.train", timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """``python -m fewmult.train`` (or another module) in ``cwd``, W&B offline."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture
 def run_cli(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python -m fewmult.train`` (or another module) with a fresh output folder."""
-
-    def _run(*args: str, module: str = "fewmult.train", timeout: float = 300, **env: str):
-        full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
-        return subprocess.run(
-            [sys.executable, "-m", module, *args],
-            cwd=tmp_path,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    return _run
+    return functools.partial(cli, tmp_path)
 
 
 def imported_modules(stderr: str) -> set[str]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fewmult.nn.layers import QuantConv2d, QuantLinear
+from fewmult.quant.rng import eager_fusion
 
 # builds a module: weight quantizers take no argument, activations ``channels=`` (what they read)
 ModuleFactory = Callable[..., nn.Module]
@@ -60,7 +61,7 @@ def _forward_observed(model: nn.Module, x: torch.Tensor, hooks: list) -> None:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eager_fusion():
             model(x)
     finally:
         model.train(was_training)

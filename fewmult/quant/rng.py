@@ -17,8 +17,10 @@ and DDP ranks, seeded alike, draw the same numbers.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -89,13 +91,38 @@ def fused_or_eager(fn: Callable, *args):
     return fn(*args) if out is None else out
 
 
+_EAGER = threading.local()
+
+
+@contextlib.contextmanager
+def eager_fusion() -> Iterator[None]:
+    """Run the fused functions eagerly inside (the same numbers): for one-off passes, such as the
+    one-example forward passes that count a model's layers, which would otherwise compile each
+    function for shapes, modes and global settings that training never sees again."""
+    before = getattr(_EAGER, "on", False)
+    _EAGER.on = True
+    try:
+        yield
+    finally:
+        _EAGER.on = before
+
+
 def run_fused(fn: Callable, *args):
     """``torch.compile(fn)(*args)``; None when compiling is impossible here (warned once).
 
     Callers pass long rows: compiled with dynamic shapes, the loop's vectorized inner dimension is
     the tensor's last one, so a (512, 512, 3, 3) kernel ran 16-lane vectors over rows of 3 (its
     stochastic binarization took 7.1 ms; flattened 1.3 ms, the same numbers).
+
+    Each compiled version is guarded on what it was traced with, and Dynamo stops compiling a
+    function after 8 versions (then it runs eagerly, unfused). So no fused function takes part in
+    autograd (every caller is a no-grad computation or a custom ``autograd.Function``), and tensors
+    go in detached (no guard on ``requires_grad``, and a view's reshape becomes a tensor of its own,
+    not guarded on its base's shape) and with autocast off (the same elementwise numbers; no
+    version per precision setting).
     """
+    if getattr(_EAGER, "on", False):
+        return fn(*args)
     if fn not in _COMPILED:
         if not _COMPILED:  # the process's first: torch hashes its sources unless they are remembered
             reuse_source_keys()
@@ -103,7 +130,12 @@ def run_fused(fn: Callable, *args):
     compiled = _COMPILED[fn]
     if compiled is None:
         return None
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
     try:
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return compiled(*args)
         return compiled(*args)
     except Exception as exc:  # no C++ compiler, an unsupported device, ...
         _COMPILED[fn] = None
