@@ -65,11 +65,13 @@ VARIANTS = [
 ]
 
 
-def make_step(network: str, variant: str):
+def make_step(network: str, variant: str, extra: tuple[str, ...] = ()):
+    """(one training step, the optimizer's name, the optimizer) of ``variant`` on ``network``;
+    ``extra``: more config overrides."""
     spec = NETWORKS[network]
     method, _, rest = variant.partition("+")
     method, _, optim = method.partition("@")
-    overrides = [*spec["overrides"], f"method={method}", f"qbp={rest == 'qbp'}"]
+    overrides = [*spec["overrides"], f"method={method}", f"qbp={rest == 'qbp'}", *extra]
     if optim:
         overrides.append(f"optim={optim}")
     cfg = compose_config(*overrides)
@@ -91,7 +93,7 @@ def make_step(network: str, variant: str):
         loss_fn(*per_position(model(x), y)).backward()
         optimizer.step()
 
-    return step, cfg.optim.name
+    return step, cfg.optim.name, optimizer
 
 
 def bench_network(network: str, rounds: int, steps: int) -> dict[str, tuple[float, float]]:

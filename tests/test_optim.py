@@ -144,3 +144,26 @@ def test_irnet_recipe_steps_sgd_with_momentum_and_l2_on_every_parameter():
     optimizer.step()
     for p, p0 in zip(model.parameters(), before, strict=True):
         assert torch.allclose(p, p0 - 0.1 * (0.5 + 1e-4 * p0), atol=1e-7)
+
+
+@pytest.mark.parametrize("optim", ["adam", "bop"])
+def test_adam_steps_with_one_fused_kernel_and_the_same_numbers(optim):
+    """``conf/optim/{adam,bop}.yaml`` build Adam with ``fused=True`` (BENCHMARKS.md: the step 3x
+    faster on a CPU); a fused step equals a foreach step to float32 rounding."""
+    overrides = ["dataset=synthetic", "model.arch=32FC", "method=bnn", f"optim={optim}"]
+    cfg = compose_config(*overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 28, 28), 10)
+    other = copy.deepcopy(model)
+    fused = optimizer_factory(cfg)(model)
+    assert fused.defaults["fused"] is True
+    plain = optimizer_factory(compose_config(*overrides, "optim.optimizer.fused=false"))(other)
+    assert not plain.defaults["fused"]
+    for _ in range(3):
+        for net, optimizer in ((model, fused), (other, plain)):
+            optimizer.zero_grad()
+            x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+            net(x).logsumexp(1).sum().backward()
+            optimizer.step()
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

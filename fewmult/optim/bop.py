@@ -26,7 +26,8 @@ class Bop(torch.optim.Adam):
     uniform initialization gives none).
 
     Every other parameter group (BN, first and last layer, RPReLU, ...) is trained by Adam with
-    ``lr``, ``betas``, ``eps`` and its group's ``weight_decay``, as in the paper.
+    ``lr``, ``betas``, ``eps`` and its group's ``weight_decay``, as in the paper (``fused``: Adam's
+    one-kernel step, as ``conf/optim/adam.yaml``).
 
     Args:
         gamma: adaptivity rate, the paper's CIFAR-10 value 1e-4 by default.
@@ -41,12 +42,13 @@ class Bop(torch.optim.Adam):
         threshold: float = 1e-8,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        fused: bool | None = None,
     ) -> None:
         if not 0 < gamma <= 1 or threshold < 0:
             raise UserError(
                 f"optim=bop needs 0 < gamma <= 1 and threshold >= 0, got {gamma} and {threshold}."
             )
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
         for group in self.param_groups:
             group.setdefault("binary", False)
             group.setdefault("gamma", gamma)
