@@ -23,7 +23,9 @@ import torch
 from fewmult.build import build_model
 from fewmult.config import compose_config
 from fewmult.export import pack_network
+from fewmult.nn.activations import RPReLU
 from fewmult.packed_forward import FORMAT, VERSION
+from fewmult.quant.activations import RSign
 from fewmult.runtime import CompiledNetwork, max_threads
 from fewmult.runtime.bench import format_rows, images_per_second
 
@@ -39,7 +41,8 @@ SETUPS = {
 
 def as_trained(model: torch.nn.Module) -> torch.nn.Module:
     """BN statistics and affine parameters drawn as after training, negative scales included
-    (thresholds inside the range of the sums; the export tests draw theirs here too)."""
+    (thresholds inside the range of the sums; the export tests draw theirs here too), and so are
+    ReActNet's per-channel parameters."""
     torch.manual_seed(1)
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
         bn.running_mean.normal_(0, 2)
@@ -47,6 +50,12 @@ def as_trained(model: torch.nn.Module) -> torch.nn.Module:
         with torch.no_grad():
             bn.weight.normal_(0, 1)
             bn.bias.normal_(0, 1)
+    with torch.no_grad():  # ReActNet's thresholds and RPReLU's shifts and slopes, away from 0 and 0.25
+        for m in model.modules():
+            if isinstance(m, RSign):
+                m.threshold.normal_(0, 0.5)
+            if isinstance(m, RPReLU):
+                m.shift_in.normal_(0, 0.5), m.shift_out.normal_(0, 0.5), m.prelu.weight.uniform_(-0.5, 0.5)
     return model.eval()
 
 

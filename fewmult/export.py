@@ -17,9 +17,11 @@ error of the export then differs from the run's, which the run's own number woul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,14 @@ from fewmult.data import TensorDataModule
 from fewmult.errors import UserError, report_user_error
 from fewmult.models.charlstm import CharLSTM
 from fewmult.models.papernet import PaperNet
+from fewmult.models.resnet import ResNet, ZeroPadShortcut
+from fewmult.nn.activations import RPReLU
 from fewmult.nn.layers import QuantConv2d, QuantLinear
 from fewmult.nn.recurrent import GATES
 from fewmult.packed_forward import FORMAT, VERSION, PackedNetwork
 from fewmult.packing import pack_bits
 from fewmult.qbp import TapError
-from fewmult.quant.activations import SignActivation
+from fewmult.quant.activations import RSign, SignActivation
 from fewmult.runtime import CompiledNetwork
 from fewmult.stages.init_from import recorded_network
 
@@ -52,9 +56,18 @@ class _Writer:
         self.arrays: dict[str, np.ndarray] = {}
 
     def array(self, name: str, value: np.ndarray) -> str:
-        key = f"{len(self.ops)}.{name}"
+        key = f"{len(self.arrays)}.{name}"
         self.arrays[key] = value
         return key
+
+    @contextlib.contextmanager
+    def nested(self) -> Iterator[list[dict[str, Any]]]:
+        """Ops written inside go to the list it yields (a residual op's body or shortcut)."""
+        outer, self.ops = self.ops, []
+        try:
+            yield self.ops
+        finally:
+            self.ops = outer
 
 
 def _weight_spec(writer: _Writer, layer: QuantLinear | QuantConv2d, name: str = "weight") -> dict[str, Any]:
@@ -162,16 +175,104 @@ def _lstm_ops(writer: _Writer, model: CharLSTM) -> None:
     _layer_op(writer, model.out)
 
 
+def _sign_op(writer: _Writer, activation: nn.Module, channels: int) -> None:
+    """A binary activation before a convolution: sign(x) (Bi-Real's ApproxSign, BNN's sign) or
+    ReActNet's sign(x - alpha_c), as one threshold per channel."""
+    if isinstance(activation, RSign):
+        threshold = activation.threshold.detach().double().numpy()
+    elif isinstance(activation, SignActivation):
+        threshold = np.zeros(channels)
+    else:
+        raise UserError(f"fewmult.export cannot write a {type(activation).__name__} activation.")
+    writer.ops.append(
+        {
+            "op": "sign_threshold",
+            "threshold": writer.array("threshold", threshold),
+            "negative": writer.array("negative", np.zeros(channels, dtype=bool)),
+        }
+    )
+
+
+def _resnet_module_ops(writer: _Writer, m: nn.Module) -> None:
+    """The ops of one of a ResNet's parts other than its sign activations."""
+    if isinstance(m, nn.Sequential):
+        for child in m:
+            _resnet_module_ops(writer, child)
+    elif isinstance(m, (QuantLinear, QuantConv2d)):
+        _layer_op(writer, m)
+    elif isinstance(m, _BatchNorm):
+        _bn_op(writer, m, then_sign=False)
+    elif isinstance(m, nn.ReLU):
+        writer.ops.append({"op": "relu"})
+    elif isinstance(m, RPReLU):
+        writer.ops.append(
+            {
+                "op": "rprelu",
+                **{
+                    key: writer.array(key, p.detach().double().numpy())
+                    for key, p in (
+                        ("shift_in", m.shift_in),
+                        ("slope", m.prelu.weight),
+                        ("shift_out", m.shift_out),
+                    )
+                },
+            }
+        )
+    elif (
+        isinstance(m, nn.AvgPool2d) and m.kernel_size == m.stride and not m.count_include_pad and m.ceil_mode
+    ):
+        writer.ops.append({"op": "avgpool2d", "size": int(m.kernel_size)})
+    elif isinstance(m, ZeroPadShortcut):
+        writer.ops.append(
+            {"op": "channel_pad", "stride": m.stride, "before": m.pad // 2, "after": m.pad - m.pad // 2}
+        )
+    elif not isinstance(m, nn.Identity):
+        raise UserError(f"fewmult.export cannot write a {type(m).__name__} (in a ResNet).")
+
+
+def _half_block(writer: _Writer, pre: nn.Module, conv: QuantConv2d, bn: nn.Module) -> None:
+    """``BN(conv(pre(x)))``: the binary activation (if any), the convolution, its batch norm."""
+    if not isinstance(pre, nn.Identity):
+        _sign_op(writer, pre, conv.in_channels)
+    _layer_op(writer, conv)
+    _resnet_module_ops(writer, bn)
+
+
+def _resnet_ops(writer: _Writer, model: ResNet) -> None:
+    """Stem, blocks (a residual op per shortcut), global average pooling, classifier."""
+    if any(isinstance(m, nn.MaxPool2d) for m in model.stem):
+        raise UserError("fewmult.export writes ResNets with the CIFAR stem, not the ImageNet stem.")
+    _resnet_module_ops(writer, model.stem)
+    for block in model.blocks:
+        with writer.nested() as body:
+            _half_block(writer, block.pre1, block.conv1, block.bn1)
+            if not block.per_conv:
+                _resnet_module_ops(writer, block.post1)
+                _half_block(writer, block.pre2, block.conv2, block.bn2)
+        with writer.nested() as shortcut:
+            _resnet_module_ops(writer, block.shortcut)
+        writer.ops.append({"op": "residual", "body": body, "shortcut": shortcut})
+        if block.per_conv:
+            _resnet_module_ops(writer, block.post1)
+            with writer.nested() as body:
+                _half_block(writer, block.pre2, block.conv2, block.bn2)
+            writer.ops.append({"op": "residual", "body": body, "shortcut": []})
+        _resnet_module_ops(writer, block.post2)
+    writer.ops.append({"op": "global_avgpool"})
+    _layer_op(writer, model.classifier)
+
+
 def pack_network(model: nn.Module) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """The ops and arrays of a :class:`PaperNet` or :class:`CharLSTM` in evaluation mode."""
+    """The ops and arrays of a :class:`PaperNet`, :class:`ResNet` or :class:`CharLSTM` in evaluation mode."""
     writer = _Writer()
-    if isinstance(model, CharLSTM):
-        _lstm_ops(writer, model)
+    if isinstance(model, (CharLSTM, ResNet)):
+        (_lstm_ops if isinstance(model, CharLSTM) else _resnet_ops)(writer, model)
         return writer.ops, writer.arrays
     if not isinstance(model, PaperNet):
         raise UserError(
             f"fewmult.export writes fewmult's models (PaperNet: model=mlp, cnn and the papers' nets; "
-            f"CharLSTM: model=lstm), not a {type(model).__name__}."
+            f"ResNet: model=resnet20, resnet18, resnet34; CharLSTM: model=lstm), not a "
+            f"{type(model).__name__}."
         )
     modules = [m for block in model.children() for m in block.children() if not isinstance(m, TapError)]
     i = 0

@@ -23,6 +23,15 @@ and every other array is named by an op. The ops, applied in order to a batch ``
   ``sign`` (sign(0) = +1) folded into one comparison per unit: ``+1`` where ``x >= t`` (``x <= t``
   where ``n`` is true, the units whose BN scale is negative), else ``-1``.
 * ``{"op": "relu"}``: ``max(x, 0)``.
+* ``{"op": "residual", "body": [op, ...], "shortcut": [op, ...]}``: ``body(x) + shortcut(x)``, each
+  list applied in order to the same ``x`` (an empty shortcut is the identity): a ResNet's block.
+* ``{"op": "avgpool2d", "size": k}``: the mean over k x k windows with stride k; a window cut by
+  the edge (odd maps) averages the values it holds (``ceil_mode=True, count_include_pad=False``).
+* ``{"op": "channel_pad", "stride": s, "before": a, "after": b}``: ``x[:, :, ::s, ::s]`` with ``a``
+  zero channels before and ``b`` after (the parameter-free shortcut of He et al.'s option A).
+* ``{"op": "rprelu", "shift_in": g, "slope": s, "shift_out": z}``: per channel,
+  ``y = x - g`` where ``x > g``, else ``s (x - g)``, plus ``z`` (ReActNet's RPReLU).
+* ``{"op": "global_avgpool"}``: images (N, C, H, W) to their channel means (N, C).
 * ``{"op": "lstm", "hidden_size": H, "gates": ["input", "forget", "cell", "output"], "input_weights":
   {gate: W}, "hidden_weights": {gate: W}, "bias": {gate: name}, "cell_activation": "tanh" or
   "sign"}``: token codes (N, T) to hidden states (N, T, H), zero initial state, for every step
@@ -49,6 +58,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -103,9 +113,7 @@ class PackedNetwork:
             h = np.asarray(x[start : start + batch_size])
             if h.dtype.kind == "f":
                 h = h.astype(np.float64)
-            for op in self.layers:
-                h = self._apply(op, h)
-            outputs.append(h)
+            outputs.append(self._run(self.layers, h))
         return np.concatenate(outputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -142,7 +150,25 @@ class PackedNetwork:
             return np.where(np.where(negative, h <= t, h >= t), 1.0, -1.0)
         if kind == "relu":
             return np.maximum(h, 0)
+        if kind == "residual":
+            return self._run(op["body"], h) + self._run(op["shortcut"], h)
+        if kind == "avgpool2d":
+            return avgpool2d(h, op["size"])
+        if kind == "channel_pad":
+            s = op["stride"]
+            return np.pad(h[:, :, ::s, ::s], ((0, 0), (op["before"], op["after"]), (0, 0), (0, 0)))
+        if kind == "rprelu":
+            shifted = h - self._per_unit(op["shift_in"], h)
+            slope = self._per_unit(op["slope"], h)
+            return np.where(shifted > 0, shifted, slope * shifted) + self._per_unit(op["shift_out"], h)
+        if kind == "global_avgpool":
+            return h.mean(axis=(2, 3))
         raise ValueError(f"unknown op {kind!r}")
+
+    def _run(self, ops: list[dict[str, Any]], h: np.ndarray) -> np.ndarray:
+        for op in ops:
+            h = self._apply(op, h)
+        return h
 
     def _lstm(self, op: dict[str, Any], tokens: np.ndarray) -> np.ndarray:
         gates = op["gates"]
@@ -159,6 +185,26 @@ class PackedNetwork:
             h = o * (np.where(c >= 0, 1.0, -1.0) if op["cell_activation"] == "sign" else np.tanh(c))
             states.append(h)
         return np.stack(states, axis=1)
+
+
+def all_ops(ops: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every op of a list, those inside residual ops included (depth first)."""
+    for op in ops:
+        yield op
+        if op["op"] == "residual":
+            yield from all_ops(op["body"])
+            yield from all_ops(op["shortcut"])
+
+
+def avgpool2d(x: np.ndarray, k: int) -> np.ndarray:
+    """``torch.nn.AvgPool2d(k, ceil_mode=True, count_include_pad=False)`` in NumPy."""
+    n, c, height, width = x.shape
+    ho, wo = -(-height // k), -(-width // k)
+    padded = np.zeros((n, c, ho * k, wo * k))
+    counts = np.zeros((ho * k, wo * k))
+    padded[:, :, :height, :width], counts[:height, :width] = x, 1
+    sums = padded.reshape(n, c, ho, k, wo, k).sum(axis=(3, 5))
+    return sums / counts.reshape(ho, k, wo, k).sum(axis=(1, 3))
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int) -> np.ndarray:

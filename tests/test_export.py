@@ -25,6 +25,9 @@ from tests.conftest import REPO, only_run_dir
 from tests.test_methods_train import METHODS  # every method the papers' nets take
 from tests.test_resume import TINY_LSTM
 
+# Bi-Real's ResNet block: a shortcut around every convolution, 2x2 average pooling + a real-valued
+# 1x1 convolution where it downsamples
+BIREAL_BLOCK = ("model.convs_per_shortcut=1", "model.shortcut=avgpool_conv")
 NETS = {
     "mlp": (("model=mlp", "model.arch=64FC-48FC"), (1, 8, 8)),
     "cnn": (("model=cnn", "model.arch=8C3-MP2-12C3-16FC", "model.padding=1"), (3, 12, 12)),
@@ -155,7 +158,12 @@ TRAINED = {
     "bc_stoch": ("dataset=synthetic", "method=bc_stoch", "model.arch=128FC-64FC"),
     "lab2": ("dataset=synthetic", "method=lab2", "model.arch=128FC-64FC"),
     "lstm-lab2": (*TINY_LSTM, "method=lab2"),
+    "resnet20-reactnet": (
+        *("dataset=synthetic", "dataset.shape=[3,12,12]", "dataset.n_train=200", "dataset.batch_size=50"),
+        *("model=resnet20", "method=reactnet", *BIREAL_BLOCK),
+    ),
 }
+BENCHED = {"lab2", "resnet20-reactnet"}
 
 
 @pytest.mark.parametrize("run", list(TRAINED))
@@ -163,7 +171,7 @@ def test_export_of_a_trained_run(run_cli, tmp_path, run):
     proc = run_cli(*TRAINED[run], "trainer.max_epochs=2", "logger=none")
     assert proc.returncode == 0, proc.stderr
     out = only_run_dir(tmp_path / "outputs")
-    bench = ("--bench", "--batches", "1", "--threads", "1") if run == "lab2" else ()
+    bench = ("--bench", "--batches", "1", "--threads", "1") if run in BENCHED else ()
     proc = run_cli(str(out), *bench, module="fewmult.export")
     assert proc.returncode == 0, proc.stderr
     if bench:
@@ -180,8 +188,9 @@ def test_export_of_a_trained_run(run_cli, tmp_path, run):
     assert n == 200 if run != "lstm-lab2" else n % 20 == 0  # 200 images; windows of 20 characters
     assert f"{n} of {n} test predictions identical" in proc.stdout
     assert f"vs NumPy: {n} of {n} test predictions identical" in proc.stdout  # the compiled runtime
-    # a tiny LSTM's float32 softmax layer and biases are a large share of its file
-    smaller = 10 if run != "lstm-lab2" else 2
+    # a tiny LSTM's float32 softmax layer and biases are a large share of its file, and so are a
+    # ResNet-20's per-channel arrays (BN, RSign, RPReLU) and float stem and shortcut convolutions
+    smaller = {"lstm-lab2": 2, "resnet20-reactnet": 5}.get(run, 10)
     assert summary["file_bytes"] < summary["float32_weight_bytes"] / smaller < summary["checkpoint_bytes"]
     assert "size: " in proc.stdout and "best.ckpt" in proc.stdout
     if run != "bc_stoch":  # evaluated with its quantized weights: the export is that very network
@@ -231,3 +240,29 @@ def test_the_export_fails_when_a_prediction_differs(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(export.PackedNetwork, "forward", one_off)
     assert export.main([str(run_dir)]) == 1
     assert "fewmult.export: error: 1 predictions differ from PyTorch's" in capsys.readouterr().err
+
+
+# ResNet-20 on 8x8 images: Bi-Real's block (a shortcut per convolution, 2x2 average pooling + 1x1
+# convolution where it downsamples), the original block (two convolutions a shortcut) with He et al.'s
+# zero-padding shortcut, and ReActNet's RSign / RPReLU
+RESNETS = {
+    "bireal": ("method=bireal", *BIREAL_BLOCK),
+    "reactnet": ("method=reactnet", *BIREAL_BLOCK),
+    "bwn-two_convs-zero_pad": ("method=bwn", "model.convs_per_shortcut=2", "model.shortcut=zero_pad"),
+}
+
+
+@pytest.mark.parametrize("setup", list(RESNETS))
+def test_resnets_predict_as_pytorch(tmp_path, setup):
+    cfg = compose_config("dataset=synthetic", "model=resnet20", *RESNETS[setup])
+    torch.manual_seed(0)
+    model = trained_looking(build_model(cfg, (3, 8, 8), 10))
+    packed = write(tmp_path, model)
+    x = torch.randn(100, 3, 8, 8)
+    with torch.no_grad():
+        scores = model(x).numpy()
+    assert np.array_equal(packed.predict(x.numpy()), scores.argmax(-1))
+    assert np.allclose(packed.forward(x.numpy()), scores, rtol=1e-4, atol=1e-4 * np.abs(scores).max())
+    ops = [op["op"] for op in packed.layers]
+    assert ops.count("residual") == 9 * (2 if cfg.model.convs_per_shortcut == 1 else 1)
+    assert ops[-2:] == ["global_avgpool", "linear"]

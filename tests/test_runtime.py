@@ -17,7 +17,7 @@ from fewmult.config import compose_config
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import CompiledNetwork, kernels
 from tests.conftest import REPO
-from tests.test_export import NETS, trained_looking, write
+from tests.test_export import NETS, RESNETS, trained_looking, write
 from tests.test_methods_train import METHODS
 
 COMPILED = kernels.load() is not None
@@ -296,3 +296,24 @@ def test_export_refuses_bad_bench_sizes(capsys):
         with pytest.raises(SystemExit) as exit_:
             export.main(["some_run", "--bench", *args])
         assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+@needs_kernels
+@pytest.mark.parametrize("setup", list(RESNETS))
+def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup):
+    """Every block's sign (Bi-Real's, ReActNet's shifted one) packs the block's input and its
+    convolution runs XNOR + popcount; the scores are the NumPy reference's within float32 rounding
+    (the float stem and shortcut convolutions) and no prediction differs."""
+    cfg = compose_config("dataset=synthetic", "model=resnet20", *RESNETS[setup])
+    torch.manual_seed(0)
+    write(tmp_path, trained_looking(build_model(cfg, (3, 8, 8), 10)))
+    path = str(tmp_path / "model.npz")
+    x = torch.randn(200, 3, 8, 8).numpy()
+    runtime = CompiledNetwork(path)
+    reference, ours = PackedNetwork(path).forward(x), runtime.forward(x)
+    assert np.array_equal(ours.argmax(-1), reference.argmax(-1))
+    assert np.allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    blocks = [line for line in runtime.describe((3, 8, 8)) if line.startswith("residual")]
+    binary = cfg.method.activation is not None
+    assert len(blocks) == 9 * (2 if cfg.model.convs_per_shortcut == 1 else 1)
+    assert all(("xnor_gemm" in line) == binary and "conv2d: NumPy" not in line for line in blocks), blocks

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fewmult.packed_forward import PackedNetwork
+from fewmult.packed_forward import PackedNetwork, all_ops
 from fewmult.runtime.network import CompiledNetwork
 
 
@@ -54,20 +54,36 @@ def torch_float32(network: PackedNetwork) -> Callable[[np.ndarray], Any]:
             return torch.where(torch.where(negative, h <= t, h >= t), 1.0, -1.0)
         if kind == "relu":
             return F.relu(h)
-        raise ValueError(f"the PyTorch baseline runs feed-forward nets, not {kind!r}")
+        if kind == "residual":
+            return run(op["body"], h) + run(op["shortcut"], h)
+        if kind == "avgpool2d":
+            return F.avg_pool2d(h, op["size"], ceil_mode=True, count_include_pad=False)
+        if kind == "channel_pad":
+            s = op["stride"]
+            return F.pad(h[:, :, ::s, ::s], (0, 0, 0, 0, op["before"], op["after"]))
+        if kind == "rprelu":
+            shifted = h - per_unit(op["shift_in"], h)
+            return torch.where(shifted > 0, shifted, per_unit(op["slope"], h) * shifted) + per_unit(
+                op["shift_out"], h
+            )
+        if kind == "global_avgpool":
+            return h.mean(dim=(2, 3))
+        raise ValueError(f"the PyTorch baseline runs image and vector nets, not {kind!r}")
+
+    def run(ops: list[dict[str, Any]], h: torch.Tensor) -> torch.Tensor:
+        for op in ops:
+            h = apply(op, h)
+        return h
 
     weights = {
         id(op): torch.from_numpy(network.weight(op["weight"]).astype(np.float32))
-        for op in network.layers
+        for op in all_ops(network.layers)
         if op["op"] in ("linear", "conv2d")
     }
 
     def forward(x: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():
-            h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            for op in network.layers:
-                h = apply(op, h)
-            return h
+            return run(network.layers, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
     return forward
 

@@ -152,11 +152,7 @@ class CompiledNetwork:
     def plan(self, input_shape: tuple[int, ...]) -> list[Step]:
         """The steps for inputs of one shape (planned once)."""
         if input_shape not in self._plans:
-            state, steps = State("float", input_shape), []
-            for op in self.reference.layers:
-                step, state = self._plan_op(op, state)
-                steps.append(step)
-            self._plans[input_shape] = steps
+            self._plans[input_shape] = self._plan_ops(self.reference.layers, State("float", input_shape))[0]
         return self._plans[input_shape]
 
     def forward(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -165,10 +161,7 @@ class CompiledNetwork:
             return self.reference.forward(x, batch_size)
         outputs, steps = [], self.plan(tuple(np.shape(x)[1:]))
         for start in range(0, len(x), batch_size):
-            v = Value("float", np.asarray(x[start : start + batch_size]))
-            for step in steps:
-                v = step.run(v)
-            outputs.append(v.as_float())
+            outputs.append(_run(steps, Value("float", np.asarray(x[start : start + batch_size]))).as_float())
         return np.concatenate(outputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -176,6 +169,13 @@ class CompiledNetwork:
         return self.forward(x).argmax(axis=-1)
 
     # planning: each op's step, from what the op before leaves
+
+    def _plan_ops(self, ops: list[dict[str, Any]], s: State) -> tuple[list[Step], State]:
+        steps = []
+        for op in ops:
+            step, s = self._plan_op(op, s)
+            steps.append(step)
+        return steps, s
 
     def _plan_op(self, op: dict[str, Any], s: State) -> tuple[Step, State]:
         kind, image = op["op"], len(s.shape) == 3
@@ -194,6 +194,10 @@ class CompiledNetwork:
             return self._maxpool(op["size"]), replace(s, shape=out)
         if kind == "sign_threshold" and s.kind == "acc":
             return self._threshold(op, s), State("bits", s.shape)
+        if kind == "sign_threshold" and s.kind == "float" and image:
+            return self._sign_bits(op, s), State("bits", s.shape)
+        if kind == "residual":
+            return self._residual(op, s)
         if kind == "flatten" and s.kind == "bits" and image:
             c, h, w = s.shape
             return Step(kind, "NHWC bits as one row", _flatten), State("bits", out, pixels=(h, w, c))
@@ -381,6 +385,38 @@ class CompiledNetwork:
             lambda v: replace(v, data=kernels.maxpool(v.data, k, threads)),
         )
 
+    def _residual(self, op: dict[str, Any], s: State) -> tuple[Step, State]:
+        """A ResNet block: its body and shortcut planned from the same input, the sum in float64
+        (as the reference)."""
+        body, after = self._plan_ops(op["body"], s)
+        shortcut, _ = self._plan_ops(op["shortcut"], s)
+
+        def run(v: Value) -> Value:
+            return Value("float", _run(body, v).as_float() + _run(shortcut, v).as_float())
+
+        def listed(steps: list[Step]) -> str:
+            return "; ".join(f"{step.op}: {step.how}" for step in steps) or "identity"
+
+        return Step("residual", f"[{listed(body)}] + [{listed(shortcut)}]", run), State("float", after.shape)
+
+    def _sign_bits(self, op: dict[str, Any], s: State) -> Step:
+        """sign(x - t) of float images (a ResNet's block input) as NHWC packed bits, compared in float64."""
+        c = s.shape[0]
+        threshold = self.reference.arrays[op["threshold"]].astype(np.float64).reshape(1, c, 1, 1)
+        negative = self.reference.arrays[op["negative"]].astype(bool).reshape(1, c, 1, 1)
+        words = -(-c // 64)
+
+        def run(v: Value) -> Value:
+            x = v.as_float()
+            on = np.where(negative, x <= threshold, x >= threshold).transpose(0, 2, 3, 1)
+            padded = np.zeros((*on.shape[:3], words * 64), dtype=bool)
+            padded[..., :c] = on
+            return Value(
+                "bits", _pack_words(padded.reshape(-1, words * 64)).reshape(*on.shape[:3], words), features=c
+            )
+
+        return Step("sign_threshold", "sign of float64 images -> packed NHWC bits", run)
+
     def _threshold(self, op: dict[str, Any], s: State) -> Step:
         threshold = np.ascontiguousarray(self.reference.arrays[op["threshold"]], dtype=np.float64)
         negative = np.ascontiguousarray(self.reference.arrays[op["negative"]], dtype=np.uint8)
@@ -402,6 +438,16 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
     kind = op["op"]
     if kind == "lstm" or not shape:
         return ()
+    if kind == "residual":
+        for inner in op["body"]:
+            shape = _output_shape(inner, shape)
+        return shape
+    if kind in ("avgpool2d", "channel_pad") and len(shape) == 3:
+        k = op["size"] if kind == "avgpool2d" else op["stride"]
+        channels = shape[0] + (op["before"] + op["after"] if kind == "channel_pad" else 0)
+        return (channels, -(-shape[1] // k), -(-shape[2] // k))
+    if kind == "global_avgpool" and len(shape) == 3:
+        return (shape[0],)
     if kind == "flatten":
         return (int(np.prod(shape)),)
     if kind == "linear":
@@ -415,7 +461,13 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
     if kind == "maxpool2d" and len(shape) == 3:
         k = op["size"]
         return (shape[0], shape[1] // k, shape[2] // k)
-    return shape if kind in ("affine", "sign_threshold", "relu") else ()
+    return shape if kind in ("affine", "sign_threshold", "relu", "rprelu") else ()
+
+
+def _run(steps: list[Step], v: Value) -> Value:
+    for step in steps:
+        v = step.run(v)
+    return v
 
 
 def _flatten(v: Value) -> Value:
