@@ -48,6 +48,7 @@ kernels = Extension(
             "select_lut",
             "float_gemm",
             "conv",
+            "residual",
         )
     ],
     depends=[f"{KERNELS}/{name}.h" for name in ("fewmult_kernels", "simd")],

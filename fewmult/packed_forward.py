@@ -197,14 +197,16 @@ def all_ops(ops: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def avgpool2d(x: np.ndarray, k: int) -> np.ndarray:
-    """``torch.nn.AvgPool2d(k, ceil_mode=True, count_include_pad=False)`` in NumPy."""
-    n, c, height, width = x.shape
+    """``torch.nn.AvgPool2d(k, ceil_mode=True, count_include_pad=False)`` in NumPy: the k x k
+    offsets of each window summed in row-major order, divided by the count inside the image."""
+    height, width = x.shape[2:]
     ho, wo = -(-height // k), -(-width // k)
-    padded = np.zeros((n, c, ho * k, wo * k))
-    counts = np.zeros((ho * k, wo * k))
-    padded[:, :, :height, :width], counts[:height, :width] = x, 1
-    sums = padded.reshape(n, c, ho, k, wo, k).sum(axis=(3, 5))
-    return sums / counts.reshape(ho, k, wo, k).sum(axis=(1, 3))
+    if (height, width) != (ho * k, wo * k):  # windows cut by the edge: zeros there, not counted
+        x = np.pad(x, ((0, 0), (0, 0), (0, ho * k - height), (0, wo * k - width)))
+    inside = np.zeros((ho * k, wo * k))
+    inside[:height, :width] = 1
+    sums = sum(x[:, :, i::k, j::k] for i in range(k) for j in range(k))
+    return sums / sum(inside[i::k, j::k] for i in range(k) for j in range(k))
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int) -> np.ndarray:

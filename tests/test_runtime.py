@@ -182,6 +182,36 @@ def test_threshold_pack_folds_scale_bias_and_the_threshold_as_the_reference(acc_
 
 
 @needs_kernels
+@pytest.mark.parametrize("acc_dtype", [np.int32, np.float32])
+def test_the_residual_streams_kernels_equal_the_reference_to_the_last_bit(acc_dtype):
+    """A ResNet's sums through scale, bias and BN, its RPReLU and its per-channel sign packing, in
+    float64 in the reference's order of operations (no fused multiply-add): equal, not close. 70
+    channels: a pixel's second word is partly padding, which stays zero."""
+    rng = np.random.default_rng(3)
+    n, h, w, c = 3, 5, 4, 70
+    acc = rng.integers(-300, 300, (n, h, w, c)) if acc_dtype == np.int32 else rng.normal(0, 9, (n, h, w, c))
+    acc = acc.astype(acc_dtype)
+    scale, bias, a, b = (rng.normal(0, 1, c) for _ in range(4))
+    nchw = np.ascontiguousarray(acc.transpose(0, 3, 1, 2), dtype=np.float64)
+    per = {name: v.reshape(1, c, 1, 1) for name, v in (("scale", scale), ("bias", bias), ("a", a), ("b", b))}
+    expected = (nchw * per["scale"] + per["bias"]) * per["a"] + per["b"]
+    assert np.array_equal(kernels.sums_affine(acc, scale, bias, a, b, 2), expected)
+    no_bias = (nchw * per["scale"]) * per["a"] + per["b"]
+    assert np.array_equal(kernels.sums_affine(acc, scale, None, a, b, 2), no_bias)
+    g, slope, z = (rng.normal(0, 1, c) for _ in range(3))
+    shifted = expected - g.reshape(1, c, 1, 1)
+    rprelu = np.where(shifted > 0, shifted, slope.reshape(1, c, 1, 1) * shifted) + z.reshape(1, c, 1, 1)
+    assert np.array_equal(kernels.rprelu(expected, g, slope, z, 2), rprelu)
+    threshold, negative = rng.normal(0, 1, c), (rng.random(c) < 0.3).astype(np.uint8)
+    threshold[:3] = expected[0, :3, 0, 0]  # ties: x >= t and x <= t both hold
+    t, neg = threshold.reshape(1, c, 1, 1), negative.reshape(1, c, 1, 1).astype(bool)
+    on = np.where(neg, expected <= t, expected >= t).transpose(0, 2, 3, 1).reshape(-1, c)
+    bits = kernels.sign_pack(expected, threshold, negative, 2)
+    assert bits.shape == (n, h, w, 2)
+    assert np.array_equal(kernels.unpack_rows(bits.reshape(-1, 2), 128), np.pad(on, ((0, 0), (0, 58))))
+
+
+@needs_kernels
 @pytest.mark.parametrize("net", list(NETS))
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_predicts_as_the_numpy_reference(tmp_path, net, method, isa=None):

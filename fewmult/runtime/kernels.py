@@ -38,6 +38,9 @@ _SIGNATURES = {
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_conv_border": ([_I, _P, _L, _L, _L, _L, _P, *[_L] * 8], None),
     "fm_maxpool": ([_I, _P, _I, _L, _L, _L, _L, _L, _P], None),
+    "fm_sums_affine": ([_I, _P, _I, _L, _L, _L, _P, _P, _P, _P, _P], None),
+    "fm_rprelu": ([_I, _P, _L, _L, _L, _P, _P, _P, _P], None),
+    "fm_sign_pack": ([_I, _P, _L, _L, _L, _P, _P, _P, _L], None),
 }
 
 
@@ -290,4 +293,51 @@ def maxpool(x: np.ndarray, k: int, threads: int) -> np.ndarray:
     n, h, w, c = x.shape
     out = np.empty((n, h // k, w // k, c), dtype=x.dtype)
     load().fm_maxpool(threads, _ptr(x), int(x.dtype == np.float32), n, h, w, c, k, _ptr(out))
+    return out
+
+
+def sums_affine(
+    acc: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, a: np.ndarray, b: np.ndarray, threads: int
+) -> np.ndarray:
+    """``(acc * scale + bias) * a + b`` per channel in float64, NHWC int32 or float32 sums (n, h, w, c)
+    or rows (n, c) to NCHW (n, c, h, w) or (n, c): a product's output and the batch norm after it."""
+    n, c = acc.shape[0], acc.shape[-1]
+    hw = acc.size // (n * c)
+    out = np.empty((n, c, *acc.shape[1:-1]), dtype=np.float64)
+    load().fm_sums_affine(
+        threads,
+        _ptr(acc),
+        int(acc.dtype == np.float32),
+        n,
+        hw,
+        c,
+        _ptr(scale),
+        _ptr(bias),
+        _ptr(a),
+        _ptr(b),
+        _ptr(out),
+    )
+    return out
+
+
+def rprelu(
+    x: np.ndarray, shift_in: np.ndarray, slope: np.ndarray, shift_out: np.ndarray, threads: int
+) -> np.ndarray:
+    """ReActNet's RPReLU per channel of float64 images (n, c, h, w): ``x - g`` where positive, else
+    ``slope (x - g)``, plus ``shift_out``."""
+    n, c = x.shape[:2]
+    out = np.empty_like(x)
+    load().fm_rprelu(
+        threads, _ptr(x), n, c, x.size // (n * c), _ptr(shift_in), _ptr(slope), _ptr(shift_out), _ptr(out)
+    )
+    return out
+
+
+def sign_pack(x: np.ndarray, threshold: np.ndarray, negative: np.ndarray, threads: int) -> np.ndarray:
+    """Float64 images (n, c, h, w) compared per channel with ``threshold`` (``<=`` where ``negative``)
+    as NHWC packed bits (n, h, w, ceil(c / 64)), channel j in bit j % 64 of word j // 64."""
+    n, c, h, w = x.shape
+    words = -(-c // 64)
+    out = np.empty((n, h, w, words), dtype=np.uint64)
+    load().fm_sign_pack(threads, _ptr(x), n, c, h * w, _ptr(threshold), _ptr(negative), _ptr(out), words)
     return out

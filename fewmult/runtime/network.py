@@ -196,6 +196,10 @@ class CompiledNetwork:
             return self._threshold(op, s), State("bits", s.shape)
         if kind == "sign_threshold" and s.kind == "float" and image:
             return self._sign_bits(op, s), State("bits", s.shape)
+        if kind == "affine" and s.kind == "acc":
+            return self._sums_affine(op, s), State("float", s.shape)
+        if kind == "rprelu" and s.kind == "float" and image:
+            return self._rprelu(op), State("float", s.shape)
         if kind == "residual":
             return self._residual(op, s)
         if kind == "flatten" and s.kind == "bits" and image:
@@ -399,23 +403,44 @@ class CompiledNetwork:
 
         return Step("residual", f"[{listed(body)}] + [{listed(shortcut)}]", run), State("float", after.shape)
 
+    def _per_channel(self, op: dict[str, Any], *names: str, dtype: type = np.float64) -> list[np.ndarray]:
+        return [np.ascontiguousarray(self.reference.arrays[op[name]], dtype=dtype) for name in names]
+
     def _sign_bits(self, op: dict[str, Any], s: State) -> Step:
-        """sign(x - t) of float images (a ResNet's block input) as NHWC packed bits, compared in float64."""
-        c = s.shape[0]
-        threshold = self.reference.arrays[op["threshold"]].astype(np.float64).reshape(1, c, 1, 1)
-        negative = self.reference.arrays[op["negative"]].astype(bool).reshape(1, c, 1, 1)
-        words = -(-c // 64)
+        """sign(x - t) of float images (a ResNet block's input) as NHWC packed bits, compared in float64."""
+        (threshold,), (negative,) = (
+            self._per_channel(op, "threshold"),
+            self._per_channel(op, "negative", dtype=np.uint8),
+        )
+        threads = self.threads
 
         def run(v: Value) -> Value:
-            x = v.as_float()
-            on = np.where(negative, x <= threshold, x >= threshold).transpose(0, 2, 3, 1)
-            padded = np.zeros((*on.shape[:3], words * 64), dtype=bool)
-            padded[..., :c] = on
-            return Value(
-                "bits", _pack_words(padded.reshape(-1, words * 64)).reshape(*on.shape[:3], words), features=c
-            )
+            x = np.ascontiguousarray(v.as_float())
+            return Value("bits", kernels.sign_pack(x, threshold, negative, threads), features=s.shape[0])
 
-        return Step("sign_threshold", "sign of float64 images -> packed NHWC bits", run)
+        return Step("sign_threshold", "sign_pack (float64 images -> packed NHWC bits)", run)
+
+    def _sums_affine(self, op: dict[str, Any], s: State) -> Step:
+        """A batch norm after a product: its sums through their scale and the BN, in float64."""
+        a, b = self._per_channel(op, "scale", "shift")
+        threads = self.threads
+
+        def run(v: Value) -> Value:
+            scale = np.ascontiguousarray(v.scale, dtype=np.float64)
+            bias = None if v.bias is None else np.ascontiguousarray(v.bias, dtype=np.float64)
+            return Value("float", kernels.sums_affine(v.data, scale, bias, a, b, threads))
+
+        return Step("affine", "sums_affine (scale, bias and batch norm of the sums, float64)", run)
+
+    def _rprelu(self, op: dict[str, Any]) -> Step:
+        shift_in, slope, shift_out = self._per_channel(op, "shift_in", "slope", "shift_out")
+        threads = self.threads
+
+        def run(v: Value) -> Value:
+            x = np.ascontiguousarray(v.as_float())
+            return Value("float", kernels.rprelu(x, shift_in, slope, shift_out, threads))
+
+        return Step("rprelu", "rprelu (float64)", run)
 
     def _threshold(self, op: dict[str, Any], s: State) -> Step:
         threshold = np.ascontiguousarray(self.reference.arrays[op["threshold"]], dtype=np.float64)

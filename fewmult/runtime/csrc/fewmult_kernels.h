@@ -95,4 +95,15 @@ void fm_conv_border(int threads, int32_t *acc, int64_t n, int64_t ho, int64_t wo
 void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
                 int64_t k, void *out);
 
+/* The residual stream of an exported ResNet (residual.c), in double as the NumPy reference:
+ * out[i, j, p] = ((acc[i, p, j] * scale[j] + bias[j]) * a[j]) + b[j], NHWC int32 or float32 sums
+ * (bias may be NULL) to NCHW; RPReLU per channel of NCHW x; and bit j of pixel p's words of image i
+ * set where x[i, j, p] >= threshold[j] (<= where negative[j]). */
+void fm_sums_affine(int threads, const void *acc, int acc_is_float, int64_t n, int64_t hw, int64_t c,
+                    const double *scale, const double *bias, const double *a, const double *b, double *out);
+void fm_rprelu(int threads, const double *x, int64_t n, int64_t c, int64_t hw, const double *shift_in,
+               const double *slope, const double *shift_out, double *out);
+void fm_sign_pack(int threads, const double *x, int64_t n, int64_t c, int64_t hw, const double *threshold,
+                  const uint8_t *negative, uint64_t *out, int64_t words);
+
 #endif
