@@ -34,6 +34,7 @@ CONTEXT = {
     "model.pool_in_fan_out": ["dataset=cifar10"],
     "hydra.launcher.": ["hydra/launcher=gpu_pool"],
     "trainer.devices": ["trainer=ddp"],
+    "optim.optimizer.fused": ["optim=adam"],
     **{f"dataset.{key}": ["dataset=imagenet"] for key in ("workers", "jpeg_draft", "prefetch_factor")},
 }
 NOT_OURS = {"local_lock=flock"}  # an NFS mount option, not a fewmult override
