@@ -9,13 +9,14 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
 from fewmult.data.imagenet import ImageFolderData
-from fewmult.data.imagenet.decode import draw_key, eval_image, random_resized_box, train_image
+from fewmult.data.imagenet.decode import draw_key, eval_image, lighting, random_resized_box, train_image
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.errors import UserError
 from tests import fakedata
@@ -130,6 +131,47 @@ def test_decoding_without_draft_gives_torchvisions_pixels(tree):
         got = train_image(path, 16, key, draft=False)
         assert (got == torch.tensor(list(crop.getdata())).numpy().reshape(16, 16, 3)).all()
     assert 0 < flipped < 20
+
+
+def test_lighting_noise_is_bi_reals_shift_along_the_principal_components_truncated_to_uint8():
+    """One component at a time, exaggerated so that the shift is whole pixels: component 0 (the
+    brightness axis, eigenvalue 0.2175) times 1000 shifts R, G, B by 1000 * 0.2175 * (-0.5675,
+    -0.5808, -0.5836) = (-123.4, -126.3, -126.9); added to uint8 values, clipped and cast back
+    (truncated toward zero) as Bi-Real's ``Lighting`` does."""
+    pixels = np.array([[[200, 100, 5], [0, 255, 127]]], dtype=np.uint8)
+    shifted = lighting(pixels, np.array([1000.0, 0, 0]))
+    assert shifted.tolist() == [[[76, 0, 0], [0, 128, 0]]]
+    shifted = lighting(pixels, np.array([0, 0, -1000.0]))  # -1000 * 0.0045 * (0.4009, -0.8140, 0.4203)
+    assert shifted.tolist() == [[[198, 103, 3], [0, 255, 125]]]  # (-1.80, +3.66, -1.89), clipped at 0, 255
+
+
+def test_lighting_is_drawn_between_the_crop_and_the_flip_and_at_std_0_1_moves_a_channel_by_one(tree):
+    """``dataset.lighting=0.1`` (Bi-Real's code): three normal draws per image after the crop's, before
+    the flip's, from the image's own key. At 0.1 the shift stays below one unit of 0-255, so the cast
+    to uint8 lowers a channel by 1 where its shift is negative (about half the time) and leaves it
+    otherwise (pixels at 0 stay)."""
+    path = str(sorted((tree / "train" / "n00000001").iterdir())[0])
+    image = Image.open(path).convert("RGB")
+    lowered = 0
+    for index in range(40):
+        key = draw_key(0, 1, index)
+        rng = random.Random(key)
+        left, top, w, h = random_resized_box(*image.size, rng)
+        crop = v2.functional.resized_crop(image, top, left, h, w, [16, 16])
+        alpha = np.array([rng.gauss(0, 0.1) for _ in range(3)])
+        if rng.random() < 0.5:
+            crop = v2.functional.horizontal_flip(crop)
+        plain = np.asarray(crop)
+        got = train_image(path, 16, key, draft=False, lighting_std=0.1)
+        assert np.array_equal(got, lighting(plain, alpha))
+        change = got.astype(int) - plain
+        assert set(np.unique(change)) <= {-1, 0}
+        per_channel = [set(np.unique(change[..., c][plain[..., c] > 0])) for c in range(3)]
+        assert all(len(moved) == 1 for moved in per_channel)  # a channel moves as a whole
+        lowered += sum(moved == {-1} for moved in per_channel)
+    assert 30 <= lowered <= 90  # of 120 channels; P(negative shift) = 1/2, sd 5.5
+    with pytest.raises(UserError, match=r"dataset\.lighting must be a number >= 0"):
+        data(tree.parent, lighting=-0.1)
 
 
 def test_draft_decoding_is_close_to_the_full_decode(tree):

@@ -8,6 +8,7 @@ error are logged; the report uses top-1.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -73,6 +74,7 @@ class ImageFolderData(L.LightningDataModule):
         prefetch_factor: batches each worker prepares ahead.
         pin_memory: ``auto`` (when training on a GPU), true or false.
         jpeg_draft: decode at reduced DCT scale where the crop allows (:mod:`.decode`).
+        lighting: standard deviation of the PCA lighting noise of Bi-Real's code (0: none).
         mean, std: per-channel normalization, of pixel values in [0, 1].
     """
 
@@ -95,6 +97,7 @@ class ImageFolderData(L.LightningDataModule):
         prefetch_factor: int = 4,
         pin_memory: bool | str = "auto",
         jpeg_draft: bool = True,
+        lighting: float = 0.0,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
@@ -115,6 +118,14 @@ class ImageFolderData(L.LightningDataModule):
             )
         if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
             raise UserError(f"dataset.workers must be auto or an integer >= 0, got {workers!r}.")
+        if (
+            isinstance(lighting, bool)
+            or not isinstance(lighting, (int, float))
+            or not 0 <= lighting < math.inf
+        ):
+            raise UserError(
+                f"dataset.lighting must be a number >= 0 (Bi-Real's code: 0.1), got {lighting!r}."
+            )
         if pin_memory not in ("auto", True, False):
             raise UserError(f"dataset.pin_memory must be auto, true or false, got {pin_memory!r}.")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -127,7 +138,7 @@ class ImageFolderData(L.LightningDataModule):
         self.val_size, self.seed = val_size, seed
         self.image_size, self.resize = image_size, resize
         self.workers, self.prefetch_factor, self.pin_memory = workers, prefetch_factor, pin_memory
-        self.jpeg_draft = bool(jpeg_draft)
+        self.jpeg_draft, self.lighting = bool(jpeg_draft), float(lighting)
         self.mean, self.std = tuple(mean), tuple(std)
         # the layout is checked now, before a run folder is made: listing two folders costs little
         self.classes = class_folders(self.folder, "train", name)
@@ -184,7 +195,9 @@ class ImageFolderData(L.LightningDataModule):
         if split not in self._streams:
             train = split == "train"
             samples = getattr(self.load(), split)
-            decoding = Decoding(self.image_size, self.resize, train, self.seed, self.jpeg_draft)
+            decoding = Decoding(
+                self.image_size, self.resize, train, self.seed, self.jpeg_draft, self.lighting
+            )
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             workers = default_workers(self._processes_here()) if self.workers == "auto" else self.workers
             self._streams[split] = ImageStream(

@@ -3,8 +3,10 @@
 Training: the random resized crop of Szegedy et al. (GoogLeNet; torchvision's
 ``RandomResizedCrop``: a box of 8-100 % of the image's area and aspect ratio 3/4-4/3, resized to
 ``size`` x ``size``) and a horizontal flip with probability 1/2. Evaluation: the shorter side resized
-to ``resize``, the centre ``size`` x ``size`` cut out. Both return uint8 HWC arrays: the batch goes to
-the device four times smaller than as float, and is normalized there (:mod:`.datamodule`).
+to ``resize``, the centre ``size`` x ``size`` cut out. ``dataset.lighting``: Bi-Real's PCA lighting
+noise between the crop and the flip (:func:`lighting`; the authors' code, off by default). Both
+return uint8 HWC arrays: the batch goes to the device four times smaller than as float, and is
+normalized there (:mod:`.datamodule`).
 
 The random draws are a function of (seed, epoch, image index) alone, not of the worker that decodes
 the image nor of the DDP rank that trains on it, so a run resumed inside an epoch, or on another
@@ -27,6 +29,9 @@ from PIL import Image
 
 SCALE = (0.08, 1.0)  # fraction of the image's area
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+# ImageNet's RGB principal components (AlexNet's lighting noise), as Bi-Real's code has them
+PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 
 
 def draw_key(seed: int, epoch: int, index: int) -> int:
@@ -65,8 +70,19 @@ def _decoded(image: Image.Image, need: tuple[int, int] | None) -> tuple[Image.Im
     return image, image.size[0] / width, image.size[1] / height
 
 
-def train_image(path: str, size: int, key: int, draft: bool) -> np.ndarray:
-    """A random resized crop of ``path`` at ``size`` x ``size``, mirrored half the time."""
+def lighting(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """AlexNet's PCA lighting noise as Bi-Real's code applies it (its ``Lighting``): the RGB shift
+    ``eigvec @ (alpha * eigval)`` added to the uint8 pixels, clipped to [0, 255] and cast back to
+    uint8 (truncation). The eigenvalues are those of pixels in [0, 1] and the shift is added to
+    0-255 values, so it stays below 1 in practice: a channel whose shift is negative loses 1 where
+    it is above 0, the others are unchanged. Reproduced as the authors' code does it."""
+    shift = PCA_EIGVEC @ (alpha.astype(np.float32) * PCA_EIGVAL)
+    return np.clip(pixels + shift, 0, 255).astype(np.uint8)
+
+
+def train_image(path: str, size: int, key: int, draft: bool, lighting_std: float = 0.0) -> np.ndarray:
+    """A random resized crop of ``path`` at ``size`` x ``size``, with lighting noise of standard
+    deviation ``lighting_std`` (0: none, and no draw for it), mirrored half the time."""
     rng = random.Random(key)
     with Image.open(path) as image:
         width, height = image.size
@@ -78,9 +94,11 @@ def train_image(path: str, size: int, key: int, draft: bool) -> np.ndarray:
     else:
         box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
         out = image.resize((size, size), Image.BILINEAR, box=box)
+    alpha = np.array([rng.gauss(0, lighting_std) for _ in range(3)]) if lighting_std else None
     if rng.random() < 0.5:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    pixels = np.asarray(out)
+    return pixels if alpha is None else lighting(pixels, alpha)
 
 
 def resized_shape(width: int, height: int, resize: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ class Decoding:
     train: bool
     seed: int
     draft: bool
+    lighting: float = 0.0
 
 
 class FolderImages(Dataset):
@@ -54,7 +55,7 @@ class FolderImages(Dataset):
         d = self.decoding
         try:
             if d.train:
-                pixels = train_image(path, d.size, draw_key(d.seed, epoch, index), d.draft)
+                pixels = train_image(path, d.size, draw_key(d.seed, epoch, index), d.draft, d.lighting)
             else:
                 pixels = eval_image(path, d.size, d.resize, d.draft)
         except Exception as exc:
