@@ -4,7 +4,8 @@ PyTorch float32 evaluating the same file with the same threads (:mod:`fewmult.ru
 The networks of the runtime's goals, exported from freshly built models whose batch-norm statistics
 are drawn as after training (speed does not depend on the values): Hou et al.'s MNIST MLP
 (784-2048x3-10) with sign activations (``bnn``, ``lab2``) and with float activations (``lab``,
-``bwn``, ``tc``), Hou et al.'s CIFAR-10 VGG-like CNN and VGG-Small with sign activations. The same
+``bwn``, ``tc``), Hou et al.'s CIFAR-10 VGG-like CNN and VGG-Small with sign activations, and the
+CIFAR ResNet-18 of today's rows as Bi-Real and ReActNet binarize it. The same
 table comes from ``python -m fewmult.export RUN_DIR --bench`` for a trained run.
 
 Run: ``python -m benchmarks.bench_runtime`` (``--only mlp-bnn,cnn-bnn``, ``--threads``, ``--rounds``).
@@ -32,10 +33,12 @@ from fewmult.runtime.bench import format_rows, images_per_second
 MLP = (("dataset=mnist", "paper=hou2017"), (1, 28, 28), [1, 64])
 CNN = (("dataset=cifar10", "paper=hou2017"), (3, 32, 32), [1, 16])
 VGG_SMALL = (("dataset=cifar10", "paper=hou2017", "model=vgg_small"), (3, 32, 32), [1, 16])
+RESNET18 = (("dataset=cifar10", "model=resnet18"), (3, 32, 32), [1, 16])  # CIFAR stem, Bi-Real's block
 SETUPS = {
     **{f"mlp-{m}": (m, *MLP) for m in ("bnn", "lab2", "lab", "bwn", "tc")},
     "cnn-bnn": ("bnn", *CNN),
     "vgg_small-bnn": ("bnn", *VGG_SMALL),
+    **{f"resnet18-{m}": (m, *RESNET18) for m in ("bireal", "reactnet")},
 }
 
 

@@ -8,8 +8,10 @@ method=M``, on the small generated dataset, one epoch, no logger):
   the second): launches whose torch hashes its and Triton's sources before the first compiled kernel
   (the remembered keys of :mod:`fewmult.run.source_keys` deleted first, as every launch was before
   them) interleaved with launches that find the keys remembered, ``ROUNDS`` of each, medians.
-  Seconds since launch at Lightning's ``setup`` (after the imports, the config checks, the data and
-  the model) and at the end of the first training step (its forward, backward and optimizer step).
+  Seconds since launch at the end of the job's imports, at Lightning's ``setup`` (after the config
+  checks, the data and the model) and at the end of the first training step (its forward, backward
+  and optimizer step), and the first step's distance from the end of the imports (issue 23's
+  measure; the launch runs its imports before its config checks, see ``IMPORTS_FIRST``).
 * **In a sweep**: four jobs (``seed=1,2,3,4``) through ``hydra/launcher=gpu_pool`` on one CPU slot,
   with a fresh process for every job (``jobs_per_process=1``) and with the slot's one process
   (the default). Seconds from each job's launch (the header of its ``output.log``) to the end of its
@@ -80,10 +82,20 @@ def _args(method: str) -> list[str]:
     ]
 
 
-def _train(args: list[str]) -> str:
+# ``python -m fewmult.train`` with the job's imports done first and their end marked: the launch
+# then checks its config after them instead of before (the same work in another order), so the
+# first step's distance from this mark is at least the distance from the end of a plain launch's
+# imports
+IMPORTS_FIRST = (
+    "import runpy, time; import fewmult.run.job; print(f'mark imports {time.time():.3f}', flush=True); "
+    "runpy.run_module('fewmult.train', run_name='__main__')"
+)
+
+
+def _train(args: list[str], launch: tuple[str, ...] = ("-m", "fewmult.train")) -> str:
     env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent)}
     proc = subprocess.run(
-        [sys.executable, "-m", "fewmult.train", *args], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, *launch, *args], env=env, capture_output=True, text=True, timeout=900
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr[-2000:]}")
@@ -91,9 +103,10 @@ def _train(args: list[str]) -> str:
 
 
 def alone(method: str, folder: Path) -> dict[str, float]:
-    """Seconds from launch to set-up (``fit``) and to the end of the first step (``step``)."""
+    """Seconds from launch to the end of the imports (``imports``), to set-up (``fit``) and to the
+    end of the first step (``step``)."""
     launched = time.time()
-    marks = _marks(_train([*_args(method), f"hydra.run.dir={folder}"]))
+    marks = _marks(_train([*_args(method), f"hydra.run.dir={folder}"], ("-c", IMPORTS_FIRST)))
     return {name: t - launched for name, t in marks.items()}
 
 
@@ -129,13 +142,10 @@ def main() -> None:
     parser.add_argument("--folder", default="outputs/bench_startup", help="where the runs go")
     args = parser.parse_args()
     root = Path(args.folder)
-    start = time.time()
-    subprocess.run([sys.executable, "-c", "import fewmult.run.job"], check=True, timeout=300)
-    print(f"a job's imports alone (python -c 'import fewmult.run.job'): {time.time() - start:.1f} s\n")
     if methods := [m for m in args.methods.split(",") if m]:
-        columns = "set-up | first step"
+        columns = "imports | set-up | first step | first step - imports"
         print(f"| method | sources hashed: {columns} | keys remembered: {columns} |")
-        print("|---|---|---|---|---|")
+        print("|---|" + "---|" * 8)
         for method in methods:
             cells: dict[bool, list[dict[str, float]]] = {False: [], True: []}
             for _ in range(ROUNDS):  # interleaved: this machine's noise falls on both alike
@@ -143,10 +153,12 @@ def main() -> None:
                     if not remembered:
                         store_path().unlink(missing_ok=True)  # the launch hashes and stores again
                     cells[remembered].append(alone(method, root / f"{method}_{time.time_ns()}"))
+            for launch in (*cells[False], *cells[True]):
+                launch["after imports"] = launch["step"] - launch["imports"]
             medians = [
                 f"{statistics.median(m[mark] for m in cells[remembered]):.1f} s"
                 for remembered in (False, True)
-                for mark in ("fit", "step")
+                for mark in ("imports", "fit", "step", "after imports")
             ]
             print(f"| {method} | " + " | ".join(medians) + " |", flush=True)
     if methods := [m for m in args.sweep_methods.split(",") if m]:
