@@ -12,7 +12,7 @@ import torch
 from tests.conftest import REPO
 
 
-@pytest.mark.slow  # about a minute (smaller networks on a CPU: bf16 is emulated where it has no bf16 instructions)
+@pytest.mark.slow  # about a minute (smaller networks on a CPU, where bf16 may be emulated)
 def test_the_machine_check_passes_here(tmp_path):
     env = {**os.environ, "FEWMULT_DATA": str(tmp_path / "data"), "WANDB_MODE": "offline"}
     args = ["--methods", "fp,tc,reactnet", "--no-scale", "--steps", "2"]

@@ -35,7 +35,10 @@ CONTEXT = {
     "hydra.launcher.": ["hydra/launcher=gpu_pool"],
     "trainer.devices": ["trainer=ddp"],
     "optim.optimizer.fused": ["optim=adam"],
-    **{f"dataset.{key}": ["dataset=imagenet"] for key in ("workers", "jpeg_draft", "prefetch_factor", "lighting")},
+    **{
+        f"dataset.{key}": ["dataset=imagenet"]
+        for key in ("workers", "jpeg_draft", "prefetch_factor", "lighting")
+    },
 }
 NOT_OURS = {"local_lock=flock"}  # an NFS mount option, not a fewmult override
 
