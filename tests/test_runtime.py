@@ -17,7 +17,7 @@ from fewmult.config import compose_config
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import CompiledNetwork, kernels
 from tests.conftest import REPO
-from tests.test_export import NETS, RESNETS, trained_looking, write
+from tests.test_export import BIREAL_BLOCK, NETS, RESNETS, trained_looking, write
 from tests.test_methods_train import METHODS
 
 COMPILED = kernels.load() is not None
@@ -202,6 +202,13 @@ def test_the_residual_streams_kernels_equal_the_reference_to_the_last_bit(acc_dt
     shifted = expected - g.reshape(1, c, 1, 1)
     rprelu = np.where(shifted > 0, shifted, slope.reshape(1, c, 1, 1) * shifted) + z.reshape(1, c, 1, 1)
     assert np.array_equal(kernels.rprelu(expected, g, slope, z, 2), rprelu)
+    # a block's last batch norm, its sum with the shortcut and the RPReLU after it, in one pass
+    shortcut = rng.normal(0, 3, expected.shape)
+    summed = expected + shortcut
+    assert np.array_equal(kernels.sums_affine(acc, scale, bias, a, b, 2, addend=shortcut), summed)
+    fused = kernels.sums_affine(acc, scale, bias, a, b, 2, addend=shortcut, rprelu=(g, slope, z))
+    assert np.array_equal(fused, kernels.rprelu(summed, g, slope, z, 2))
+    assert np.array_equal(kernels.sums_affine(acc, scale, bias, a, b, 2, rprelu=(g, slope, z)), rprelu)
     threshold, negative = rng.normal(0, 1, c), (rng.random(c) < 0.3).astype(np.uint8)
     threshold[:3] = expected[0, :3, 0, 0]  # ties: x >= t and x <= t both hold
     t, neg = threshold.reshape(1, c, 1, 1), negative.reshape(1, c, 1, 1).astype(bool)
@@ -329,6 +336,26 @@ def test_export_refuses_bad_bench_sizes(capsys):
 
 
 @needs_kernels
+def test_a_block_whose_convolution_has_no_kernel_is_summed_step_by_step(tmp_path):
+    """Ternary weights on ReActNet's sign activations: no kernel runs that convolution (the NumPy
+    reference does), so the block's batch norm, sum and RPReLU go step by step, still as the reference."""
+    overrides = ("~method.weight_quantizer.per_channel", "method.weight_quantizer.name=tc", *BIREAL_BLOCK)
+    cfg = compose_config("dataset=synthetic", "model=resnet20", "method=reactnet", *overrides)
+    torch.manual_seed(0)
+    write(tmp_path, trained_looking(build_model(cfg, (3, 8, 8), 10)))
+    path = str(tmp_path / "model.npz")
+    x = torch.randn(50, 3, 8, 8).numpy()
+    runtime = CompiledNetwork(path)
+    blocks = [line for line in runtime.describe((3, 8, 8)) if line.startswith("residual")]
+    assert blocks and all(
+        "conv2d: NumPy reference" in b and b.endswith("rprelu: rprelu (float64)") for b in blocks
+    )
+    reference, ours = PackedNetwork(path).forward(x), runtime.forward(x)
+    assert np.array_equal(ours.argmax(-1), reference.argmax(-1))
+    assert np.allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+@needs_kernels
 @pytest.mark.parametrize("setup", list(RESNETS))
 def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup):
     """Every block's sign (Bi-Real's, ReActNet's shifted one) packs the block's input and its
@@ -347,3 +374,7 @@ def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup)
     binary = cfg.method.activation is not None
     assert len(blocks) == 9 * (2 if cfg.model.convs_per_shortcut == 1 else 1)
     assert all(("xnor_gemm" in line) == binary and "conv2d: NumPy" not in line for line in blocks), blocks
+    # each block's last batch norm, the sum and (ReActNet) the RPReLU after it: one pass of the stream
+    rprelu = "RPReLU: one pass" if "method=reactnet" in RESNETS[setup] else "+ the shortcut: one pass"
+    assert all(rprelu in line for line in blocks), blocks
+    assert not any(line.startswith("rprelu") for line in runtime.describe((3, 8, 8)))

@@ -38,7 +38,7 @@ _SIGNATURES = {
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_conv_border": ([_I, _P, _L, _L, _L, _L, _P, *[_L] * 8], None),
     "fm_maxpool": ([_I, _P, _I, _L, _L, _L, _L, _L, _P], None),
-    "fm_sums_affine": ([_I, _P, _I, _L, _L, _L, _P, _P, _P, _P, _P], None),
+    "fm_sums_affine": ([_I, _P, _I, _L, _L, _L, *[_P] * 9], None),
     "fm_rprelu": ([_I, _P, _L, _L, _L, _P, _P, _P, _P], None),
     "fm_sign_pack": ([_I, _P, _L, _L, _L, _P, _P, _P, _L], None),
 }
@@ -297,13 +297,26 @@ def maxpool(x: np.ndarray, k: int, threads: int) -> np.ndarray:
 
 
 def sums_affine(
-    acc: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, a: np.ndarray, b: np.ndarray, threads: int
+    acc: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    a: np.ndarray,
+    b: np.ndarray,
+    threads: int,
+    addend: np.ndarray | None = None,
+    rprelu: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``(acc * scale + bias) * a + b`` per channel in float64, NHWC int32 or float32 sums (n, h, w, c)
-    or rows (n, c) to NCHW (n, c, h, w) or (n, c): a product's output and the batch norm after it."""
+    or rows (n, c) to NCHW (n, c, h, w) or (n, c): a product's output and the batch norm after it.
+    In the same pass, where given: ``+ addend`` (float64, the output's shape: a ResNet block's
+    shortcut), then RPReLU with ``rprelu = (shift_in, slope, shift_out)`` (see :func:`rprelu`)."""
     n, c = acc.shape[0], acc.shape[-1]
     hw = acc.size // (n * c)
     out = np.empty((n, c, *acc.shape[1:-1]), dtype=np.float64)
+    if addend is not None and (addend.shape != out.shape or addend.dtype != np.float64):
+        raise ValueError(f"addend must be float64 of shape {out.shape}, got {addend.dtype} {addend.shape}")
+    addend = None if addend is None else np.ascontiguousarray(addend)  # alive through the call
+    shift_in, slope, shift_out = rprelu or (None, None, None)
     load().fm_sums_affine(
         threads,
         _ptr(acc),
@@ -315,6 +328,10 @@ def sums_affine(
         _ptr(bias),
         _ptr(a),
         _ptr(b),
+        _ptr(addend),
+        _ptr(shift_in),
+        _ptr(slope),
+        _ptr(shift_out),
         _ptr(out),
     )
     return out

@@ -171,9 +171,15 @@ class CompiledNetwork:
     # planning: each op's step, from what the op before leaves
 
     def _plan_ops(self, ops: list[dict[str, Any]], s: State) -> tuple[list[Step], State]:
-        steps = []
-        for op in ops:
-            step, s = self._plan_op(op, s)
+        steps, i = [], 0
+        while i < len(ops):
+            op, follower = ops[i], ops[i + 1] if i + 1 < len(ops) else None
+            if op["op"] == "residual" and follower is not None and follower["op"] == "rprelu":
+                step, s = self._residual(op, s, rprelu=follower)  # the RPReLU after the sum, in its pass
+                i += 2
+            else:
+                step, s = self._plan_op(op, s)
+                i += 1
             steps.append(step)
         return steps, s
 
@@ -389,19 +395,47 @@ class CompiledNetwork:
             lambda v: replace(v, data=kernels.maxpool(v.data, k, threads)),
         )
 
-    def _residual(self, op: dict[str, Any], s: State) -> tuple[Step, State]:
-        """A ResNet block: its body and shortcut planned from the same input, the sum in float64
-        (as the reference)."""
-        body, after = self._plan_ops(op["body"], s)
+    def _residual(
+        self, op: dict[str, Any], s: State, rprelu: dict[str, Any] | None = None
+    ) -> tuple[Step, State]:
+        """A ResNet block (and the RPReLU after it, if given): its body and shortcut planned from the
+        same input, the sum in float64 (as the reference). Where the body ends with a product's batch
+        norm, that affine, the addition of the shortcut and the RPReLU run as one pass over the
+        stream (``sums_affine``: each value computed by the same operations in the same order)."""
         shortcut, _ = self._plan_ops(op["shortcut"], s)
+        head, before = self._plan_ops(op["body"][:-1], s)
+        last = op["body"][-1] if op["body"] else None
+        image = len(before.shape) == 3
+        if last is None or last["op"] != "affine" or before.kind != "acc" or not image:
+            return self._unfused_residual(op, s, rprelu, shortcut)
+        a, b = self._per_channel(last, "scale", "shift")
+        act = tuple(self._per_channel(rprelu, "shift_in", "slope", "shift_out")) if rprelu else None
+        threads = self.threads
 
         def run(v: Value) -> Value:
-            return Value("float", _run(body, v).as_float() + _run(shortcut, v).as_float())
+            sums, addend = _run(head, v), _run(shortcut, v).as_float()
+            scale = np.ascontiguousarray(sums.scale, dtype=np.float64)
+            bias = None if sums.bias is None else np.ascontiguousarray(sums.bias, dtype=np.float64)
+            out = kernels.sums_affine(sums.data, scale, bias, a, b, threads, addend=addend, rprelu=act)
+            return Value("float", out)
 
-        def listed(steps: list[Step]) -> str:
-            return "; ".join(f"{step.op}: {step.how}" for step in steps) or "identity"
+        tail = "sums_affine (scale, bias and batch norm of the sums, + the shortcut"
+        tail += ", RPReLU: one pass, float64)" if rprelu else ": one pass, float64)"
+        body = f"{_listed(head)}; affine: {tail}" if head else f"affine: {tail}"
+        return Step("residual", f"[{body}] + [{_listed(shortcut)}]", run), State("float", before.shape)
 
-        return Step("residual", f"[{listed(body)}] + [{listed(shortcut)}]", run), State("float", after.shape)
+    def _unfused_residual(
+        self, op: dict[str, Any], s: State, rprelu: dict[str, Any] | None, shortcut: list[Step]
+    ) -> tuple[Step, State]:
+        """:meth:`_residual` step by step: the body's steps, the sum in NumPy, the RPReLU after it."""
+        body, after = self._plan_ops(op["body"], s)
+        act = [self._rprelu(rprelu)] if rprelu else []
+
+        def run(v: Value) -> Value:
+            return _run(act, Value("float", _run(body, v).as_float() + _run(shortcut, v).as_float()))
+
+        how = f"[{_listed(body)}] + [{_listed(shortcut)}]" + "".join(f"; {a.op}: {a.how}" for a in act)
+        return Step("residual", how, run), State("float", after.shape)
 
     def _per_channel(self, op: dict[str, Any], *names: str, dtype: type = np.float64) -> list[np.ndarray]:
         return [np.ascontiguousarray(self.reference.arrays[op[name]], dtype=dtype) for name in names]
@@ -487,6 +521,10 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
         k = op["size"]
         return (shape[0], shape[1] // k, shape[2] // k)
     return shape if kind in ("affine", "sign_threshold", "relu", "rprelu") else ()
+
+
+def _listed(steps: list[Step]) -> str:
+    return "; ".join(f"{step.op}: {step.how}" for step in steps) or "identity"
 
 
 def _run(steps: list[Step], v: Value) -> Value:

@@ -100,7 +100,9 @@ void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, 
  * (bias may be NULL) to NCHW; RPReLU per channel of NCHW x; and bit j of pixel p's words of image i
  * set where x[i, j, p] >= threshold[j] (<= where negative[j]). */
 void fm_sums_affine(int threads, const void *acc, int acc_is_float, int64_t n, int64_t hw, int64_t c,
-                    const double *scale, const double *bias, const double *a, const double *b, double *out);
+                    const double *scale, const double *bias, const double *a, const double *b,
+                    const double *addend, const double *shift_in, const double *slope,
+                    const double *shift_out, double *out);
 void fm_rprelu(int threads, const double *x, int64_t n, int64_t c, int64_t hw, const double *shift_in,
                const double *slope, const double *shift_out, double *out);
 void fm_sign_pack(int threads, const double *x, int64_t n, int64_t c, int64_t hw, const double *threshold,

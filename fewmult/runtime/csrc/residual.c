@@ -1,21 +1,32 @@
 /* The residual stream of an exported ResNet, in double and in the NumPy reference's order of
  * operations (a product, then a sum: -std=c11 contracts no multiply-add into an FMA), so that every
- * value equals the reference's: a convolution's sums through its scale and batch norm, ReActNet's
- * RPReLU, and a block's input compared per channel and packed as the next convolution's bits.
+ * value equals the reference's: a convolution's sums through its scale and batch norm (and, in the
+ * same pass, the block's shortcut added and ReActNet's RPReLU after the sum), RPReLU alone, and a
+ * block's input compared per channel and packed as the next convolution's bits.
  * Images are NCHW double here (as the reference holds them); sums and bits NHWC. */
 #include <string.h>
 
 #include "fewmult_kernels.h"
 #include "simd.h"
 
+/* RPReLU of one value: x - g where positive, else slope (x - g); plus z. */
+static inline double rprelu_one(double x, double g, double slope, double z) {
+    double shifted = x - g;
+    double y = shifted > 0 ? shifted : slope * shifted;
+    return y + z;
+}
+
 void fm_sums_affine(int threads, const void *acc, int acc_is_float, int64_t n, int64_t hw, int64_t c,
-                    const double *scale, const double *bias, const double *a, const double *b, double *out) {
+                    const double *scale, const double *bias, const double *a, const double *b,
+                    const double *addend, const double *shift_in, const double *slope,
+                    const double *shift_out, double *out) {
     int64_t work = n * hw * c;
     (void)threads, (void)work;
     FM_PARALLEL_FOR
     for (int64_t i = 0; i < n * c; i++) {
         int64_t image = i / c, j = i % c;
         double *to = out + i * hw;
+        const double *add = addend ? addend + i * hw : NULL;
         for (int64_t p = 0; p < hw; p++) {
             int64_t at = (image * hw + p) * c + j;
             double v = acc_is_float ? (double)((const float *)acc)[at] : (double)((const int32_t *)acc)[at];
@@ -23,7 +34,12 @@ void fm_sums_affine(int threads, const void *acc, int acc_is_float, int64_t n, i
             if (bias)
                 v = v + bias[j];
             v = v * a[j];
-            to[p] = v + b[j];
+            v = v + b[j];
+            if (add) /* the block's sum: the body's value plus the shortcut's */
+                v = v + add[p];
+            if (shift_in)
+                v = rprelu_one(v, shift_in[j], slope[j], shift_out[j]);
+            to[p] = v;
         }
     }
 }
@@ -37,11 +53,8 @@ void fm_rprelu(int threads, const double *x, int64_t n, int64_t c, int64_t hw, c
         int64_t j = i % c;
         const double *from = x + i * hw;
         double *to = out + i * hw;
-        for (int64_t p = 0; p < hw; p++) {
-            double shifted = from[p] - shift_in[j];
-            double y = shifted > 0 ? shifted : slope[j] * shifted;
-            to[p] = y + shift_out[j];
-        }
+        for (int64_t p = 0; p < hw; p++)
+            to[p] = rprelu_one(from[p], shift_in[j], slope[j], shift_out[j]);
     }
 }
 
