@@ -222,6 +222,9 @@ def _resnet_module_ops(writer: _Writer, m: nn.Module) -> None:
         isinstance(m, nn.AvgPool2d) and m.kernel_size == m.stride and not m.count_include_pad and m.ceil_mode
     ):
         writer.ops.append({"op": "avgpool2d", "size": int(m.kernel_size)})
+    elif isinstance(m, nn.MaxPool2d) and not m.ceil_mode and m.dilation == 1:  # the ImageNet stem's
+        pool = {"size": int(m.kernel_size), "stride": int(m.stride), "padding": int(m.padding)}
+        writer.ops.append({"op": "maxpool2d", **pool})
     elif isinstance(m, ZeroPadShortcut):
         writer.ops.append(
             {"op": "channel_pad", "stride": m.stride, "before": m.pad // 2, "after": m.pad - m.pad // 2}
@@ -240,8 +243,6 @@ def _half_block(writer: _Writer, pre: nn.Module, conv: QuantConv2d, bn: nn.Modul
 
 def _resnet_ops(writer: _Writer, model: ResNet) -> None:
     """Stem, blocks (a residual op per shortcut), global average pooling, classifier."""
-    if any(isinstance(m, nn.MaxPool2d) for m in model.stem):
-        raise UserError("fewmult.export writes ResNets with the CIFAR stem, not the ImageNet stem.")
     _resnet_module_ops(writer, model.stem)
     for block in model.blocks:
         with writer.nested() as body:

@@ -16,7 +16,9 @@ and every other array is named by an op. The ops, applied in order to a batch ``
 * ``{"op": "linear", "weight": W, "bias": name or null}``: ``x @ W.T + b``.
 * ``{"op": "conv2d", "weight": W, "bias", "stride": [sh, sw], "padding": [ph, pw], "dilation":
   [dh, dw], "groups": g}``: 2-D cross-correlation as ``torch.nn.functional.conv2d``.
-* ``{"op": "maxpool2d", "size": k}``: max over k x k windows with stride k.
+* ``{"op": "maxpool2d", "size": k}``: max over k x k windows with stride k; with ``"stride": s`` and
+  ``"padding": p`` (the ImageNet ResNet stem's 3, 2, 1), as ``torch.nn.MaxPool2d(k, s, p)``:
+  windows every s pixels over the image padded by p pixels that never win.
 * ``{"op": "affine", "scale": a, "shift": b}``: ``x * a + b`` per unit (per channel for images):
   a batch norm folded (``a = gamma / sqrt(var + eps)``, ``b = beta - a * mean``).
 * ``{"op": "sign_threshold", "threshold": t, "negative": n}``: a batch norm followed by
@@ -139,10 +141,7 @@ class PackedNetwork:
         if kind == "lstm":
             return self._lstm(op, h)
         if kind == "maxpool2d":
-            k = op["size"]
-            n, c, height, width = h.shape
-            h = h[:, :, : height // k * k, : width // k * k]
-            return h.reshape(n, c, height // k, k, width // k, k).max(axis=(3, 5))
+            return maxpool2d(h, op["size"], op.get("stride", op["size"]), op.get("padding", 0))
         if kind == "affine":
             return h * self._per_unit(op["scale"], h) + self._per_unit(op["shift"], h)
         if kind == "sign_threshold":
@@ -194,6 +193,13 @@ def all_ops(ops: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if op["op"] == "residual":
             yield from all_ops(op["body"])
             yield from all_ops(op["shortcut"])
+
+
+def maxpool2d(x: np.ndarray, k: int, stride: int, padding: int) -> np.ndarray:
+    """``torch.nn.MaxPool2d(k, stride, padding)`` in NumPy (floor mode): padding never wins."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    return windows.max(axis=(4, 5))
 
 
 def avgpool2d(x: np.ndarray, k: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from fewmult.export import pack_network, torch_predictions
 from fewmult.nn import quant_layers
 from fewmult.packed_forward import FORMAT, PackedNetwork
 from fewmult.packing import pack_bits
+from fewmult.runtime.bench import torch_float32
 from tests.conftest import REPO, only_run_dir
 from tests.test_methods_train import METHODS  # every method the papers' nets take
 from tests.test_resume import TINY_LSTM
@@ -249,6 +250,7 @@ RESNETS = {
     "bireal": ("method=bireal", *BIREAL_BLOCK),
     "reactnet": ("method=reactnet", *BIREAL_BLOCK),
     "bwn-two_convs-zero_pad": ("method=bwn", "model.convs_per_shortcut=2", "model.shortcut=zero_pad"),
+    "reactnet-imagenet_stem": ("method=reactnet", *BIREAL_BLOCK, "model.stem=imagenet"),  # 7x7/2 + max-pool
 }
 
 
@@ -266,3 +268,7 @@ def test_resnets_predict_as_pytorch(tmp_path, setup):
     ops = [op["op"] for op in packed.layers]
     assert ops.count("residual") == 9 * (2 if cfg.model.convs_per_shortcut == 1 else 1)
     assert ops[-2:] == ["global_avgpool", "linear"]
+    baseline = torch_float32(packed)(x.numpy()).numpy()  # what --bench times beside the runtime
+    assert np.allclose(baseline, scores, rtol=1e-4, atol=1e-4 * np.abs(scores).max())
+    if "model.stem=imagenet" in RESNETS[setup]:
+        assert {"op": "maxpool2d", "size": 3, "stride": 2, "padding": 1} in packed.layers

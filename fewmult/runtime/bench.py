@@ -46,7 +46,7 @@ def torch_float32(network: PackedNetwork) -> Callable[[np.ndarray], Any]:
         if kind == "flatten":
             return h.flatten(1)
         if kind == "maxpool2d":
-            return F.max_pool2d(h, op["size"])
+            return F.max_pool2d(h, op["size"], op.get("stride"), op.get("padding", 0))
         if kind == "affine":
             return h * per_unit(op["scale"], h) + per_unit(op["shift"], h)
         if kind == "sign_threshold":

@@ -196,7 +196,7 @@ class CompiledNetwork:
                 return self._conv_bits(op, s), summed
             if s.kind != "bits":
                 return self._conv_float(op, s), summed
-        if kind == "maxpool2d" and s.kind == "acc" and image and s.positive_scale:
+        if kind == "maxpool2d" and s.kind == "acc" and image and s.positive_scale and _plain_pool(op):
             return self._maxpool(op["size"]), replace(s, shape=out)
         if kind == "sign_threshold" and s.kind == "acc":
             return self._threshold(op, s), State("bits", s.shape)
@@ -519,8 +519,14 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
         return (op["weight"]["shape"][0], h, w)
     if kind == "maxpool2d" and len(shape) == 3:
         k = op["size"]
-        return (shape[0], shape[1] // k, shape[2] // k)
+        stride, padding = op.get("stride", k), op.get("padding", 0)
+        return (shape[0], *((side + 2 * padding - k) // stride + 1 for side in shape[1:]))
     return shape if kind in ("affine", "sign_threshold", "relu", "rprelu") else ()
+
+
+def _plain_pool(op: dict[str, Any]) -> bool:
+    """A max-pool over k x k windows with stride k and no padding (what the pooling kernel runs)."""
+    return op.get("stride", op["size"]) == op["size"] and not op.get("padding", 0)
 
 
 def _listed(steps: list[Step]) -> str:
