@@ -14,6 +14,7 @@ Run: ``python -m benchmarks.bench_runtime`` (``--only mlp-bnn,cnn-bnn``, ``--thr
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -62,6 +63,14 @@ def as_trained(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def _plan_lines(steps: list[str]) -> list[str]:
+    """The runtime's steps one a line, a run of equal ones (a ResNet stage's blocks) once with its count."""
+    return [
+        f"  {step}" + (f"  (x{count})" if (count := len(list(group))) > 1 else "")
+        for step, group in itertools.groupby(steps)
+    ]
+
+
 def export(name: str, folder: Path) -> tuple[Path, tuple[int, ...], list[int]]:
     method, overrides, shape, batches = SETUPS[name]
     cfg = compose_config(f"method={method}", *overrides)
@@ -84,7 +93,7 @@ def main() -> None:
             x = np.random.default_rng(0).random((max(batches), *shape), dtype=np.float32)
             rows = images_per_second(str(path), x, batches, args.threads, rounds=args.rounds)
             runtime = CompiledNetwork(str(path), threads=args.threads)
-            print(f"\n{name}: " + "; ".join(runtime.describe(shape)))
+            print(f"\n{name}:", *_plan_lines(runtime.describe(shape)), sep="\n")
             print(format_rows(rows, args.threads, runtime.isa))
 
 
