@@ -68,6 +68,19 @@ def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o):
     assert np.array_equal(out, expected)
 
 
+@needs_kernels
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+def test_xnor_gemm_counts_long_rows_whose_every_bit_differs(isa):
+    """Rows of 9,000 bits (over 31 blocks of 256) against their complements and against random rows:
+    every bit differs, the most that AVX2's per-byte counts hold before it sums them (every 31 blocks)."""
+    rng = np.random.default_rng(9)
+    w = random_bits(rng, 6, 9000)
+    a = np.concatenate([~w[:4], random_bits(rng, 3, 9000)])
+    out = kernels.xnor_gemm(kernels.pack_rows(a), kernels.pack_rows(w), 9000, isa, threads=2)
+    assert np.array_equal(out, (2 * a.astype(np.int64) - 1) @ (2 * w.astype(np.int64) - 1).T)
+    assert (out.diagonal()[:4] == -9000).all()
+
+
 # AMX tiles hold 16 rows: one tile, partial tiles, more than one group of four row tiles
 AMX_SHAPES = [*SHAPES, (16, 64, 16), (17, 130, 33), (70, 1100, 40)]
 

@@ -57,15 +57,19 @@ FM_TARGET_AVX512 static void tiles_avx512(const uint64_t *a, const uint64_t *w, 
                 tile_avx512(a + r * rw, w + c * rw, rw, 1, 1, k, out + r * o + c, o);
 }
 
-/* Bytes counted by nibble lookups (Mula's method), summed per 64-bit lane. */
-FM_TARGET_AVX2 static FM_INLINE __m256i popcount_avx2(__m256i v) {
+/* Each byte's bits counted by nibble lookups (Mula's method): 0..8 per byte. */
+FM_TARGET_AVX2 static FM_INLINE __m256i byte_counts_avx2(__m256i v) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2,
                                          2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
     __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
     __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-    return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+    return _mm256_add_epi8(lo, hi);
 }
+
+/* Blocks of 4 words whose byte counts (at most 8 a block) add up in a byte without overflow before
+ * they are summed into 64-bit lanes (vpsadbw once per 31 blocks instead of once per block). */
+#define BYTE_BLOCKS 31
 
 FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const uint64_t *a, const uint64_t *w, int64_t rw,
                                                const int rows, const int cols, int32_t k, int32_t *out,
@@ -75,14 +79,24 @@ FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const uint64_t *a, const uint64_t
         for (int c = 0; c < cols; c++)
             acc[r][c] = _mm256_setzero_si256();
     int64_t whole = rw / 4 * 4;
-    for (int64_t t = 0; t < whole; t += 4) {
-        for (int r = 0; r < rows; r++) {
-            __m256i x = _mm256_loadu_si256((const __m256i *)(a + r * rw + t));
-            for (int c = 0; c < cols; c++) {
-                __m256i y = _mm256_loadu_si256((const __m256i *)(w + c * rw + t));
-                acc[r][c] = _mm256_add_epi64(acc[r][c], popcount_avx2(_mm256_xor_si256(x, y)));
+    for (int64_t t0 = 0; t0 < whole; t0 += 4 * BYTE_BLOCKS) {
+        int64_t end = fm_min64(whole, t0 + 4 * BYTE_BLOCKS);
+        __m256i bytes[2][TILE_O];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                bytes[r][c] = _mm256_setzero_si256();
+        for (int64_t t = t0; t < end; t += 4) {
+            for (int r = 0; r < rows; r++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(a + r * rw + t));
+                for (int c = 0; c < cols; c++) {
+                    __m256i y = _mm256_loadu_si256((const __m256i *)(w + c * rw + t));
+                    bytes[r][c] = _mm256_add_epi8(bytes[r][c], byte_counts_avx2(_mm256_xor_si256(x, y)));
+                }
             }
         }
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                acc[r][c] = _mm256_add_epi64(acc[r][c], _mm256_sad_epu8(bytes[r][c], _mm256_setzero_si256()));
     }
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
