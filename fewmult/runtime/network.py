@@ -407,15 +407,18 @@ class CompiledNetwork:
         last = op["body"][-1] if op["body"] else None
         image = len(before.shape) == 3
         if last is None or last["op"] != "affine" or before.kind != "acc" or not image:
-            return self._unfused_residual(op, s, rprelu, shortcut)
+            body, after = head, before  # planned once: the head, then the body's last op from it
+            if last is not None:
+                last_step, after = self._plan_op(last, before)
+                body = [*head, last_step]
+            return self._unfused_residual(body, after, rprelu, shortcut)
         a, b = self._per_channel(last, "scale", "shift")
         act = tuple(self._per_channel(rprelu, "shift_in", "slope", "shift_out")) if rprelu else None
         threads = self.threads
 
         def run(v: Value) -> Value:
             sums, addend = _run(head, v), _run(shortcut, v).as_float()
-            scale = np.ascontiguousarray(sums.scale, dtype=np.float64)
-            bias = None if sums.bias is None else np.ascontiguousarray(sums.bias, dtype=np.float64)
+            scale, bias = _scale_and_bias(sums)
             out = kernels.sums_affine(sums.data, scale, bias, a, b, threads, addend=addend, rprelu=act)
             return Value("float", out)
 
@@ -425,10 +428,10 @@ class CompiledNetwork:
         return Step("residual", f"[{body}] + [{_listed(shortcut)}]", run), State("float", before.shape)
 
     def _unfused_residual(
-        self, op: dict[str, Any], s: State, rprelu: dict[str, Any] | None, shortcut: list[Step]
+        self, body: list[Step], after: State, rprelu: dict[str, Any] | None, shortcut: list[Step]
     ) -> tuple[Step, State]:
-        """:meth:`_residual` step by step: the body's steps, the sum in NumPy, the RPReLU after it."""
-        body, after = self._plan_ops(op["body"], s)
+        """:meth:`_residual` step by step: the body's steps (leaving ``after``), the sum in NumPy, the
+        RPReLU after it."""
         act = [self._rprelu(rprelu)] if rprelu else []
 
         def run(v: Value) -> Value:
@@ -460,9 +463,7 @@ class CompiledNetwork:
         threads = self.threads
 
         def run(v: Value) -> Value:
-            scale = np.ascontiguousarray(v.scale, dtype=np.float64)
-            bias = None if v.bias is None else np.ascontiguousarray(v.bias, dtype=np.float64)
-            return Value("float", kernels.sums_affine(v.data, scale, bias, a, b, threads))
+            return Value("float", kernels.sums_affine(v.data, *_scale_and_bias(v), a, b, threads))
 
         return Step("affine", "sums_affine (scale, bias and batch norm of the sums, float64)", run)
 
@@ -527,6 +528,12 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
 def _plain_pool(op: dict[str, Any]) -> bool:
     """A max-pool over k x k windows with stride k and no padding (what the pooling kernel runs)."""
     return op.get("stride", op["size"]) == op["size"] and not op.get("padding", 0)
+
+
+def _scale_and_bias(sums: Value) -> tuple[np.ndarray, np.ndarray | None]:
+    """A product's per-unit scale and bias (or None) as the float64 arrays ``sums_affine`` reads."""
+    bias = None if sums.bias is None else np.ascontiguousarray(sums.bias, dtype=np.float64)
+    return np.ascontiguousarray(sums.scale, dtype=np.float64), bias
 
 
 def _listed(steps: list[Step]) -> str:
