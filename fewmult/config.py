@@ -26,6 +26,8 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 HALF_LATENT_WEIGHTS = ("16-true", "bf16-true")  # Lightning precisions that cast the model's parameters
+# bn_reestimate_form's values (fewmult.nn.bn_statistics computes them): here, so a typo is refused at once
+BN_REESTIMATE_FORMS = ("batch_stats", "authors_code")
 
 
 def data_root() -> str:
@@ -141,13 +143,17 @@ def check_values(cfg: DictConfig) -> None:
     check_checkpoint_interval(cfg.get("checkpoint") or {})
     if not isinstance(cfg.bn_reestimate, bool):
         raise UserError(f"bn_reestimate must be true or false, got {cfg.bn_reestimate!r}.")
+    if cfg.bn_reestimate_form not in BN_REESTIMATE_FORMS:
+        raise UserError(
+            f"bn_reestimate_form={cfg.bn_reestimate_form} is not a form of BN re-estimation; use "
+            f"{' or '.join(BN_REESTIMATE_FORMS)} (docs/papers.md D.6)."
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values that cannot work, with the key to fix, before anything is loaded:
     :func:`check_values`, then what needs the library (the schedule, the quantizer's registry, the
     files of ``init_from`` and ``teacher``)."""
-    from fewmult.nn.bn_statistics import BN_REESTIMATE_FORMS
     from fewmult.optim import check_bop_can_flip
     from fewmult.quant import quantizer_class
     from fewmult.stages.init_from import run_files
@@ -163,11 +169,6 @@ def check_config(cfg: DictConfig) -> None:
                 run_files(Path(cfg[key]).expanduser())
             except UserError as exc:
                 raise UserError(f"{key}={cfg[key]}: {exc}") from exc
-    if cfg.bn_reestimate_form not in BN_REESTIMATE_FORMS:
-        raise UserError(
-            f"bn_reestimate_form={cfg.bn_reestimate_form} is not a form of BN re-estimation; use "
-            f"{' or '.join(BN_REESTIMATE_FORMS)} (docs/papers.md D.6)."
-        )
     quantizer = cfg.method.weight_quantizer
     if cfg.optim.name == "bop":
         check_bop_can_flip(

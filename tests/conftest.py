@@ -79,6 +79,18 @@ def run_cli(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     return functools.partial(cli, tmp_path)
 
 
+def trained_run(run_dir: Path, *overrides: str) -> Path:
+    """A run trained in this process into ``run_dir`` (``logger=none``): for tests whose promise is
+    what another entry point does with a finished run, so they skip a launch's imports."""
+    from fewmult.config import compose_config
+    from fewmult.run.job import train
+
+    run_dir.mkdir(parents=True)
+    results = train(compose_config(*overrides, "logger=none"), run_dir)
+    assert results["status"] == "completed", results
+    return run_dir
+
+
 def imported_modules(stderr: str) -> set[str]:
     """The modules a process imported, from its ``-X importtime`` (PYTHONPROFILEIMPORTTIME) lines."""
     return {

@@ -22,7 +22,7 @@ from fewmult.nn import quant_layers
 from fewmult.packed_forward import FORMAT, PackedNetwork
 from fewmult.packing import pack_bits
 from fewmult.runtime.bench import torch_float32
-from tests.conftest import REPO, only_run_dir
+from tests.conftest import REPO, trained_run
 from tests.test_methods_train import METHODS  # every method the papers' nets take
 from tests.test_resume import TINY_LSTM
 
@@ -169,9 +169,7 @@ BENCHED = {"lab2", "resnet20-reactnet"}
 
 @pytest.mark.parametrize("run", list(TRAINED))
 def test_export_of_a_trained_run(run_cli, tmp_path, run):
-    proc = run_cli(*TRAINED[run], "trainer.max_epochs=2", "logger=none")
-    assert proc.returncode == 0, proc.stderr
-    out = only_run_dir(tmp_path / "outputs")
+    out = trained_run(tmp_path / "run", *TRAINED[run], "trainer.max_epochs=2")
     bench = ("--bench", "--batches", "1", "--threads", "1") if run in BENCHED else ()
     proc = run_cli(str(out), *bench, module="fewmult.export")
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewmult.stages.init_from import trained_weights
-from tests.conftest import cli
+from tests.conftest import trained_run
 
 SMALL = ["dataset=synthetic", "model=mlp", "model.arch=64FC", "logger=none", "method=bnn"]
 
@@ -23,13 +23,7 @@ def best_weights(run_dir) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A run of SMALL trained for 3 epochs (both tests start from it)."""
-    root = tmp_path_factory.mktemp("init_from")
-    run_dir = root / "stage1"
-    proc = cli(
-        root, *SMALL, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", FEWMULT_DATA=str(root / "data")
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+    return trained_run(tmp_path_factory.mktemp("init_from") / "stage1", *SMALL, "trainer.max_epochs=3")
 
 
 def test_a_run_starts_from_another_runs_best_weights(run_cli, trained, tmp_path):
@@ -41,7 +35,7 @@ def test_a_run_starts_from_another_runs_best_weights(run_cli, trained, tmp_path)
     proc = run_cli(*SMALL, *frozen, f"init_from={first}", f"hydra.run.dir={second}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"weights from {first} (init_from)" in proc.stdout.splitlines()[0]
-    assert run_cli(*SMALL, *frozen, f"hydra.run.dir={fresh}").returncode == 0
+    trained_run(fresh, *SMALL, *frozen)
     started, untrained = (json.loads((d / "results.json").read_text()) for d in (second, fresh))
     assert started["init_from"] == str(first) and untrained["init_from"] is None
     # measured (seed 0): test error 0.04 trained, 0.05 started from it (BN's running statistics move

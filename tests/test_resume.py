@@ -2,8 +2,8 @@
 same command (as SLURM requeues a job) ends exactly as the run that was never killed.
 
 The kills come from :class:`tests.faults.KillAt`, an ordinary callback passed through the
-``callbacks`` config key; checkpointing is fewmult's own. One setup is killed five times, at a
-different point each time, the others once (SETUP_STOPS), then each completes; its ``metrics.csv``
+``callbacks`` config key; checkpointing is fewmult's own. One setup is killed at every point in one
+sequence of launches, the others once (SETUP_STOPS), then each completes; its ``metrics.csv``
 (all columns but ``epoch_seconds``), ``layers.csv`` and ``results.json`` (all but timings) must
 equal those of an uninterrupted run with the same seed.
 """
@@ -24,16 +24,21 @@ import torch
 from fewmult.checkpointing import progress
 from tests import fakedata
 from tests.conftest import REPO
+from tests.faults import POINTS
 
 EPOCHS = 5  # launch()'s default trainer.max_epochs
-# (point, epoch, signal): one kill per launch, in this order; the launch after the last completes.
-# Two kills share an epoch where the relaunch reruns it: the second lands in the rerun.
+# (point, epoch, signal[, batch]): one kill per launch, in this order; the launch after the last
+# completes. Two kills share an epoch where the relaunch reruns it: the second lands in the rerun.
+# Every point of tests.faults.POINTS, a SIGKILL and a SIGTERM inside an epoch: inside epoch 3 a SIGKILL
+# lands after batch 4 of 6, so the relaunch continues from the checkpoint written after batch 4
+# (checkpoint.every_steps=2), and the SIGTERM saves itself after its batch.
 KILLS = [
-    ("train_batch", 1, "KILL"),
     ("validation", 1, "KILL"),
-    ("epoch_end", 2, "KILL"),
+    ("epoch_end", 1, "KILL"),
     ("checkpoint_write", 2, "KILL"),
-    ("epoch_start", 3, "KILL"),
+    ("train_batch", 3, "KILL", 4),
+    ("epoch_start", 4, "KILL"),
+    ("train_batch", 4, "TERM"),
 ]
 TINY_LSTM = [
     "dataset=text",
@@ -46,7 +51,6 @@ TINY_LSTM = [
 ]
 SMALL_MLP = ["dataset=synthetic", "model.arch=256FC-256FC"]  # still BN after every layer
 SETUPS = {
-    "tc+qbp": [*SMALL_MLP, "method=tc", "qbp=true"],
     # the quantizer draws from torch.rand (the global generator), QBP from its hashed stream
     # ... with Lin et al.'s code around the step: BN re-estimated in their form from the epoch's
     # order, a new order every 2 epochs, whole-batch scoring
@@ -57,7 +61,6 @@ SETUPS = {
         "method.weight_quantizer.rng=torch",
         "procedure=lin2016_code",
     ],
-    "lab": [*SMALL_MLP, "method=lab"],
     "lstm+lab": [*TINY_LSTM, "method=lab"],
     # ReActNet's ResNet-20 (RSign thresholds, RPReLU, per-channel scales) on augmented batches, its
     # binary weights flipped by Bop (the gradients' moving averages), the rest trained by Adam
@@ -190,31 +193,23 @@ def check_same_as_uninterrupted(
     assert results(killed)["status"] == "completed"
 
 
-def test_a_run_killed_and_preempted_ends_as_if_never_killed(tmp_path):
-    """Fast tier: both kinds of random numbers (ternary connect drawing from torch's global generator,
-    ``method.weight_quantizer.rng=torch``, which the relaunch takes from last.ckpt; QBP from its hashed
-    stream), SGD with its schedule and the data order (Lin et al.'s: a new one every 2 epochs, with
-    their BN re-estimation from it), through a SIGKILL inside the checkpoint write and a SIGTERM
-    mid-epoch (epoch 4, the first of an order). Inside epoch 3 a SIGKILL lands after batch 4 of 6,
-    so the relaunch continues from the checkpoint written after batch 4 (``checkpoint.every_steps=2``),
-    and the SIGTERM one saves itself after its batch. (The slow tier kills the all-hashed tc+qbp at
-    every point.)"""
-    kills = [("checkpoint_write", 2, "KILL"), ("train_batch", 3, "KILL", 4), ("train_batch", 4, "TERM")]
-    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng+lin_code"], kills, every_steps=2)
-
-
-@pytest.mark.slow
-def test_killed_at_every_point_ends_as_if_never_killed(tmp_path):
-    """The five kill points in one run of the setup with the most state to resume (two random streams)."""
-    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp"], KILLS, epochs=4)
+def test_a_run_killed_at_every_point_and_preempted_ends_as_if_never_killed(tmp_path):
+    """The setup with the most state to resume: both kinds of random numbers (ternary connect drawing
+    from torch's global generator, ``method.weight_quantizer.rng=torch``, which the relaunch takes from
+    last.ckpt; QBP from its hashed stream), SGD with its schedule and the data order (Lin et al.'s: a
+    new one every 2 epochs, with their BN re-estimation from it), through every kill point (KILLS),
+    the SIGTERM in epoch 4, the first of an order."""
+    assert {kill[0] for kill in KILLS} == set(POINTS)
+    tc_qbp = SETUPS["tc+qbp+torch_rng+lin_code"]
+    check_same_as_uninterrupted(tmp_path, tc_qbp, KILLS, every_steps=2)
 
 
 # the setups with state tc+qbp lacks, one stop each inside an epoch (the edges are the matrix's):
-# Adam's moments and LAB's scale, the LSTM's data order, ReActNet's parameters, the augmentation and Bop
-# (bc_det, whose state is a subset of tc+qbp's, was dropped for the suite's time budget)
-# (in the second of two epochs: the relaunch takes everything from the first epoch's checkpoint)
+# Adam's moments and LAB's scale with the LSTM's data order, ReActNet's parameters, the augmentation
+# and Bop (bc_det's state is a subset of tc+qbp's, LAB's MLP a subset of its LSTM: dropped for the
+# suite's time budget) (in the second of two epochs: the relaunch takes everything from the first
+# epoch's checkpoint)
 SETUP_STOPS = {
-    "lab": [("train_batch", 1, "TERM")],
     "lstm+lab": [("train_batch", 1, "KILL")],
     "resnet20+reactnet+crop_flip+bop": [("train_batch", 1, "KILL")],
 }

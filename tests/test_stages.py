@@ -11,7 +11,7 @@ import torch
 
 from fewmult.nn.losses import distribution_loss
 from fewmult.stages.teacher import Teacher
-from tests.conftest import only_run_dir
+from tests.conftest import only_run_dir, trained_run
 
 SMALL = ["dataset=synthetic", "model=mlp", "model.arch=64FC", "logger=none"]
 
@@ -58,11 +58,11 @@ def test_a_student_taught_by_the_teacher_alone_learns_its_classes(run_cli, tmp_p
     """teacher_weight=1 (ReActNet): the student never sees a label, only the teacher's softmax."""
     teacher, student, alone = tmp_path / "teacher", tmp_path / "student", tmp_path / "alone"
     adam = [*SMALL, "paper=hou2017", "trainer.max_epochs=3"]  # Adam: the KL's small gradients count as much
-    assert run_cli(*adam, f"hydra.run.dir={teacher}").returncode == 0
+    trained_run(teacher, *adam)
     proc = run_cli(*adam, f"teacher={teacher}", f"hydra.run.dir={student}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"taught by {teacher} (teacher, weight 1.0)" in proc.stdout.splitlines()[0]
-    assert run_cli(*adam, "optim.lr=1e-12", f"hydra.run.dir={alone}").returncode == 0  # cannot learn
+    trained_run(alone, *adam, "optim.lr=1e-12")  # cannot learn
     got = results(student)
     assert (
         got["teacher"] == str(teacher) and got["teacher_weight"] == 1.0 and results(alone)["teacher"] is None
@@ -75,7 +75,7 @@ def test_a_student_taught_by_the_teacher_alone_learns_its_classes(run_cli, tmp_p
 
 def test_a_teacher_of_another_dataset_is_refused_before_a_folder_is_made(run_cli, tmp_path):
     teacher = tmp_path / "teacher"
-    assert run_cli(*SMALL, "trainer.max_epochs=1", f"hydra.run.dir={teacher}").returncode == 0
+    trained_run(teacher, *SMALL, "trainer.max_epochs=1")
     proc = run_cli("dataset=mnist_mini", "logger=none", f"teacher={teacher}")
     assert proc.returncode == 2 and f"teacher={teacher} was trained on dataset=synthetic" in proc.stderr
     proc = run_cli(*SMALL, f"teacher={teacher}", "teacher_weight=0")

@@ -7,16 +7,9 @@ import json
 import math
 
 import pytest
-import torch
-from hydra.utils import instantiate
 
-from fewmult.build import build_model
-from fewmult.config import compose_config
-from fewmult.data.order import EpochShuffle
-from fewmult.nn import QuantLinear
 from tests import fakedata
 from tests.conftest import imported_modules, only_run_dir
-from tests.test_bn_statistics import NumpyNet, lin_set_bn_mean_var
 from tests.wandb_reader import exit_code, history, run_info
 
 RESULT_KEYS = {
@@ -129,11 +122,6 @@ def test_default_run_trains_the_mnist_mlp_on_mnist_mini(run_cli, tmp_path):
             ["dataset.val_size=4000"], "dataset.val_size=4000 is not smaller", marks=pytest.mark.slow
         ),
         pytest.param(
-            ["bn_reestimate=true", "bn_reestimate_form=lin"],
-            "bn_reestimate_form=lin is not a form of BN re-estimation; use batch_stats or authors_code",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
             ["dataset.shuffle_every=0"],
             "dataset.shuffle_every must be a positive integer",
             marks=pytest.mark.slow,
@@ -173,6 +161,10 @@ def test_bad_input_gives_one_clear_message(run_cli, tmp_path, args, message):
         (["dataset=imagenett"], "Available options in 'dataset'"),
         (["optim.lr=-1"], "optim.lr must be a positive number"),
         (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
+        (
+            ["bn_reestimate=true", "bn_reestimate_form=lin"],
+            "bn_reestimate_form=lin is not a form of BN re-estimation; use batch_stats or authors_code",
+        ),
     ],
 )
 def test_refusals_come_before_torch_and_lightning_are_imported(run_cli, tmp_path, args, message):
@@ -236,107 +228,3 @@ def test_multirun_jobs_get_their_own_wandb_run_in_one_group(run_cli, tmp_path):
         "dataset=synthetic,seed=1,trainer.max_epochs=1",
     }
     assert all(exit_code(r) == 0 for r in runs)
-
-
-BN_RUN = ["dataset=synthetic", "method=tc", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"]
-
-
-def checkpoint_net(overrides: list[str], checkpoint: dict):
-    """The config, the splits and the network of a checkpoint, in eval mode."""
-    cfg = compose_config(*overrides)
-    splits = instantiate(cfg.dataset).load()
-    model = build_model(cfg, splits.input_shape, splits.num_classes)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
-    return cfg, splits, model.eval()
-
-
-def statistics_sets(cfg, splits, epoch: int, shuffle_val: bool) -> list[torch.Tensor]:
-    """The training set in the order of ``epoch``, the validation set in file order or in the
-    seed's fixed order (``shuffle_val``)."""
-    order = EpochShuffle(cfg.seed, every=cfg.dataset.shuffle_every)
-    order.set_epoch(epoch)
-    train = splits.train_x[order.permutation(len(splits.train_y))]
-    val = splits.val_x[EpochShuffle(cfg.seed).permutation(len(splits.val_y))] if shuffle_val else splits.val_x
-    return [train, val]
-
-
-def recomputed_bn_statistics(overrides: list[str], checkpoint: dict) -> list[tuple[torch.Tensor, ...]]:
-    """The clean re-estimated BN statistics, computed here from a checkpoint's weights: the plain
-    average over the training (in the checkpoint epoch's order) then validation (in the seed's
-    order) minibatches of training size of each BN layer's batch mean and unbiased variance, every
-    layer normalizing with its batch statistics, ternary connect evaluated with its latent weights."""
-    cfg, splits, model = checkpoint_net(overrides, checkpoint)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    seen: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {bn: [] for bn in norms}
-    for bn in norms:
-        bn.train()  # normalize with the batch's statistics ...
-        bn.momentum = 0.0  # ... and leave the running ones alone
-        bn.register_forward_pre_hook(lambda m, args: seen[m].append((args[0].mean(0), args[0].var(0))))
-    batch = cfg.dataset.batch_size
-    with torch.no_grad():
-        for x in statistics_sets(cfg, splits, checkpoint["epoch"], shuffle_val=True):
-            for i in range(len(x) // batch):
-                model(x[i * batch : (i + 1) * batch])
-    return [tuple(torch.stack(s).mean(0) for s in zip(*seen[bn], strict=True)) for bn in norms]
-
-
-def lin_code_bn_statistics(overrides: list[str], checkpoint: dict) -> list[tuple[torch.Tensor, ...]]:
-    """The BN statistics of Lin et al.'s ``set_BN_mean_var``, by the NumPy transcription of
-    tests/test_bn_statistics.py, from a checkpoint's weights: the training set in the order of the
-    checkpoint's epoch, then the validation set in file order, in training-size batches."""
-    cfg, splits, model = checkpoint_net(overrides, checkpoint)
-    kinds = (QuantLinear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Flatten)
-    leaves = [m for m in model.modules() if isinstance(m, kinds)]
-    flat = torch.nn.Sequential(  # ternary connect evaluates with its latent weights
-        *(
-            torch.nn.Linear(m.in_features, m.out_features, bias=False) if isinstance(m, QuantLinear) else m
-            for m in leaves
-        )
-    )
-    for plain, leaf in zip(flat, leaves, strict=True):
-        if isinstance(plain, torch.nn.Linear):
-            plain.weight.data = leaf.weight.data
-    sets = statistics_sets(cfg, splits, checkpoint["epoch"], shuffle_val=False)
-    reference = NumpyNet(flat)
-    lin_set_bn_mean_var(reference, [x.double().numpy() for x in sets], cfg.dataset.batch_size)
-    return [
-        (torch.as_tensor(reference.mean[i]), torch.as_tensor(reference.var[i]))
-        for i in sorted(reference.mean)
-    ]
-
-
-def test_bn_reestimation_sets_the_evaluated_statistics(run_cli, tmp_path):
-    """``bn_reestimate=true``: the BN statistics the best epoch was evaluated with (saved in best.ckpt)
-    are the re-estimated ones, computed here from the checkpoint's weights in each form;
-    ``procedure=lin2016_code`` (the Lin presets) gives Lin et al.'s form; with ``false`` they are the
-    running averages. Each differs from the other forms by far more than the tolerance. Measured
-    (largest difference of a mean or relative difference of a variance): each form against its own
-    computation 3.1e-7 (clean) and 2.3e-7 (Lin's); clean against Lin's 0.16 and 0.29; the running
-    averages against the clean form 1.67."""
-    runs = {
-        "false": ["bn_reestimate=false"],
-        "batch_stats": ["bn_reestimate=true"],
-        "lin": ["procedure=lin2016_code"],
-    }
-    gaps = {}
-    for name, args in runs.items():
-        run_dir = tmp_path / name
-        proc = run_cli(*BN_RUN, *args, "logger=none", f"hydra.run.dir={run_dir}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-        state = checkpoint["state_dict"]
-        means = [k for k in state if k.endswith("running_mean")]
-        saved = [(state[k], state[k.replace("running_mean", "running_var")]) for k in means]
-        for form, expected in (
-            ("batch_stats", recomputed_bn_statistics([*BN_RUN, *args], checkpoint)),
-            ("lin", lin_code_bn_statistics([*BN_RUN, *args], checkpoint)),
-        ):
-            assert len(saved) == len(expected) == 4  # three hidden layers and the output layer
-            gaps[name, form] = max(
-                max((m - em).abs().max().item(), ((v - ev) / ev).abs().max().item())
-                for (m, v), (em, ev) in zip(saved, expected, strict=True)
-            )
-    assert gaps["batch_stats", "batch_stats"] < 1e-4 and gaps["lin", "lin"] < 1e-4, gaps
-    assert min(gaps["false", "batch_stats"], gaps["batch_stats", "lin"], gaps["lin", "batch_stats"]) > 1e-2, (
-        gaps
-    )

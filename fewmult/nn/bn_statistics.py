@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fewmult.config import BN_REESTIMATE_FORMS
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-BN_REESTIMATE_FORMS = ("batch_stats", "authors_code")
 
 
 def batch_norms(model: nn.Module) -> list[_BatchNorm]:
