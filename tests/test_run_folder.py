@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from fewmult.config import compose_config
 from fewmult.locks import FileLock
 from fewmult.rundir import ADDED_LATER, RECORD, config_changes, flatten, task_config
-from tests.conftest import REPO, imported_modules
+from tests.conftest import REPO, imported_modules, trained_run
 from tests.wandb_reader import run_info
 
 SMALL = ["dataset=synthetic", "model.arch=64FC", "logger=none"]
@@ -52,9 +52,7 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 
 def test_a_relaunch_that_would_change_the_result_is_refused_and_changes_nothing(tmp_path):
-    run = tmp_path / "run"
-    code, _, err = finish(train_cli(tmp_path, f"hydra.run.dir={run}", *SMALL, "trainer.max_epochs=2"))
-    assert code == 0, err
+    run = trained_run(tmp_path / "run", *SMALL, "trainer.max_epochs=2")  # as the CLI's, less .hydra/
     # Hydra's own record of the latest launch (.hydra/, train.log) and the lock's holder line change
     before = {
         k: v
@@ -250,8 +248,7 @@ def test_a_refused_config_leaves_no_folder_and_an_existing_one_as_it_was(tmp_pat
     assert code == 2 and "method=lab reads Adam's second moment, but optim=sgd" in err
     assert not (tmp_path / "outputs").exists() and not fresh.exists()  # a single run: no folder at all
 
-    run_dir = tmp_path / "finished"
-    assert finish(train_cli(tmp_path, *SMALL, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"))[0] == 0
+    run_dir = trained_run(tmp_path / "finished", *SMALL, "trainer.max_epochs=1")
     before = snapshot(run_dir)
     code, _, err = finish(train_cli(tmp_path, *SMALL, "method=lab", "optim=sgd", f"hydra.run.dir={run_dir}"))
     # into a folder that holds a run, the relaunch's difference is named first (before torch loads)
