@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wandb.proto import wandb_internal_pb2
+if TYPE_CHECKING:  # imported where a file is read: wandb takes ~2 s to import, in every pytest worker
+    from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -37,6 +39,8 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
             pending += chunk
         elif kind == LAST:
             payloads.append(pending + chunk)
+    from wandb.proto import wandb_internal_pb2
+
     return [wandb_internal_pb2.Record.FromString(p) for p in payloads]
 
 
