@@ -103,3 +103,20 @@ def test_torchrun_ranks_train_as_one_process_and_resume_together_from_inside_an_
     assert again.returncode == 0, again.stderr[-3000:]
     assert "and 1 training batches of epoch 1 done" in again.stdout
     assert rows(tmp_path / "killed") == rows(run)
+
+
+@pytest.mark.slow
+def test_two_stages_run_in_one_launch_with_every_rank_training_each_stage(tmp_path):
+    """stages=two in a torchrun launch of two ranks: stage 1 and then stage 2, each trained by both
+    ranks (a rank that skipped a stage would leave the other waiting in its first all-reduce until
+    the timeout); rank zero alone prints and writes, and stage 2 starts from stage 1."""
+    launched = torchrun(tmp_path, *SETUP, "method=bnn", "stages=two", "hydra.run.dir=run")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    run = tmp_path / "run"
+    for folder in (run / "stage1", run):
+        assert json.loads((folder / "results.json").read_text())["status"] == "completed"
+        assert [int(r["epoch"]) for r in rows(folder)] == [0, 1, 2]
+    assert json.loads((run / "results.json").read_text())["init_from"] == str(run / "stage1")
+    out = launched.stdout
+    assert out.count("fewmult: stage 1 of 2 (") == out.count("fewmult: stage 2 of 2") == 1, out
+    assert out.count("run saved to") == 1

@@ -127,3 +127,25 @@ def test_a_two_stage_mistake_is_refused_in_one_line(run_cli, tmp_path, override,
     proc = run_cli(*SMALL, "method=bnn", "stages=two", override.replace("[", '["').replace("]", '"]'))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_sharing_stage_one_is_refused_in_a_launch_of_many_processes(monkeypatch, tmp_path):
+    """Jobs of a sweep share one stage 1 behind a lock that one process takes; in a torchrun (or
+    SLURM) launch the ranks of a job could not agree on who trains it, so it is refused in one line.
+    (A single run's stages in such a launch: tests/test_launch.py.)"""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from fewmult.config import compose_config
+    from fewmult.errors import UserError
+    from fewmult.run.job import train_stages
+
+    cfg = compose_config(
+        *SMALL, "method=bnn", "stages=two", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert HydraConfig.get().mode == RunMode.MULTIRUN
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match="launches of 2 processes by torchrun cannot yet: run stage 1"):
+        train_stages(cfg, tmp_path / "0", datamodule=None)
+    assert not list(tmp_path.iterdir())  # refused before a stage-1 folder or lock is made

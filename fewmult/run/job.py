@@ -4,6 +4,7 @@ Lightning, writing the run contract into the Hydra output folder: ``results.json
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -163,24 +164,33 @@ def _follower_resume(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def train_stages(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule) -> dict[str, Any]:
     """:func:`train`, or with ``two_stage`` stage 1 (unless it is already done) and then this run
-    from its best weights (:mod:`fewmult.stages.two_stage`); returns this run's results."""
+    from its best weights (:mod:`fewmult.stages.two_stage`); returns this run's results.
+
+    In a launch of many processes every rank trains both stages. Rank zero takes stage 1's lock; the
+    others decide from the folder alone, which nothing but this launch changes: stage 1 of a single
+    run lies inside its folder, and a sweep sharing one stage 1 between launches is refused."""
     if not cfg.get("two_stage"):
         return train(cfg, run_dir, datamodule)
-    if (launch := current_launch()) is not None:
+    first, sweep = stage1_config(cfg), _sweep_dir()
+    if sweep is not None and (launch := current_launch()) is not None:
         raise UserError(
-            f"stages=two runs stage 1 and then stage 2 in one job, which a launch of {launch.world_size} "
-            f"processes by {launch.launcher} does not support yet. Run stage 1 as a launch of its own "
-            "(without stages=two, method.weight_quantizer=null), then stage 2 with init_from=STAGE1_DIR."
+            f"a sweep with stages=two shares stage 1 between its jobs, which launches of "
+            f"{launch.world_size} processes by {launch.launcher} cannot yet: run stage 1 as a launch of "
+            "its own (without stages=two, method.weight_quantizer=null), then the sweep with "
+            "init_from=STAGE1_DIR."
         )
-    first = stage1_config(cfg)
-    first_dir = stage1_dir(first, run_dir, _sweep_dir())
-    with stage1_lock(first_dir):
+    first_dir = stage1_dir(first, run_dir, sweep)
+    leader = owns_run_dir()
+    with stage1_lock(first_dir) if leader else contextlib.nullcontext():
         if finished(first_dir, first):
-            print(f"fewmult: stage 1 of 2 is done in {first_dir}; starting stage 2 from it", flush=True)
+            if leader:
+                print(f"fewmult: stage 1 of 2 is done in {first_dir}; starting stage 2 from it", flush=True)
         else:
-            print(f"fewmult: stage 1 of 2 ({', '.join(cfg.two_stage)}), in {first_dir}", flush=True)
+            if leader:
+                print(f"fewmult: stage 1 of 2 ({', '.join(cfg.two_stage)}), in {first_dir}", flush=True)
             train(first, first_dir, checked_datamodule(first), stage=1)
-    print(f"fewmult: stage 2 of 2, in {run_dir}", flush=True)
+    if leader:
+        print(f"fewmult: stage 2 of 2, in {run_dir}", flush=True)
     return train(stage2_config(cfg, first_dir), run_dir, datamodule, stage=2)
 
 
