@@ -129,23 +129,29 @@ def test_a_two_stage_mistake_is_refused_in_one_line(run_cli, tmp_path, override,
     assert not (tmp_path / "outputs").exists()
 
 
-def test_a_sweep_sharing_stage_one_is_refused_in_a_launch_of_many_processes(monkeypatch, tmp_path):
-    """Jobs of a sweep share one stage 1 behind a lock that one process takes; in a torchrun (or
-    SLURM) launch the ranks of a job could not agree on who trains it, so it is refused in one line.
-    (A single run's stages in such a launch: tests/test_launch.py.)"""
+def test_in_launches_of_many_processes_each_job_of_a_sweep_trains_its_own_stage_one(
+    monkeypatch, tmp_path, capsys
+):
+    """Jobs of a sweep share one stage 1 behind a lock that one process takes; in torchrun (or
+    SLURM) launches the ranks of a job could not agree on who trains it, so each job keeps its own,
+    in its folder, and rank zero says so. (Both stages in a real launch: tests/test_launch.py.)"""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from fewmult.config import compose_config
-    from fewmult.errors import UserError
-    from fewmult.run.job import train_stages
+    from fewmult.run.job import stage1_folder
+    from fewmult.stages.two_stage import fingerprint, stage1_config
 
     cfg = compose_config(
         *SMALL, "method=bnn", "stages=two", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}"
     )
     assert HydraConfig.get().mode == RunMode.MULTIRUN
-    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+    first, job = stage1_config(cfg), tmp_path / "0"
+    assert stage1_folder(first, job) == tmp_path / f"stage1_{fingerprint(first)}"  # shared by the sweep
+    assert capsys.readouterr().out == ""
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
         monkeypatch.setenv(name, value)
-    with pytest.raises(UserError, match="launches of 2 processes by torchrun cannot yet: run stage 1"):
-        train_stages(cfg, tmp_path / "0", datamodule=None)
-    assert not list(tmp_path.iterdir())  # refused before a stage-1 folder or lock is made
+    assert stage1_folder(first, job) == job / "stage1"
+    assert f"each job of a sweep trains its own stage 1, here in {job / 'stage1'}" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "1")
+    assert stage1_folder(first, job) == job / "stage1" and capsys.readouterr().out == ""  # rank zero says it

@@ -162,24 +162,34 @@ def _follower_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(last) if cfg.resume and last.is_file() else None
 
 
+def stage1_folder(first: DictConfig, run_dir: Path) -> Path:
+    """Where this job's stage 1 lives (:func:`fewmult.stages.two_stage.stage1_dir`). The jobs of a
+    sweep share one behind a lock that one process takes; the ranks of a launch of many processes
+    could not agree on who trains it, so there each job trains its own, inside its folder (the jobs
+    of a sweep over seeds differ in stage 1 anyway), and rank zero says so."""
+    sweep = _sweep_dir()
+    if sweep is not None and (launch := current_launch()) is not None:
+        sweep = None
+        if launch.rank == 0:
+            print(
+                f"fewmult: note: in launches of {launch.world_size} processes by {launch.launcher} each "
+                f"job of a sweep trains its own stage 1, here in {stage1_dir(first, run_dir, sweep)} (to "
+                "share one, train it as a launch of its own, then the sweep with init_from=STAGE1_DIR)",
+                flush=True,
+            )
+    return stage1_dir(first, run_dir, sweep)
+
+
 def train_stages(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule) -> dict[str, Any]:
     """:func:`train`, or with ``two_stage`` stage 1 (unless it is already done) and then this run
     from its best weights (:mod:`fewmult.stages.two_stage`); returns this run's results.
 
     In a launch of many processes every rank trains both stages. Rank zero takes stage 1's lock; the
-    others decide from the folder alone, which nothing but this launch changes: stage 1 of a single
-    run lies inside its folder, and a sweep sharing one stage 1 between launches is refused."""
+    others decide from the folder alone, which only this launch changes (:func:`stage1_folder`)."""
     if not cfg.get("two_stage"):
         return train(cfg, run_dir, datamodule)
-    first, sweep = stage1_config(cfg), _sweep_dir()
-    if sweep is not None and (launch := current_launch()) is not None:
-        raise UserError(
-            f"a sweep with stages=two shares stage 1 between its jobs, which launches of "
-            f"{launch.world_size} processes by {launch.launcher} cannot yet: run stage 1 as a launch of "
-            "its own (without stages=two, method.weight_quantizer=null), then the sweep with "
-            "init_from=STAGE1_DIR."
-        )
-    first_dir = stage1_dir(first, run_dir, sweep)
+    first = stage1_config(cfg)
+    first_dir = stage1_folder(first, run_dir)
     leader = owns_run_dir()
     with stage1_lock(first_dir) if leader else contextlib.nullcontext():
         if finished(first_dir, first):

@@ -8,7 +8,8 @@ same command continues whichever stage it was in, and a finished stage 1 is neve
 Where stage 1 lives: ``<run folder>/stage1`` for a single run; in a multirun, ``<sweep
 folder>/stage1_<fingerprint>``, named by a hash of stage 1's own config, so the jobs of a sweep over
 stage-2 settings (those the overrides pin for stage 1) share one stage-1 run. A job that finds it in
-training waits for it (a lock beside the folder) and then starts from it.
+training waits for it (a lock beside the folder) and then starts from it. (Jobs that are launches of
+many processes keep their own, inside their folders: :func:`fewmult.run.job.stage1_folder`.)
 """
 
 from __future__ import annotations
