@@ -35,11 +35,14 @@ MLP = (("dataset=mnist", "paper=hou2017"), (1, 28, 28), [1, 64])
 CNN = (("dataset=cifar10", "paper=hou2017"), (3, 32, 32), [1, 16])
 VGG_SMALL = (("dataset=cifar10", "paper=hou2017", "model=vgg_small"), (3, 32, 32), [1, 16])
 RESNET18 = (("dataset=cifar10", "model=resnet18"), (3, 32, 32), [1, 16])  # CIFAR stem, Bi-Real's block
+# the ImageNet row's network: 7x7 stem and max-pool, 224-pixel images, Bi-Real's recipe picks it
+RESNET18_IMAGENET = (("dataset=imagenet", "paper=liu2018"), (3, 224, 224), [1, 16])
 SETUPS = {
     **{f"mlp-{m}": (m, *MLP) for m in ("bnn", "lab2", "lab", "bwn", "tc")},
     "cnn-bnn": ("bnn", *CNN),
     "vgg_small-bnn": ("bnn", *VGG_SMALL),
     **{f"resnet18-{m}": (m, *RESNET18) for m in ("bireal", "reactnet")},
+    "resnet18_imagenet-bireal": ("bireal", *RESNET18_IMAGENET),
 }
 
 

@@ -58,6 +58,7 @@ preprocessed images for SVHN and CIFAR-10).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -196,10 +197,15 @@ def all_ops(ops: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def maxpool2d(x: np.ndarray, k: int, stride: int, padding: int) -> np.ndarray:
-    """``torch.nn.MaxPool2d(k, stride, padding)`` in NumPy (floor mode): padding never wins."""
+    """``torch.nn.MaxPool2d(k, stride, padding)`` in NumPy (floor mode): padding never wins. The
+    maximum of the k x k strided slices, one whole-map pass each (a max over a sliding-window view
+    took half of an ImageNet ResNet-18's time in the compiled runtime)."""
     x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=-np.inf)
-    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
-    return windows.max(axis=(4, 5))
+    rows, cols = (x.shape[2] - k) // stride * stride + 1, (x.shape[3] - k) // stride * stride + 1
+    out = x[:, :, :rows:stride, :cols:stride].copy()
+    for i, j in itertools.product(range(k), range(k)):
+        np.maximum(out, x[:, :, i : i + rows : stride, j : j + cols : stride], out=out)
+    return out
 
 
 def avgpool2d(x: np.ndarray, k: int) -> np.ndarray:

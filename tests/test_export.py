@@ -19,7 +19,7 @@ from fewmult.config import compose_config
 from fewmult.errors import UserError
 from fewmult.export import pack_network, torch_predictions
 from fewmult.nn import quant_layers
-from fewmult.packed_forward import FORMAT, PackedNetwork
+from fewmult.packed_forward import FORMAT, PackedNetwork, maxpool2d
 from fewmult.packing import pack_bits
 from fewmult.runtime.bench import torch_float32
 from tests.conftest import REPO, trained_run
@@ -33,6 +33,17 @@ NETS = {
     "mlp": (("model=mlp", "model.arch=64FC-48FC"), (1, 8, 8)),
     "cnn": (("model=cnn", "model.arch=8C3-MP2-12C3-16FC", "model.padding=1"), (3, 12, 12)),
 }
+
+
+@pytest.mark.parametrize(
+    "shape, k, stride, padding",
+    [((2, 3, 9, 9), 3, 2, 1), ((1, 4, 8, 7), 2, 2, 0), ((1, 1, 5, 5), 3, 1, 1), ((1, 2, 7, 6), 3, 3, 0)],
+)
+def test_maxpool_is_torchs(shape, k, stride, padding):
+    """The NumPy max-pool (ImageNet's stem: 3x3, stride 2, padding 1) on odd and even sizes."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.max_pool2d(x, k, stride, padding).numpy()
+    assert np.array_equal(maxpool2d(x.numpy(), k, stride, padding), expected)
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000])
