@@ -486,8 +486,7 @@ def bench(run_dir: Path, path: Path, batches: list[int], threads: int | None) ->
             "--bench times networks of images against PyTorch's feed-forward layers; this run's "
             f"network reads {datamodule.input_kind} (the export itself is written and checked)."
         )
-    x = test_examples(datamodule, None if isinstance(datamodule, TensorDataModule) else max(batches))[0]
-    x = x.numpy()
+    x = test_examples(datamodule, max(batches))[0].numpy()  # the runtime times the first examples
     repeats = -(-max(batches) // len(x))
     x = np.concatenate([x] * repeats) if repeats > 1 else x
     threads = threads or max_threads()

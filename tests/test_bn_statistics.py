@@ -213,8 +213,8 @@ def recomputed_bn_statistics(overrides: list[str], checkpoint: dict) -> list[tup
 
 
 def lin_code_bn_statistics(overrides: list[str], checkpoint: dict) -> list[tuple[torch.Tensor, ...]]:
-    """The BN statistics of Lin et al.'s ``set_BN_mean_var``, by the NumPy transcription of
-    tests/test_bn_statistics.py, from a checkpoint's weights: the training set in the order of the
+    """The BN statistics of Lin et al.'s ``set_BN_mean_var``, by the NumPy transcription above
+    (``lin_set_bn_mean_var``), from a checkpoint's weights: the training set in the order of the
     checkpoint's epoch, then the validation set in file order, in training-size batches."""
     cfg, splits, model = checkpoint_net(overrides, checkpoint)
     kinds = (QuantLinear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Flatten)

@@ -200,8 +200,7 @@ def test_a_run_killed_at_every_point_and_preempted_ends_as_if_never_killed(tmp_p
     new one every 2 epochs, with their BN re-estimation from it), through every kill point (KILLS),
     the SIGTERM in epoch 4, the first of an order."""
     assert {kill[0] for kill in KILLS} == set(POINTS)
-    tc_qbp = SETUPS["tc+qbp+torch_rng+lin_code"]
-    check_same_as_uninterrupted(tmp_path, tc_qbp, KILLS, every_steps=2)
+    check_same_as_uninterrupted(tmp_path, SETUPS["tc+qbp+torch_rng+lin_code"], KILLS, every_steps=2)
 
 
 # the setups with state tc+qbp lacks, one stop each inside an epoch (the edges are the matrix's):

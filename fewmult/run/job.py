@@ -167,17 +167,16 @@ def stage1_folder(first: DictConfig, run_dir: Path) -> Path:
     sweep share one behind a lock that one process takes; the ranks of a launch of many processes
     could not agree on who trains it, so there each job trains its own, inside its folder (the jobs
     of a sweep over seeds differ in stage 1 anyway), and rank zero says so."""
-    sweep = _sweep_dir()
-    if sweep is not None and (launch := current_launch()) is not None:
-        sweep = None
-        if launch.rank == 0:
-            print(
-                f"fewmult: note: in launches of {launch.world_size} processes by {launch.launcher} each "
-                f"job of a sweep trains its own stage 1, here in {stage1_dir(first, run_dir, sweep)} (to "
-                "share one, train it as a launch of its own, then the sweep with init_from=STAGE1_DIR)",
-                flush=True,
-            )
-    return stage1_dir(first, run_dir, sweep)
+    sweep, launch = _sweep_dir(), current_launch()
+    folder = stage1_dir(first, run_dir, sweep if launch is None else None)
+    if sweep is not None and launch is not None and launch.rank == 0:
+        print(
+            f"fewmult: note: in launches of {launch.world_size} processes by {launch.launcher} each job of "
+            f"a sweep trains its own stage 1, here in {folder} (to share one, train it as a launch of "
+            "its own, then the sweep with init_from=STAGE1_DIR)",
+            flush=True,
+        )
+    return folder
 
 
 def train_stages(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule) -> dict[str, Any]:
@@ -191,16 +190,18 @@ def train_stages(cfg: DictConfig, run_dir: Path, datamodule: TensorDataModule) -
     first = stage1_config(cfg)
     first_dir = stage1_folder(first, run_dir)
     leader = owns_run_dir()
+
+    def say(line: str) -> None:  # rank zero speaks for the launch
+        if leader:
+            print(f"fewmult: {line}", flush=True)
+
     with stage1_lock(first_dir) if leader else contextlib.nullcontext():
         if finished(first_dir, first):
-            if leader:
-                print(f"fewmult: stage 1 of 2 is done in {first_dir}; starting stage 2 from it", flush=True)
+            say(f"stage 1 of 2 is done in {first_dir}; starting stage 2 from it")
         else:
-            if leader:
-                print(f"fewmult: stage 1 of 2 ({', '.join(cfg.two_stage)}), in {first_dir}", flush=True)
+            say(f"stage 1 of 2 ({', '.join(cfg.two_stage)}), in {first_dir}")
             train(first, first_dir, checked_datamodule(first), stage=1)
-    if leader:
-        print(f"fewmult: stage 2 of 2, in {run_dir}", flush=True)
+    say(f"stage 2 of 2, in {run_dir}")
     return train(stage2_config(cfg, first_dir), run_dir, datamodule, stage=2)
 
 
