@@ -48,6 +48,7 @@ kernels = Extension(
             "select_lut",
             "float_gemm",
             "conv",
+            "pool",
             "residual",
         )
     ],

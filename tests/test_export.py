@@ -35,10 +35,16 @@ NETS = {
 }
 
 
-@pytest.mark.parametrize(
-    "shape, k, stride, padding",
-    [((2, 3, 9, 9), 3, 2, 1), ((1, 4, 8, 7), 2, 2, 0), ((1, 1, 5, 5), 3, 1, 1), ((1, 2, 7, 6), 3, 3, 0)],
-)
+# max-pools (shape, k, stride, padding) on odd and even sizes, ImageNet's stem first
+MAXPOOLS = [
+    ((2, 3, 9, 9), 3, 2, 1),
+    ((1, 4, 8, 7), 2, 2, 0),
+    ((1, 1, 5, 5), 3, 1, 1),
+    ((1, 2, 7, 6), 3, 3, 0),
+]
+
+
+@pytest.mark.parametrize("shape, k, stride, padding", MAXPOOLS)
 def test_maxpool_is_torchs(shape, k, stride, padding):
     """The NumPy max-pool (ImageNet's stem: 3x3, stride 2, padding 1) on odd and even sizes."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))

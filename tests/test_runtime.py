@@ -14,10 +14,10 @@ import torch
 
 from fewmult.build import build_model
 from fewmult.config import compose_config
-from fewmult.packed_forward import PackedNetwork
+from fewmult.packed_forward import PackedNetwork, avgpool2d, maxpool2d
 from fewmult.runtime import CompiledNetwork, kernels
 from tests.conftest import REPO
-from tests.test_export import BIREAL_BLOCK, NETS, RESNETS, trained_looking, write
+from tests.test_export import BIREAL_BLOCK, MAXPOOLS, NETS, RESNETS, trained_looking, write
 from tests.test_methods_train import METHODS
 
 COMPILED = kernels.load() is not None
@@ -232,6 +232,21 @@ def test_the_residual_streams_kernels_equal_the_reference_to_the_last_bit(acc_dt
 
 
 @needs_kernels
+def test_the_streams_pools_equal_the_reference_to_the_last_bit():
+    """Max- and average-pooling of float64 NCHW images: on odd and even sizes, windows cut by the
+    edge or by padding, a NaN (it wins a max, as in torch), and maps large enough to run threaded."""
+    rng = np.random.default_rng(5)
+    for shape, k, stride, padding in [*MAXPOOLS, ((2, 64, 40, 40), 3, 2, 1)]:
+        x = rng.normal(0, 1, shape)
+        x.flat[7] = np.nan
+        got = kernels.maxpool_planes(x, k, stride, padding, 2)
+        assert np.array_equal(got, maxpool2d(x, k, stride, padding), equal_nan=True)
+        assert np.isnan(got).sum() >= 1
+        for size in (2, 3):
+            assert np.array_equal(kernels.avgpool_planes(x, size, 2), avgpool2d(x, size), equal_nan=True)
+
+
+@needs_kernels
 @pytest.mark.parametrize("net", list(NETS))
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_predicts_as_the_numpy_reference(tmp_path, net, method, isa=None):
@@ -372,7 +387,8 @@ def test_a_block_whose_convolution_has_no_kernel_is_summed_step_by_step(tmp_path
 @pytest.mark.parametrize("setup", list(RESNETS))
 def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup):
     """Every block's sign (Bi-Real's, ReActNet's shifted one) packs the block's input and its
-    convolution runs XNOR + popcount; the scores are the NumPy reference's within float32 rounding
+    convolution runs XNOR + popcount, the stem's max-pool and the shortcuts' average pools run in C;
+    the scores are the NumPy reference's within float32 rounding
     (the float stem and shortcut convolutions) and no prediction differs."""
     cfg = compose_config("dataset=synthetic", "model=resnet20", *RESNETS[setup])
     torch.manual_seed(0)
@@ -390,4 +406,6 @@ def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup)
     # each block's last batch norm, the sum and (ReActNet) the RPReLU after it: one pass of the stream
     rprelu = "RPReLU: one pass" if "method=reactnet" in RESNETS[setup] else "+ the shortcut: one pass"
     assert all(rprelu in line for line in blocks), blocks
-    assert not any(line.startswith("rprelu") for line in runtime.describe((3, 8, 8)))
+    described = runtime.describe((3, 8, 8))
+    assert not any(line.startswith("rprelu") for line in described)
+    assert not any("pool2d: NumPy" in line for line in described), described  # stem, shortcuts: C

@@ -38,6 +38,8 @@ _SIGNATURES = {
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_conv_border": ([_I, _P, _L, _L, _L, _L, _P, *[_L] * 8], None),
     "fm_maxpool": ([_I, _P, _I, _L, _L, _L, _L, _L, _P], None),
+    "fm_maxpool_planes": ([_I, _P, *[_L] * 8, _P], None),
+    "fm_avgpool_planes": ([_I, _P, *[_L] * 4, _P], None),
     "fm_sums_affine": ([_I, _P, _I, _L, _L, _L, *[_P] * 9], None),
     "fm_rprelu": ([_I, _P, _L, _L, _L, _P, _P, _P, _P], None),
     "fm_sign_pack": ([_I, _P, _L, _L, _L, _P, _P, _P, _L], None),
@@ -293,6 +295,27 @@ def maxpool(x: np.ndarray, k: int, threads: int) -> np.ndarray:
     n, h, w, c = x.shape
     out = np.empty((n, h // k, w // k, c), dtype=x.dtype)
     load().fm_maxpool(threads, _ptr(x), int(x.dtype == np.float32), n, h, w, c, k, _ptr(out))
+    return out
+
+
+def maxpool_planes(x: np.ndarray, k: int, stride: int, padding: int, threads: int) -> np.ndarray:
+    """``torch.nn.MaxPool2d(k, stride, padding)`` of float64 NCHW images: each value the reference's
+    (:func:`fewmult.packed_forward.maxpool2d`; a maximum rounds nothing)."""
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty((n, c, ho, wo))
+    load().fm_maxpool_planes(threads, _ptr(x), n * c, h, w, k, stride, padding, ho, wo, _ptr(out))
+    return out
+
+
+def avgpool_planes(x: np.ndarray, k: int, threads: int) -> np.ndarray:
+    """``torch.nn.AvgPool2d(k, ceil_mode=True, count_include_pad=False)`` of float64 NCHW images, each
+    value summed in the reference's order (:func:`fewmult.packed_forward.avgpool2d`)."""
+    n, c, h, w = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty((n, c, -(-h // k), -(-w // k)))
+    load().fm_avgpool_planes(threads, _ptr(x), n * c, h, w, k, _ptr(out))
     return out
 
 

@@ -13,9 +13,10 @@ Products of packed activations and binary weights are XNOR + popcount (``xnor_ge
 through a packed im2col and a correction for zero padding); float activations times binary or
 ternary weights select and add (``lut_gemm`` on AVX-512, ``select_gemm`` elsewhere); packed
 activations times real-valued weights select weights; max-pooling of sums keeps them sums (the
-scale is positive); a batch norm + sign after them is one comparison per unit that writes the next
-layer's packed bits. Every other op runs the NumPy reference (:mod:`fewmult.packed_forward`), and
-:meth:`CompiledNetwork.describe` says which step runs each op.
+scale is positive), and floats are pooled in float64 as the reference pools them; a batch norm +
+sign after them is one comparison per unit that writes the next layer's packed bits. Every other
+op runs the NumPy reference (:mod:`fewmult.packed_forward`), and :meth:`CompiledNetwork.describe`
+says which step runs each op.
 
 Where the reference is integer (+-1 x binary, then scale and bias in float64 in the same order)
 the answers are identical; float32 sums of float activations differ from the reference's float64
@@ -198,6 +199,8 @@ class CompiledNetwork:
                 return self._conv_float(op, s), summed
         if kind == "maxpool2d" and s.kind == "acc" and image and s.positive_scale and _plain_pool(op):
             return self._maxpool(op["size"]), replace(s, shape=out)
+        if kind in ("maxpool2d", "avgpool2d") and s.kind == "float" and image:
+            return self._pool_planes(op), State("float", out)
         if kind == "sign_threshold" and s.kind == "acc":
             return self._threshold(op, s), State("bits", s.shape)
         if kind == "sign_threshold" and s.kind == "float" and image:
@@ -393,6 +396,22 @@ class CompiledNetwork:
             "maxpool2d",
             f"{k}x{k} max of the sums (positive scales commute with max)",
             lambda v: replace(v, data=kernels.maxpool(v.data, k, threads)),
+        )
+
+    def _pool_planes(self, op: dict[str, Any]) -> Step:
+        """Max- or average-pooling of the float64 NCHW stream (a ResNet's stem, its pooled shortcuts)."""
+        k, threads = op["size"], self.threads
+        if op["op"] == "avgpool2d":
+            return Step(
+                "avgpool2d",
+                f"avgpool_planes ({k}x{k}, float64)",
+                lambda v: Value("float", kernels.avgpool_planes(v.as_float(), k, threads)),
+            )
+        stride, padding = op.get("stride", k), op.get("padding", 0)
+        return Step(
+            "maxpool2d",
+            f"maxpool_planes ({k}x{k}, stride {stride}, padding {padding}, float64)",
+            lambda v: Value("float", kernels.maxpool_planes(v.as_float(), k, stride, padding, threads)),
         )
 
     def _residual(

@@ -1,5 +1,5 @@
 /* Convolutions around the products: im2col of packed bits and of floats, the zero-padding
- * correction of binary convolutions, max-pooling of sums. */
+ * correction of binary convolutions. */
 #include <string.h>
 
 #include "fewmult_kernels.h"
@@ -60,32 +60,5 @@ void fm_conv_border(int threads, int32_t *acc, int64_t n, int64_t ho, int64_t wo
                 if (source_pixel(y, xo, ty, tx, h, w, sh, sw, ph, pw) < 0)
                     for (int64_t j = 0; j < o; j++)
                         acc[p * o + j] += tap_sums[(ty * kw + tx) * o + j];
-    }
-}
-
-#define MAXPOOL(T)                                                                                       \
-    const T *in = (const T *)x;                                                                          \
-    T *res = (T *)out;                                                                                   \
-    FM_PARALLEL_FOR                                                                                      \
-    for (int64_t q = 0; q < n * hp * wp; q++) {                                                          \
-        int64_t i = q / (hp * wp), y = q / wp % hp, xo = q % wp;                                         \
-        T *dst = res + q * c;                                                                            \
-        memcpy(dst, in + ((i * h + y * k) * w + xo * k) * c, (size_t)c * sizeof(T));                     \
-        for (int64_t dy = 0; dy < k; dy++)                                                               \
-            for (int64_t dx = 0; dx < k; dx++) {                                                         \
-                const T *src = in + ((i * h + y * k + dy) * w + xo * k + dx) * c;                        \
-                for (int64_t j = 0; j < c; j++)                                                          \
-                    dst[j] = src[j] > dst[j] ? src[j] : dst[j];                                          \
-            }                                                                                            \
-    }
-
-void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
-                int64_t k, void *out) {
-    int64_t hp = h / k, wp = w / k, work = n * h * w * c;
-    (void)threads, (void)work;
-    if (is_float) {
-        MAXPOOL(float)
-    } else {
-        MAXPOOL(int32_t)
     }
 }
