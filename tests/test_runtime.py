@@ -15,7 +15,7 @@ import torch
 from fewmult.build import build_model
 from fewmult.config import compose_config
 from fewmult.packed_forward import PackedNetwork, avgpool2d, maxpool2d
-from fewmult.runtime import CompiledNetwork, kernels
+from fewmult.runtime import CompiledNetwork, kernels, network
 from tests.conftest import REPO
 from tests.test_export import BIREAL_BLOCK, MAXPOOLS, NETS, RESNETS, trained_looking, write
 from tests.test_methods_train import METHODS
@@ -152,11 +152,17 @@ def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(ke
 
 @needs_kernels
 @pytest.mark.parametrize("isa", VECTOR_ISAS)
-@pytest.mark.parametrize(("n", "k", "o"), SHAPES)
-def test_float_gemm_is_the_float_product(isa, n, k, o):
+@pytest.mark.parametrize(("n", "k", "o"), [*SHAPES, (200, 147, 70)])  # and threaded: a 7x7 RGB stem
+@pytest.mark.parametrize("form", ["rows", "panels"])
+def test_float_gemm_is_the_float_product(isa, n, k, o, form):
+    """Dot products of weight rows, and outer products over panels of 16 weight columns (a last
+    partial panel, a last partial block of 6 rows)."""
     rng = np.random.default_rng(n + k + o)
     x, w = rng.standard_normal((n, k)).astype(np.float32), rng.standard_normal((o, k)).astype(np.float32)
-    out = kernels.float_gemm(x, w, isa, threads=2)
+    if form == "rows":
+        out = kernels.float_gemm(x, w, isa, threads=2)
+    else:
+        out = kernels.float_gemm_panels(x, kernels.float_panels(w), o, isa, threads=2)
     expected = x.astype(np.float64) @ w.astype(np.float64).T
     bound = 4 * k * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T)
     assert np.all(np.abs(out - expected) <= bound)
@@ -385,7 +391,7 @@ def test_a_block_whose_convolution_has_no_kernel_is_summed_step_by_step(tmp_path
 
 @needs_kernels
 @pytest.mark.parametrize("setup", list(RESNETS))
-def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup):
+def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, monkeypatch, setup):
     """Every block's sign (Bi-Real's, ReActNet's shifted one) packs the block's input and its
     convolution runs XNOR + popcount, the stem's max-pool and the shortcuts' average pools run in C;
     the scores are the NumPy reference's within float32 rounding
@@ -409,3 +415,13 @@ def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, setup)
     described = runtime.describe((3, 8, 8))
     assert not any(line.startswith("rprelu") for line in described)
     assert not any("pool2d: NumPy" in line for line in described), described  # stem, shortcuts: C
+    # inputs whose layers' outputs pass CHUNK_BYTES (large images) run a few at a time, same answers
+    monkeypatch.setattr(
+        network, "CHUNK_BYTES", 3 * 8 * network._largest_output(runtime.reference.layers, x.shape[1:])
+    )
+    chunks = []
+    monkeypatch.setattr(
+        network, "_run", lambda steps, v, run=network._run: chunks.append(v.data.shape) or run(steps, v)
+    )
+    assert np.array_equal(runtime.forward(x[:7]), ours[:7])
+    assert [c[0] for c in chunks if c[1:] == x.shape[1:]] == [3, 3, 1]

@@ -29,6 +29,7 @@ _SIGNATURES = {
     "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
     "fm_float_gemm": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
+    "fm_float_gemm_panels": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
     "fm_amx_sign_gemm": ([_I, _P, _L, _L, _P, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_amx_select_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
@@ -205,6 +206,26 @@ def float_gemm(x: np.ndarray, w: np.ndarray, isa: str, threads: int) -> np.ndarr
     (n, k), o = x.shape, len(w)
     out = np.empty((n, o), dtype=np.float32)
     load().fm_float_gemm(ISAS.index(isa), threads, _ptr(x), n, k, _ptr(w), o, _ptr(out))
+    return out
+
+
+PANEL = 16  # weight columns a panel of float_gemm_panels (csrc/float_gemm.c)
+
+
+def float_panels(w: np.ndarray) -> np.ndarray:
+    """Float32 weight rows (o, k) as :func:`float_gemm_panels` reads them: (ceil(o / 16), k, 16),
+    column j of panel p holding row 16 p + j (zeros past o)."""
+    o, k = w.shape
+    padded = np.zeros((-(-o // PANEL) * PANEL, k), dtype=np.float32)
+    padded[:o] = w
+    return np.ascontiguousarray(padded.reshape(-1, PANEL, k).transpose(0, 2, 1))
+
+
+def float_gemm_panels(x: np.ndarray, panels: np.ndarray, o: int, isa: str, threads: int) -> np.ndarray:
+    """:func:`float_gemm` with the weights as :func:`float_panels`: float32 (n, o)."""
+    n, k = x.shape
+    out = np.empty((n, o), dtype=np.float32)
+    load().fm_float_gemm_panels(ISAS.index(isa), threads, _ptr(x), n, k, _ptr(panels), o, _ptr(out))
     return out
 
 

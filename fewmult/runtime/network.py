@@ -35,6 +35,11 @@ import numpy as np
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import kernels
 
+# Inputs a step at most: those whose largest layer output holds 16 MB in float64. Larger arrays are
+# mapped fresh from the OS at every call (glibc keeps no freed block above 32 MB), and an ImageNet
+# ResNet-18 ran 16 images at once at 31-50 images/s against 50-66 two to four at a time.
+CHUNK_BYTES = 16 << 20
+
 
 @dataclass
 class Value:
@@ -157,10 +162,14 @@ class CompiledNetwork:
         return self._plans[input_shape]
 
     def forward(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Scores (N, num_classes) in float64 for inputs (N, *input_shape)."""
+        """Scores (N, num_classes) in float64 for inputs (N, *input_shape), ``batch_size`` inputs at a
+        time, fewer where a layer's float64 output would pass ``CHUNK_BYTES`` (large images)."""
         if not self.compiled:
             return self.reference.forward(x, batch_size)
-        outputs, steps = [], self.plan(tuple(np.shape(x)[1:]))
+        shape = tuple(np.shape(x)[1:])
+        outputs, steps = [], self.plan(shape)
+        largest = _largest_output(self.reference.layers, shape)
+        batch_size = min(batch_size, max(1, CHUNK_BYTES // (8 * largest))) if largest else batch_size
         for start in range(0, len(x), batch_size):
             outputs.append(_run(steps, Value("float", np.asarray(x[start : start + batch_size]))).as_float())
         return np.concatenate(outputs)
@@ -275,6 +284,12 @@ class CompiledNetwork:
         isa, threads, o = isa or self.isa, self.threads, spec["shape"][0]
         if spec["encoding"] == "float32":
             values = np.ascontiguousarray(rows(self.reference.arrays[spec["values"]].astype(np.float32)))
+            if isa == "avx2":  # outer products over panels: 1.5-5x the dot form there (BENCHMARKS.md)
+                panels = kernels.float_panels(values)
+                return Product(
+                    "float_gemm_panels (outer products, 16 outputs a panel)",
+                    lambda x: kernels.float_gemm_panels(x, panels, o, isa, threads),
+                )
             return Product("float_gemm", lambda x: kernels.float_gemm(x, values, isa, threads))
         plus, minus = (None if p is None else rows(p) for p in _planes(self.reference, spec))
         if isa == "amx":
@@ -542,6 +557,20 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
         stride, padding = op.get("stride", k), op.get("padding", 0)
         return (shape[0], *((side + 2 * padding - k) // stride + 1 for side in shape[1:]))
     return shape if kind in ("affine", "sign_threshold", "relu", "rprelu") else ()
+
+
+def _largest_output(ops: list[dict[str, Any]], shape: tuple[int, ...]) -> int:
+    """The most values any op's output holds for one input of ``shape`` (a residual's body and
+    shortcut included); 0 where a shape is not known (the LSTM's)."""
+    largest = 0
+    for op in ops:
+        if op["op"] == "residual":
+            largest = max(largest, _largest_output(op["body"], shape), _largest_output(op["shortcut"], shape))
+        shape = _output_shape(op, shape)
+        if not shape:
+            return 0
+        largest = max(largest, int(np.prod(shape)))
+    return largest
 
 
 def _plain_pool(op: dict[str, Any]) -> bool:

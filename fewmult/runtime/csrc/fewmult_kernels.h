@@ -52,6 +52,10 @@ void fm_lut_gemm_avx2(int threads, const float *x, int64_t n, int64_t k, const u
 /* out[i * o + j] = sum_t x[i, t] w[j, t]: float32 rows (n, k) times float32 weight rows (o, k). */
 void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,
                    float *out);
+/* The same product with the weights as panels of 16 columns (ceil(o / 16), k, 16), zero-padded:
+ * outer products, each input broadcast against a panel (float_gemm.c: AVX2's form). */
+void fm_float_gemm_panels(int isa, int threads, const float *x, int64_t n, int64_t k, const float *panels,
+                          int64_t o, float *out);
 
 /* AMX tile products (amx_gemm.c; callers check fm_best_isa() == FM_AMX), the weights' bits in the
  * order of a weight tile (kernels.amx_layout): for each block of 16 weight rows and each block of

@@ -1,7 +1,12 @@
 /* Float32 rows times float32 weight rows, for the real-valued layers of a binary network (often the
  * first and the last). Here rather than through NumPy's BLAS, whose threads keep spinning after a
  * call and then compete with the OpenMP threads of the binary kernels for the same cores (measured:
- * the binary layers after a BLAS call ran 20-30x slower at batch 1). */
+ * the binary layers after a BLAS call ran 20-30x slower at batch 1).
+ *
+ * Two forms: dot products of rows (fm_float_gemm: the weights as they come, a tile's sums reduced
+ * across lanes at its end), and on AVX2 outer products over panels of PANEL weight columns
+ * (fm_float_gemm_panels: each input broadcast against PANEL outputs at once; AVX2's 16 registers
+ * cannot hold the dot form's 4 x 4 tile of accumulators and its operands, so that form spilled). */
 #include "fewmult_kernels.h"
 #include "simd.h"
 
@@ -93,6 +98,101 @@ FM_TARGET_AVX2 static FM_INLINE void tile_avx2(const float *x, const float *w, i
 FM_TILES(tiles_avx512, tile_avx512, FM_TARGET_AVX512)
 FM_TILES(tiles_avx2, tile_avx2, FM_TARGET_AVX2)
 #endif
+
+#define PANEL 16
+#define PANEL_ROWS 6 /* 6 rows x 2 vectors of 8: 12 accumulators, 2 weight vectors, 1 broadcast */
+
+#ifdef FM_X86
+/* One row's PANEL sums to out; the last panel's padding columns are not outputs. */
+FM_TARGET_AVX2 static FM_INLINE void store_panel_row(float *out, __m256 low, __m256 high, int64_t cols) {
+    if (cols == PANEL) {
+        _mm256_storeu_ps(out, low);
+        _mm256_storeu_ps(out + 8, high);
+        return;
+    }
+    float sums[PANEL];
+    _mm256_storeu_ps(sums, low);
+    _mm256_storeu_ps(sums + 8, high);
+    for (int64_t j = 0; j < cols; j++)
+        out[j] = sums[j];
+}
+
+/* Input t of row r broadcast against the panel's two vectors b0, b1 into row r's accumulators
+ * (named, not an array: GCC kept an array of them in memory and stored it at every step). */
+#define PANEL_FMA(r)                                                                                     \
+    a = _mm256_broadcast_ss(x + r * k + t);                                                              \
+    c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);                                                           \
+    c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);
+
+/* PANEL_ROWS rows x PANEL outputs: out[r, j] = sum over t of x[r, t] * panel[t, j], in the order of t. */
+FM_TARGET_AVX2 static void panel_tile_avx2(const float *x, int64_t k, const float *panel, int64_t cols,
+                                           float *out, int64_t o) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+           c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, a;
+    for (int64_t t = 0; t < k; t++) {
+        __m256 b0 = _mm256_loadu_ps(panel + t * PANEL), b1 = _mm256_loadu_ps(panel + t * PANEL + 8);
+        PANEL_FMA(0) PANEL_FMA(1) PANEL_FMA(2) PANEL_FMA(3) PANEL_FMA(4) PANEL_FMA(5)
+    }
+    store_panel_row(out, c00, c01, cols);
+    store_panel_row(out + o, c10, c11, cols);
+    store_panel_row(out + 2 * o, c20, c21, cols);
+    store_panel_row(out + 3 * o, c30, c31, cols);
+    store_panel_row(out + 4 * o, c40, c41, cols);
+    store_panel_row(out + 5 * o, c50, c51, cols);
+}
+
+/* One row x PANEL outputs (a block's last rows). */
+FM_TARGET_AVX2 static void panel_row_avx2(const float *x, int64_t k, const float *panel, int64_t cols,
+                                          float *out) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, a;
+    for (int64_t t = 0; t < k; t++) {
+        __m256 b0 = _mm256_loadu_ps(panel + t * PANEL), b1 = _mm256_loadu_ps(panel + t * PANEL + 8);
+        PANEL_FMA(0)
+    }
+    store_panel_row(out, c00, c01, cols);
+}
+
+FM_TARGET_AVX2 static void panel_rows_avx2(const float *x, int64_t k, const float *panel, int64_t rows,
+                                           int64_t cols, float *out, int64_t o) {
+    if (rows == PANEL_ROWS)
+        panel_tile_avx2(x, k, panel, cols, out, o);
+    else
+        for (int64_t r = 0; r < rows; r++)
+            panel_row_avx2(x + r * k, k, panel, cols, out + r * o);
+}
+#endif
+
+static void panel_rows_portable(const float *x, int64_t k, const float *panel, int64_t rows, int64_t cols,
+                                float *out, int64_t o) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) {
+            float sum = 0.0f;
+            for (int64_t t = 0; t < k; t++)
+                sum += x[r * k + t] * panel[t * PANEL + j];
+            out[r * o + j] = sum;
+        }
+}
+
+void fm_float_gemm_panels(int isa, int threads, const float *x, int64_t n, int64_t k, const float *panels,
+                          int64_t o, float *out) {
+    int64_t blocks = (n + PANEL_ROWS - 1) / PANEL_ROWS, count = (o + PANEL - 1) / PANEL;
+    int64_t work = n * o * k / 16;
+    (void)threads, (void)work, (void)isa;
+    FM_PARALLEL_FOR
+    for (int64_t tile = 0; tile < blocks * count; tile++) { /* a block's rows stay in L1 for every panel */
+        int64_t i0 = tile / count * PANEL_ROWS, p = tile % count;
+        int64_t rows = fm_min64(PANEL_ROWS, n - i0), cols = fm_min64(PANEL, o - p * PANEL);
+        const float *xs = x + i0 * k, *panel = panels + p * k * PANEL;
+        float *to = out + i0 * o + p * PANEL;
+#ifdef FM_X86
+        if (isa >= FM_AVX2) {
+            panel_rows_avx2(xs, k, panel, rows, cols, to, o);
+            continue;
+        }
+#endif
+        panel_rows_portable(xs, k, panel, rows, cols, to, o);
+    }
+}
 
 void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, const float *w, int64_t o,
                    float *out) {
