@@ -35,9 +35,9 @@ import numpy as np
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import kernels
 
-# Inputs a step at most: those whose largest layer output holds 16 MB in float64. Larger arrays are
-# mapped fresh from the OS at every call (glibc keeps no freed block above 32 MB), and an ImageNet
-# ResNet-18 ran 16 images at once at 31-50 images/s against 50-66 two to four at a time.
+# At most as many inputs run at once as keep every layer's float64 output within this. Larger arrays
+# are mapped fresh from the OS at every call (glibc keeps no freed block above 32 MB): an ImageNet
+# ResNet-18 ran 16 images at once at 31-50 images/s, against 50-66 two to four at a time.
 CHUNK_BYTES = 16 << 20
 
 
