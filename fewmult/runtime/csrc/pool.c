@@ -1,7 +1,6 @@
 /* Pooling: k x k max-pooling of a product's NHWC sums (positive scales commute with the maximum), and
  * max- and average-pooling of the float64 NCHW stream between a ResNet's blocks (the ImageNet stem's
  * max-pool, the average-pooled shortcuts), each value equal to the NumPy reference's. */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,8 +34,9 @@ void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, 
     }
 }
 
-/* The larger of two values, NaN winning (as NumPy's maximum and torch's max-pool). */
-static inline double max_nan(double a, double b) { return a > b || isnan(a) ? a : b; }
+/* The larger of two values, a NaN winning (as in NumPy's maximum and torch's max-pool; only a NaN
+ * differs from itself). */
+static inline double max_nan(double a, double b) { return fm_pick((a > b) | (a != a), a, b); }
 
 /* The first and one-past-last input index of window `o` along a side of `size`: padding never wins. */
 static inline void window(int64_t o, int64_t k, int64_t stride, int64_t pad, int64_t size, int64_t *from,

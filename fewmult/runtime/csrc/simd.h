@@ -2,6 +2,9 @@
 #ifndef FEWMULT_SIMD_H
 #define FEWMULT_SIMD_H
 
+#include <stdint.h>
+#include <string.h>
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FM_X86 1
 #include <immintrin.h>
@@ -26,5 +29,18 @@
 #endif
 
 static inline int64_t fm_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* x where `take_x`, else y, chosen by a mask rather than a branch. GCC compiles a plain `?:` of
+ * doubles to a branch, and where the condition is a coin flip (the sign of a sum, which of two
+ * values is larger) half the branches are mispredicted: RPReLU cost 4x its value's other work. */
+static inline double fm_pick(int take_x, double x, double y) {
+    uint64_t xb, yb, mask = (uint64_t)0 - (uint64_t)(take_x != 0);
+    memcpy(&xb, &x, sizeof xb);
+    memcpy(&yb, &y, sizeof yb);
+    uint64_t chosen = (xb & mask) | (yb & ~mask);
+    double out;
+    memcpy(&out, &chosen, sizeof out);
+    return out;
+}
 
 #endif
