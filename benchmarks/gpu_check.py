@@ -63,10 +63,10 @@ LSTM = [
 ]
 NETWORKS = {"mlp": MLP, "lstm": LSTM, "resnet": RESNET}
 # On a CPU the same checks on smaller steps: bf16 is emulated on CPUs without bf16 instructions (the
-# LSTM's step then took 4.6 s, the MLP's 0.65 s, the ResNet's 0.8 s on an AVX2 EPYC), and a CPU's
-# times are not the point
+# LSTM's step then took 4.6 s, the MLP's 0.65 s, the ResNet's 0.8 s on an AVX2 EPYC; at batch 50 the
+# 1024-wide MLP still 0.33 s), and a CPU's times are not the point
 CPU_SMALLER = {
-    "mlp": ["dataset.batch_size=50"],
+    "mlp": ["dataset.batch_size=50", "model.arch=256FC-256FC-256FC"],
     "lstm": ["model.hidden_size=128"],
     "resnet": ["dataset.batch_size=8"],
 }
