@@ -253,6 +253,30 @@ def test_the_streams_pools_equal_the_reference_to_the_last_bit():
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.int32, np.float32])
+def test_pooled_sums_then_their_affine_are_the_affine_then_the_max_pool(dtype):
+    """The ImageNet stem's batch norm and max-pool run as the sums pooled (the minimum where a
+    channel's affine falls: a negative scale or batch-norm slope, not both), then the affine: each
+    value the reference's, on odd and even sizes with padding, a NaN included for float sums."""
+    rng = np.random.default_rng(7)
+    for shape, k, stride, padding in [*MAXPOOLS, ((2, 40, 40, 64), 3, 2, 1)]:
+        n, c, h, w = shape
+        acc = rng.integers(-300, 300, (n, h, w, c)) if dtype == np.int32 else rng.normal(0, 9, (n, h, w, c))
+        acc = acc.astype(dtype)
+        if dtype == np.float32:
+            acc.flat[5] = np.nan
+        scale, bias, a, b = (rng.normal(0, 1, c) for _ in range(4))
+        per = [v.reshape(1, c, 1, 1) for v in (scale, bias, a, b)]
+        nchw = acc.transpose(0, 3, 1, 2).astype(np.float64)
+        expected = maxpool2d((nchw * per[0] + per[1]) * per[2] + per[3], k, stride, padding)
+        pooled = kernels.pool_sums(acc, k, stride, padding, (scale < 0) ^ (a < 0), 2)
+        got = kernels.sums_affine(pooled, scale, bias, a, b, 2)
+        assert np.array_equal(got, expected, equal_nan=True)
+        if c >= 4:  # channels of both directions
+            assert ((scale < 0) ^ (a < 0)).any() and not ((scale < 0) ^ (a < 0)).all()
+
+
+@needs_kernels
 @pytest.mark.parametrize("net", list(NETS))
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_predicts_as_the_numpy_reference(tmp_path, net, method, isa=None):
@@ -415,6 +439,8 @@ def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, monkey
     described = runtime.describe((3, 8, 8))
     assert not any(line.startswith("rprelu") for line in described)
     assert not any("pool2d: NumPy" in line for line in described), described  # stem, shortcuts: C
+    if "model.stem=imagenet" in RESNETS[setup]:  # its batch norm and max-pool: the sums pooled first
+        assert any(line.startswith("affine, maxpool2d: pool_sums") for line in described), described
     # inputs whose layers' outputs pass CHUNK_BYTES (large images) run a few at a time, same answers
     monkeypatch.setattr(
         network, "CHUNK_BYTES", 3 * 8 * network._largest_output(runtime.reference.layers, x.shape[1:])

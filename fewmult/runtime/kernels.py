@@ -41,6 +41,7 @@ _SIGNATURES = {
     "fm_maxpool": ([_I, _P, _I, _L, _L, _L, _L, _L, _P], None),
     "fm_maxpool_planes": ([_I, _P, *[_L] * 8, _P], None),
     "fm_avgpool_planes": ([_I, _P, *[_L] * 4, _P], None),
+    "fm_pool_sums": ([_I, _P, _I, *[_L] * 9, _P, _P], None),
     "fm_sums_affine": ([_I, _P, _I, _L, _L, _L, *[_P] * 9], None),
     "fm_rprelu": ([_I, _P, _L, _L, _L, _P, _P, _P, _P], None),
     "fm_sign_pack": ([_I, _P, _L, _L, _L, _P, _P, _P, _L], None),
@@ -327,6 +328,34 @@ def maxpool_planes(x: np.ndarray, k: int, stride: int, padding: int, threads: in
     x = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty((n, c, ho, wo))
     load().fm_maxpool_planes(threads, _ptr(x), n * c, h, w, k, stride, padding, ho, wo, _ptr(out))
+    return out
+
+
+def pool_sums(
+    x: np.ndarray, k: int, stride: int, padding: int, take_min: np.ndarray, threads: int
+) -> np.ndarray:
+    """NHWC int32 or float32 sums (n, h, w, c) pooled over ``torch.nn.MaxPool2d(k, stride, padding)``'s
+    windows: per channel the maximum, the minimum where ``take_min`` (a NaN winning either)."""
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    out = np.empty((n, ho, wo, c), dtype=x.dtype)
+    take_min = np.ascontiguousarray(take_min, dtype=np.uint8)
+    load().fm_pool_sums(
+        threads,
+        _ptr(x),
+        int(x.dtype == np.float32),
+        n,
+        h,
+        w,
+        c,
+        k,
+        stride,
+        padding,
+        ho,
+        wo,
+        _ptr(take_min),
+        _ptr(out),
+    )
     return out
 
 

@@ -187,6 +187,13 @@ class CompiledNetwork:
             if op["op"] == "residual" and follower is not None and follower["op"] == "rprelu":
                 step, s = self._residual(op, s, rprelu=follower)  # the RPReLU after the sum, in its pass
                 i += 2
+            elif (
+                (op["op"], s.kind, len(s.shape)) == ("affine", "acc", 3)
+                and follower
+                and follower["op"] == "maxpool2d"
+            ):
+                step, s = self._pooled_affine(op, follower, s)  # the ImageNet stem: pooled before its BN
+                i += 2
             else:
                 step, s = self._plan_op(op, s)
                 i += 1
@@ -412,6 +419,28 @@ class CompiledNetwork:
             f"{k}x{k} max of the sums (positive scales commute with max)",
             lambda v: replace(v, data=kernels.maxpool(v.data, k, threads)),
         )
+
+    def _pooled_affine(self, op: dict[str, Any], pool: dict[str, Any], s: State) -> tuple[Step, State]:
+        """A product's batch norm and the max-pool after it (the ImageNet stem), as the sums pooled,
+        then their affine on a quarter of the values. The affine of a channel is monotone (products and
+        sums rounded correctly never reverse an order), rising where its slope ``scale * a`` is not
+        negative and falling where it is: the maximum of its values is its value at the sums' maximum,
+        or at their minimum. Each value equals the reference's, which pools after the affine."""
+        a, b = self._per_channel(op, "scale", "shift")
+        k, threads = pool["size"], self.threads
+        stride, padding = pool.get("stride", k), pool.get("padding", 0)
+
+        def run(v: Value) -> Value:
+            scale, bias = _scale_and_bias(v)
+            falls = (scale < 0) ^ (a < 0)  # signs, not their product: that can round to zero
+            pooled = kernels.pool_sums(v.data, k, stride, padding, falls, threads)
+            return Value("float", kernels.sums_affine(pooled, scale, bias, a, b, threads))
+
+        how = (
+            f"pool_sums ({k}x{k}, stride {stride}, padding {padding}: per channel the max, the min where "
+            "the affine falls), then sums_affine (float64)"
+        )
+        return Step("affine, maxpool2d", how, run), State("float", _output_shape(pool, s.shape))
 
     def _pool_planes(self, op: dict[str, Any]) -> Step:
         """Max- or average-pooling of the float64 NCHW stream (a ResNet's stem, its pooled shortcuts)."""

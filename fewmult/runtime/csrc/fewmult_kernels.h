@@ -106,6 +106,12 @@ void fm_maxpool_planes(int threads, const double *x, int64_t planes, int64_t h, 
                        int64_t stride, int64_t pad, int64_t ho, int64_t wo, double *out);
 void fm_avgpool_planes(int threads, const double *x, int64_t planes, int64_t h, int64_t w, int64_t k,
                        double *out);
+/* Pooling of NHWC sums (n, h, w, c) over windows of torch's MaxPool2d(k, stride, pad) to (n, ho, wo, c):
+ * per channel the maximum, or the minimum where take_min[j] (a NaN winning either): a max-pool after a
+ * product's batch norm, run before it (the affine is monotone per channel, falling where take_min). */
+void fm_pool_sums(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
+                  int64_t k, int64_t stride, int64_t pad, int64_t ho, int64_t wo, const uint8_t *take_min,
+                  void *out);
 
 /* The residual stream of an exported ResNet (residual.c), in double as the NumPy reference:
  * out[i, j, p] = ((acc[i, p, j] * scale[j] + bias[j]) * a[j]) + b[j], NHWC int32 or float32 sums

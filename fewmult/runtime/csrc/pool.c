@@ -102,3 +102,41 @@ void fm_avgpool_planes(int threads, const double *x, int64_t planes, int64_t h, 
             }
     }
 }
+
+/* Each output's window of NHWC sums reduced per channel: the maximum, or the minimum where `take_min`
+ * (a NaN winning either), one vectorized pass over the channels per window pixel. */
+#define POOL_SUMS(T)                                                                                     \
+    const T *in = (const T *)x;                                                                          \
+    T *res = (T *)out;                                                                                   \
+    FM_PARALLEL_FOR                                                                                      \
+    for (int64_t q = 0; q < n * ho * wo; q++) {                                                          \
+        int64_t i = q / (ho * wo), yo = q / wo % ho, xo = q % wo, y0, y1, x0, x1;                        \
+        window(yo, k, stride, pad, h, &y0, &y1);                                                         \
+        window(xo, k, stride, pad, w, &x0, &x1);                                                         \
+        T *dst = res + q * c, lows[c]; /* the maxima in place, the minima beside them */                 \
+        memcpy(dst, in + ((i * h + y0) * w + x0) * c, (size_t)c * sizeof(T));                            \
+        memcpy(lows, dst, (size_t)c * sizeof(T));                                                        \
+        for (int64_t y = y0; y < y1; y++)                                                                \
+            for (int64_t xi = x0; xi < x1; xi++) {                                                       \
+                const T *src = in + ((i * h + y) * w + xi) * c;                                          \
+                for (int64_t j = 0; j < c; j++) {                                                        \
+                    T v = src[j];                                                                        \
+                    dst[j] = (v > dst[j]) | (v != v) ? v : dst[j];                                       \
+                    lows[j] = (v < lows[j]) | (v != v) ? v : lows[j];                                    \
+                }                                                                                        \
+            }                                                                                            \
+        for (int64_t j = 0; j < c; j++)                                                                  \
+            dst[j] = take_min[j] ? lows[j] : dst[j];                                                     \
+    }
+
+void fm_pool_sums(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
+                  int64_t k, int64_t stride, int64_t pad, int64_t ho, int64_t wo, const uint8_t *take_min,
+                  void *out) {
+    int64_t work = n * ho * wo * c * k * k;
+    (void)threads, (void)work;
+    if (is_float) {
+        POOL_SUMS(float)
+    } else {
+        POOL_SUMS(int32_t)
+    }
+}
