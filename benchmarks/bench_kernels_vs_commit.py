@@ -1,12 +1,13 @@
-"""The residual stream's kernels (``sums_affine``, ``sign_pack``, ``rprelu``, ``maxpool_planes``) of
-this checkout beside those of an earlier commit, in one process, their outputs checked identical.
+"""The runtime's data-movement kernels (the residual stream's ``sums_affine``, ``sign_pack``,
+``rprelu``, ``maxpool_planes``; the convolutions' ``im2col_f32`` and ``im2col_bits``) of this checkout
+beside those of an earlier commit, in one process, their outputs checked identical.
 
 The earlier commit's ``fewmult/runtime/csrc`` is read with ``git show`` and compiled with the
 flags ``setup.py`` uses into a library of its own (``cc`` and OpenMP needed); each number is the
 fastest of ``--calls`` calls on the same random operands. What a kernel change bought, measured as
 a ratio in one process (these machines move by a third from run to run).
 
-Run: ``python -m benchmarks.bench_stream_kernels REV`` (``--threads``, ``--calls``).
+Run: ``python -m benchmarks.bench_kernels_vs_commit REV`` (``--threads``, ``--calls``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,17 @@ from benchmarks.bench_amx_kernels import fastest_us
 from fewmult.runtime import kernels
 from fewmult.runtime.kernels import _SIGNATURES, _ptr
 
-KERNELS = ("fm_sums_affine", "fm_sign_pack", "fm_rprelu", "fm_maxpool_planes")
-SHAPES = [(16, 32, 32, 64), (16, 8, 8, 256), (4, 56, 56, 64)]  # CIFAR ResNet-18's stages, ImageNet's first
+KERNELS = (
+    "fm_sums_affine",
+    "fm_sign_pack",
+    "fm_rprelu",
+    "fm_maxpool_planes",
+    "fm_im2col_f32",
+    "fm_im2col_bits",
+)
+# CIFAR ResNet-18's first and third stage at batch 16, ImageNet's first at batch 4 (n, h, w, c of the
+# stream; im2col_f32 reads an RGB image of 4h x 4w, the ImageNet stem's 224 pixels for h = 56)
+SHAPES = [(16, 32, 32, 64), (16, 8, 8, 256), (4, 56, 56, 64)]
 
 
 def build(rev: str, folder: Path) -> ctypes.CDLL:
@@ -83,11 +93,27 @@ def calls(shape: tuple[int, int, int, int], threads: int) -> dict[str, Callable[
         lib.fm_maxpool_planes(threads, _ptr(stream), n * c, h, w, 3, 2, 1, ho, wo, _ptr(out))
         return out
 
+    image = rng.random((n, 4 * h, 4 * w, 3), dtype=np.float32)  # RGB NHWC, as the stem reads it
+    bits = rng.integers(0, 2**63, (n, h, w, words), dtype=np.uint64)
+
+    def im2col_f32(lib: ctypes.CDLL) -> np.ndarray:  # the 7x7 stride-2 stem
+        rows = np.empty((n * 2 * h * 2 * w, 7 * 7 * 3), dtype=np.float32)
+        geometry = (n, 4 * h, 4 * w, 3, 7, 7, 2, 2, 3, 3, 2 * h, 2 * w)
+        lib.fm_im2col_f32(threads, _ptr(image), *geometry, _ptr(rows), 7 * 7 * 3)
+        return rows
+
+    def im2col_bits(lib: ctypes.CDLL) -> np.ndarray:  # a block's 3x3 binary convolution
+        rows = np.empty((n * h * w, 9 * words), dtype=np.uint64)
+        lib.fm_im2col_bits(threads, _ptr(bits), n, h, w, words, 3, 3, 1, 1, 1, 1, h, w, _ptr(rows), 9 * words)
+        return rows
+
     return {
         "fm_sums_affine": sums_affine,
         "fm_sign_pack": sign_pack,
         "fm_rprelu": rprelu,
         "fm_maxpool_planes": maxpool_planes,
+        "fm_im2col_f32": im2col_f32,
+        "fm_im2col_bits": im2col_bits,
     }
 
 
