@@ -13,13 +13,15 @@
 #define TILE_N 4
 #define TILE_O 4
 
+/* The portable C loop of both forms: weight c's input t at w[c * col_step + t * tap_step] (rows:
+ * k and 1; panels: 1 and PANEL). */
 static void tile_portable(const float *x, const float *w, int64_t k, int64_t rows, int64_t cols, float *out,
-                          int64_t o) {
+                          int64_t o, int64_t col_step, int64_t tap_step) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) {
             float sum = 0.0f;
             for (int64_t t = 0; t < k; t++)
-                sum += x[r * k + t] * w[c * k + t];
+                sum += x[r * k + t] * w[c * col_step + t * tap_step];
             out[r * o + c] = sum;
         }
 }
@@ -162,17 +164,6 @@ FM_TARGET_AVX2 static void panel_rows_avx2(const float *x, int64_t k, const floa
 }
 #endif
 
-static void panel_rows_portable(const float *x, int64_t k, const float *panel, int64_t rows, int64_t cols,
-                                float *out, int64_t o) {
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < cols; j++) {
-            float sum = 0.0f;
-            for (int64_t t = 0; t < k; t++)
-                sum += x[r * k + t] * panel[t * PANEL + j];
-            out[r * o + j] = sum;
-        }
-}
-
 void fm_float_gemm_panels(int isa, int threads, const float *x, int64_t n, int64_t k, const float *panels,
                           int64_t o, float *out) {
     int64_t blocks = (n + PANEL_ROWS - 1) / PANEL_ROWS, count = (o + PANEL - 1) / PANEL;
@@ -190,7 +181,7 @@ void fm_float_gemm_panels(int isa, int threads, const float *x, int64_t n, int64
             continue;
         }
 #endif
-        panel_rows_portable(xs, k, panel, rows, cols, to, o);
+        tile_portable(xs, panel, k, rows, cols, to, o, 1, PANEL);
     }
 }
 
@@ -213,6 +204,6 @@ void fm_float_gemm(int isa, int threads, const float *x, int64_t n, int64_t k, c
             continue;
         }
 #endif
-        tile_portable(x + i0 * k, w + j0 * k, k, rows, cols, out + i0 * o + j0, o);
+        tile_portable(x + i0 * k, w + j0 * k, k, rows, cols, out + i0 * o + j0, o, k, 1);
     }
 }
