@@ -94,8 +94,8 @@ void fm_conv_border(int threads, int32_t *acc, int64_t n, int64_t ho, int64_t wo
                     const int32_t *tap_sums, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
                     int64_t sw, int64_t ph, int64_t pw);
 
-/* Pooling (pool.c). k x k max-pooling with stride k (a last partial window dropped) of NHWC sums, int32 or float32:
- * (n, h, w, c) -> (n, h / k, w / k, c). */
+/* Pooling (pool.c). k x k max-pooling with stride k (a last partial window dropped) of NHWC sums,
+ * int32 or float32: (n, h, w, c) -> (n, h / k, w / k, c). */
 void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
                 int64_t k, void *out);
 

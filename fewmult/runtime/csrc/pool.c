@@ -1,7 +1,7 @@
-/* Pooling: k x k max-pooling of a product's NHWC sums (positive scales commute with the maximum), and
- * max- and average-pooling of the float64 NCHW stream between a ResNet's blocks (the ImageNet stem's
- * max-pool, the average-pooled shortcuts), each value equal to the NumPy reference's. */
-#include <stdlib.h>
+/* Pooling: k x k max-pooling of a product's NHWC sums (positive scales commute with the maximum), the
+ * same over any window with the minimum where a channel's batch norm falls (the ImageNet stem's
+ * max-pool, run before its batch norm), and max- and average-pooling of the float64 NCHW stream
+ * between a ResNet's blocks (the average-pooled shortcuts), each value equal to the NumPy reference's. */
 #include <string.h>
 
 #include "fewmult_kernels.h"
@@ -54,7 +54,7 @@ void fm_maxpool_planes(int threads, const double *x, int64_t planes, int64_t h, 
     for (int64_t p = 0; p < planes; p++) {
         /* per output row: the window's rows reduced column by column (contiguous, vectorized), then
          * each output's k columns of that */
-        double *columns = malloc((size_t)w * sizeof(double));
+        double columns[w];
         const double *plane = x + p * h * w;
         for (int64_t yo = 0; yo < ho; yo++) {
             int64_t y0, y1;
@@ -73,7 +73,6 @@ void fm_maxpool_planes(int threads, const double *x, int64_t planes, int64_t h, 
                 row[xo] = m;
             }
         }
-        free(columns);
     }
 }
 
