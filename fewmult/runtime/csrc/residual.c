@@ -17,7 +17,7 @@ static inline double rprelu_one(double x, double g, double slope, double z) {
 
 /* fm_sums_affine goes over tiles of BLOCK pixels x BLOCK channels: the tile's sums are read pixel by
  * pixel (BLOCK contiguous channels) into a small array, then each channel's BLOCK values are computed
- * and written contiguously, where the compiler vectorizes them (RPReLU's choice by fm_select).
+ * and written contiguously, where the compiler vectorizes them (RPReLU's choice by fm_pick).
  * Channel by channel over whole images, with RPReLU's choice a branch, it took 7 ns a value. */
 #define BLOCK 16
 
@@ -71,7 +71,9 @@ void fm_sums_affine(int threads, const void *acc, int acc_is_float, int64_t n, i
             }
             for (int64_t jj = 0; jj < channels; jj++) {
                 int64_t j = j0 + jj, at = (image * c + j) * hw + p0;
-                double rprelu[3] = {shift_in ? shift_in[j] : 0, shift_in ? slope[j] : 0, shift_in ? shift_out[j] : 0};
+                double rprelu[3] = {0, 0, 0};
+                if (shift_in)
+                    rprelu[0] = shift_in[j], rprelu[1] = slope[j], rprelu[2] = shift_out[j];
                 affine_row(tile[jj], pixels, scale[j], bias ? bias + j : NULL, a[j], b[j],
                            addend ? addend + at : NULL, shift_in ? rprelu : NULL, out + at);
             }
