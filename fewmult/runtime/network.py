@@ -143,6 +143,7 @@ class CompiledNetwork:
         if (reason := kernels.unavailable_reason()) is not None:
             print(reason, file=sys.stderr)
         self._plans: dict[tuple[int, ...], list[Step]] = {}  # per input shape
+        self._largest: dict[tuple[int, ...], int] = {}  # its values of the largest layer output
 
     @property
     def compiled(self) -> bool:
@@ -159,6 +160,7 @@ class CompiledNetwork:
         """The steps for inputs of one shape (planned once)."""
         if input_shape not in self._plans:
             self._plans[input_shape] = self._plan_ops(self.reference.layers, State("float", input_shape))[0]
+            self._largest[input_shape] = _largest_output(self.reference.layers, input_shape)
         return self._plans[input_shape]
 
     def forward(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -168,8 +170,8 @@ class CompiledNetwork:
             return self.reference.forward(x, batch_size)
         shape = tuple(np.shape(x)[1:])
         outputs, steps = [], self.plan(shape)
-        largest = _largest_output(self.reference.layers, shape)
-        batch_size = min(batch_size, max(1, CHUNK_BYTES // (8 * largest))) if largest else batch_size
+        if largest := self._largest[shape]:
+            batch_size = min(batch_size, max(1, CHUNK_BYTES // (8 * largest)))
         for start in range(0, len(x), batch_size):
             outputs.append(_run(steps, Value("float", np.asarray(x[start : start + batch_size]))).as_float())
         return np.concatenate(outputs)
