@@ -57,26 +57,41 @@ def test_packed_rows_hold_element_64w_plus_t_in_bit_t_of_word_w(k):
     )
 
 
+def xnor(a: np.ndarray, w: np.ndarray, k: int, isa: str, form: str) -> np.ndarray:
+    """Boolean rows times boolean weight rows through ``xnor_gemm`` (rows) or ``xnor_gemm_lanes``."""
+    packed = kernels.pack_rows(w)
+    if form == "rows":
+        return kernels.xnor_gemm(kernels.pack_rows(a), packed, k, isa, threads=2)
+    return kernels.xnor_gemm_lanes(
+        kernels.pack_rows(a), kernels.xnor_lanes(packed), len(w), k, isa, threads=2
+    )
+
+
 @needs_kernels
 @pytest.mark.parametrize("isa", VECTOR_ISAS)
-@pytest.mark.parametrize(("n", "k", "o"), SHAPES)
-def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o):
+@pytest.mark.parametrize(("n", "k", "o"), [*SHAPES, (300, 576, 70)])  # and threaded: a 3x3 conv's rows
+@pytest.mark.parametrize("form", ["rows", "lanes"])
+def test_xnor_gemm_is_the_dot_product_of_the_signs(isa, n, k, o, form):
+    """Each weight row against each activation row, or each output a lane of 4 (partial groups, an
+    odd last row)."""
     rng = np.random.default_rng(n * 1000 + k)
     a, w = random_bits(rng, n, k), random_bits(rng, o, k)
-    out = kernels.xnor_gemm(kernels.pack_rows(a), kernels.pack_rows(w), k, isa, threads=2)
+    out = xnor(a, w, k, isa, form)
     expected = (2 * a.astype(np.int64) - 1) @ (2 * w.astype(np.int64) - 1).T
     assert np.array_equal(out, expected)
 
 
 @needs_kernels
 @pytest.mark.parametrize("isa", VECTOR_ISAS)
-def test_xnor_gemm_counts_long_rows_whose_every_bit_differs(isa):
+@pytest.mark.parametrize("form", ["rows", "lanes"])
+def test_xnor_gemm_counts_long_rows_whose_every_bit_differs(isa, form):
     """Rows of 9,000 bits (over 31 blocks of 256) against their complements and against random rows:
-    every bit differs, the most that AVX2's per-byte counts hold before it sums them (every 31 blocks)."""
+    every bit differs, the most that AVX2's per-byte counts hold before it sums them (every 31 blocks,
+    or 31 words where an output is a lane)."""
     rng = np.random.default_rng(9)
     w = random_bits(rng, 6, 9000)
     a = np.concatenate([~w[:4], random_bits(rng, 3, 9000)])
-    out = kernels.xnor_gemm(kernels.pack_rows(a), kernels.pack_rows(w), 9000, isa, threads=2)
+    out = xnor(a, w, 9000, isa, form)
     assert np.array_equal(out, (2 * a.astype(np.int64) - 1) @ (2 * w.astype(np.int64) - 1).T)
     assert (out.diagonal()[:4] == -9000).all()
 

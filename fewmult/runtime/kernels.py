@@ -27,6 +27,7 @@ _SIGNATURES = {
     "fm_best_isa": ([], _I),
     "fm_max_threads": ([], _I),
     "fm_xnor_gemm": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
+    "fm_xnor_gemm_lanes": ([_I, _I, _P, _L, _P, _L, _L, ctypes.c_int32, _P], None),
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
     "fm_float_gemm": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
     "fm_float_gemm_panels": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
@@ -164,6 +165,27 @@ def xnor_gemm(a: np.ndarray, w: np.ndarray, k: int, isa: str, threads: int) -> n
     """Packed +-1 rows ``a`` (n, words) times packed rows ``w`` (o, words) of length k: int32 (n, o)."""
     out = np.empty((len(a), len(w)), dtype=np.int32)
     load().fm_xnor_gemm(ISAS.index(isa), threads, _ptr(a), len(a), _ptr(w), len(w), w.shape[1], k, _ptr(out))
+    return out
+
+
+LANES = 4  # outputs a group of xnor_gemm_lanes (csrc/xnor_gemm.c)
+
+
+def xnor_lanes(w: np.ndarray) -> np.ndarray:
+    """Packed weight rows (o, words) as :func:`xnor_gemm_lanes` reads them: (ceil(o / 4), words, 4),
+    word t of output 4 g + l at [g, t, l] (zero rows past o)."""
+    o, words = w.shape
+    padded = np.zeros((-(-o // LANES) * LANES, words), dtype=np.uint64)
+    padded[:o] = w
+    return np.ascontiguousarray(padded.reshape(-1, LANES, words).transpose(0, 2, 1))
+
+
+def xnor_gemm_lanes(a: np.ndarray, lanes: np.ndarray, o: int, k: int, isa: str, threads: int) -> np.ndarray:
+    """:func:`xnor_gemm` with the weights as :func:`xnor_lanes`: int32 (n, o)."""
+    out = np.empty((len(a), o), dtype=np.int32)
+    load().fm_xnor_gemm_lanes(
+        ISAS.index(isa), threads, _ptr(a), len(a), _ptr(lanes), o, a.shape[1], k, _ptr(out)
+    )
     return out
 
 

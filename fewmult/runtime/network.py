@@ -329,6 +329,16 @@ class CompiledNetwork:
         """Packed +-1 activation rows (n, words) times binary weight rows given as booleans (o, bits)
         and as the same bits ``packed`` (o, words), padding included: the int32 sums (n, o)."""
         isa, threads, o = self.isa, self.threads, len(rows)
+        if isa == "avx2":  # an output a lane, from 2 rows on: 1.2-1.8x (BENCHMARKS.md); 1 row: 0.8x
+            lanes = kernels.xnor_lanes(packed)
+            return Product(
+                "xnor_gemm_lanes (XNOR + popcount, an output a lane; one row: xnor_gemm)",
+                lambda a: (
+                    kernels.xnor_gemm_lanes(a, lanes, o, k, isa, threads)
+                    if len(a) > 1
+                    else kernels.xnor_gemm(a, packed, k, isa, threads)
+                ),
+            )
         if isa != "amx":
             return Product(
                 "xnor_gemm (XNOR + popcount)", lambda a: kernels.xnor_gemm(a, packed, k, isa, threads)

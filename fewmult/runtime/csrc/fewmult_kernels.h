@@ -31,6 +31,10 @@ int fm_max_threads(void);
  * a: n rows, w: o rows, both `row_words` words a row. */
 void fm_xnor_gemm(int isa, int threads, const uint64_t *a, int64_t n, const uint64_t *w, int64_t o,
                   int64_t row_words, int32_t k, int32_t *out);
+/* The same product with the weights as groups of 4 outputs, word t of each group's outputs side by
+ * side ((ceil(o / 4), row_words, 4), zero-padded): each output a 64-bit lane (short rows, on AVX2). */
+void fm_xnor_gemm_lanes(int isa, int threads, const uint64_t *a, int64_t n, const uint64_t *w_lanes, int64_t o,
+                        int64_t row_words, int32_t k, int32_t *out);
 
 /* Float rows times selections: with minus == NULL (binary weights: bit 1 = +1, bit 0 = -1)
  *   out[i * o + j] = 2 sum_{t in plus_j} x[i, t] - sum_t x[i, t],

@@ -149,3 +149,75 @@ void fm_xnor_gemm(int isa, int threads, const uint64_t *a, int64_t n, const uint
         tile_portable(at, wt, row_words, rows, cols, k, ot, o);
     }
 }
+
+/* Short rows (a 64-channel 3x3 convolution: 9 words) spend as long in each output's end (lane sums,
+ * the last words one at a time) as in its blocks. fm_xnor_gemm_lanes gives each output a 64-bit lane
+ * instead: the weights as groups of LANES outputs, word t of the group's outputs side by side; an
+ * activation word broadcast against a group counts LANES outputs at once, and the counts leave the
+ * lanes by one vpsadbw per BYTE_BLOCKS words, with no sum across lanes. */
+#define LANES 4
+
+#ifdef FM_X86
+/* Row r's broadcast word against group g's: each byte's bits counted into that pair's byte counters. */
+#define LANE_COUNT(r, g)                                                                                 \
+    bytes##r##g = _mm256_add_epi8(bytes##r##g, byte_counts_avx2(_mm256_xor_si256(x##r, y##g)));
+
+/* Two rows x two groups (fewer at the edges: a missing row or group repeats the first, unstored),
+ * the byte counters summed into 64-bit lanes every BYTE_BLOCKS words. */
+FM_TARGET_AVX2 static void lanes_tile_avx2(const uint64_t *a, int64_t rw, const uint64_t *groups, int rows,
+                                           int count, int32_t k, int32_t *out, int64_t o, int64_t j0) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i sum00 = zero, sum01 = zero, sum10 = zero, sum11 = zero;
+    const uint64_t *a1 = rows == 2 ? a + rw : a, *g1 = count == 2 ? groups + rw * LANES : groups;
+    for (int64_t t0 = 0; t0 < rw; t0 += BYTE_BLOCKS) {
+        int64_t t1 = fm_min64(rw, t0 + BYTE_BLOCKS);
+        __m256i bytes00 = zero, bytes01 = zero, bytes10 = zero, bytes11 = zero;
+        for (int64_t t = t0; t < t1; t++) {
+            __m256i x0 = _mm256_set1_epi64x((long long)a[t]), x1 = _mm256_set1_epi64x((long long)a1[t]);
+            __m256i y0 = _mm256_loadu_si256((const __m256i *)(groups + t * LANES));
+            __m256i y1 = _mm256_loadu_si256((const __m256i *)(g1 + t * LANES));
+            LANE_COUNT(0, 0) LANE_COUNT(0, 1) LANE_COUNT(1, 0) LANE_COUNT(1, 1)
+        }
+        sum00 = _mm256_add_epi64(sum00, _mm256_sad_epu8(bytes00, zero));
+        sum01 = _mm256_add_epi64(sum01, _mm256_sad_epu8(bytes01, zero));
+        sum10 = _mm256_add_epi64(sum10, _mm256_sad_epu8(bytes10, zero));
+        sum11 = _mm256_add_epi64(sum11, _mm256_sad_epu8(bytes11, zero));
+    }
+    int64_t counts[2][2][LANES];
+    _mm256_storeu_si256((__m256i *)counts[0][0], sum00);
+    _mm256_storeu_si256((__m256i *)counts[0][1], sum01);
+    _mm256_storeu_si256((__m256i *)counts[1][0], sum10);
+    _mm256_storeu_si256((__m256i *)counts[1][1], sum11);
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < count; g++)
+            for (int64_t l = 0; l < LANES && j0 + g * LANES + l < o; l++)
+                out[r * o + g * LANES + l] = k - 2 * (int32_t)counts[r][g][l];
+}
+#endif
+
+void fm_xnor_gemm_lanes(int isa, int threads, const uint64_t *a, int64_t n, const uint64_t *w_lanes, int64_t o,
+                        int64_t row_words, int32_t k, int32_t *out) {
+    int64_t groups = (o + LANES - 1) / LANES, pairs_n = (n + 1) / 2, pairs_g = (groups + 1) / 2;
+    int64_t work = n * o * row_words;
+    (void)threads, (void)work, (void)isa;
+    FM_PARALLEL_FOR
+    for (int64_t tile = 0; tile < pairs_n * pairs_g; tile++) {
+        int64_t i0 = tile / pairs_g * 2, g0 = tile % pairs_g * 2;
+        int rows = (int)fm_min64(2, n - i0), count = (int)fm_min64(2, groups - g0);
+        const uint64_t *at = a + i0 * row_words, *wt = w_lanes + g0 * row_words * LANES;
+#ifdef FM_X86
+        if (isa >= FM_AVX2) {
+            lanes_tile_avx2(at, row_words, wt, rows, count, k, out + i0 * o + g0 * LANES, o, g0 * LANES);
+            continue;
+        }
+#endif
+        for (int r = 0; r < rows; r++) /* portable: one 64-bit popcount at a time */
+            for (int64_t j = g0 * LANES; j < fm_min64(o, (g0 + count) * LANES); j++) {
+                const uint64_t *group = w_lanes + j / LANES * row_words * LANES;
+                int64_t ones = 0;
+                for (int64_t t = 0; t < row_words; t++)
+                    ones += FM_POPCOUNT64(at[r * row_words + t] ^ group[t * LANES + j % LANES]);
+                out[(i0 + r) * o + j] = k - 2 * (int32_t)ones;
+            }
+    }
+}
