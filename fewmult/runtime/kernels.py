@@ -39,7 +39,6 @@ _SIGNATURES = {
     "fm_im2col_bits": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_conv_border": ([_I, _P, _L, _L, _L, _L, _P, *[_L] * 8], None),
-    "fm_maxpool": ([_I, _P, _I, _L, _L, _L, _L, _L, _P], None),
     "fm_maxpool_planes": ([_I, _P, *[_L] * 8, _P], None),
     "fm_avgpool_planes": ([_I, _P, *[_L] * 4, _P], None),
     "fm_pool_sums": ([_I, _P, _I, *[_L] * 9, _P, _P], None),
@@ -334,19 +333,16 @@ def conv_border(acc: np.ndarray, tap_sums: np.ndarray, g: dict[str, int], thread
     load().fm_conv_border(threads, _ptr(acc), n, ho, wo, o, _ptr(tap_sums), *_geometry(g), *_window(g))
 
 
-def maxpool(x: np.ndarray, k: int, threads: int) -> np.ndarray:
-    """k x k max-pooling, stride k, of NHWC int32 or float32 sums (n, h, w, c)."""
-    n, h, w, c = x.shape
-    out = np.empty((n, h // k, w // k, c), dtype=x.dtype)
-    load().fm_maxpool(threads, _ptr(x), int(x.dtype == np.float32), n, h, w, c, k, _ptr(out))
-    return out
+def pooled_side(side: int, k: int, stride: int, padding: int) -> int:
+    """Windows along a side of a max-pool (floor mode)."""
+    return (side + 2 * padding - k) // stride + 1
 
 
 def maxpool_planes(x: np.ndarray, k: int, stride: int, padding: int, threads: int) -> np.ndarray:
     """``torch.nn.MaxPool2d(k, stride, padding)`` of float64 NCHW images: each value the reference's
     (:func:`fewmult.packed_forward.maxpool2d`; a maximum rounds nothing)."""
     n, c, h, w = x.shape
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    ho, wo = pooled_side(h, k, stride, padding), pooled_side(w, k, stride, padding)
     x = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty((n, c, ho, wo))
     load().fm_maxpool_planes(threads, _ptr(x), n * c, h, w, k, stride, padding, ho, wo, _ptr(out))
@@ -359,7 +355,7 @@ def pool_sums(
     """NHWC int32 or float32 sums (n, h, w, c) pooled over ``torch.nn.MaxPool2d(k, stride, padding)``'s
     windows: per channel the maximum, the minimum where ``take_min`` (a NaN winning either)."""
     n, h, w, c = x.shape
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    ho, wo = pooled_side(h, k, stride, padding), pooled_side(w, k, stride, padding)
     out = np.empty((n, ho, wo, c), dtype=x.dtype)
     take_min = np.ascontiguousarray(take_min, dtype=np.uint8)
     load().fm_pool_sums(

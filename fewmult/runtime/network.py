@@ -13,10 +13,10 @@ Products of packed activations and binary weights are XNOR + popcount (``xnor_ge
 through a packed im2col and a correction for zero padding); float activations times binary or
 ternary weights select and add (``lut_gemm`` on AVX-512, ``select_gemm`` elsewhere); packed
 activations times real-valued weights select weights; max-pooling of sums keeps them sums (the
-scale is positive), and floats are pooled in float64 as the reference pools them; a batch norm +
-sign after them is one comparison per unit that writes the next layer's packed bits. Every other
-op runs the NumPy reference (:mod:`fewmult.packed_forward`), and :meth:`CompiledNetwork.describe`
-says which step runs each op.
+minimum where their scale is negative), and floats are pooled in float64 as the reference pools
+them; a batch norm + sign after them is one comparison per unit that writes the next layer's packed
+bits. Every other op runs the NumPy reference (:mod:`fewmult.packed_forward`), and
+:meth:`CompiledNetwork.describe` says which step runs each op.
 
 Where the reference is integer (+-1 x binary, then scale and bias in float64 in the same order)
 the answers are identical; float32 sums of float activations differ from the reference's float64
@@ -73,7 +73,6 @@ class State:
     kind: str
     shape: tuple[int, ...]
     pixels: tuple[int, int, int] | None = None
-    positive_scale: bool = False
 
 
 @dataclass
@@ -206,7 +205,7 @@ class CompiledNetwork:
         kind, image = op["op"], len(s.shape) == 3
         out = _output_shape(op, s.shape)
         if kind in ("linear", "conv2d"):
-            summed = State("acc", out, positive_scale=bool((_scale(self.reference, op["weight"]) > 0).all()))
+            summed = State("acc", out)
             encoding = op["weight"]["encoding"]
         if kind == "linear" and len(s.shape) == 1 and (s.kind, encoding) != ("bits", "ternary"):
             return self._linear(op, s), summed
@@ -215,8 +214,8 @@ class CompiledNetwork:
                 return self._conv_bits(op, s), summed
             if s.kind != "bits":
                 return self._conv_float(op, s), summed
-        if kind == "maxpool2d" and s.kind == "acc" and image and s.positive_scale and _plain_pool(op):
-            return self._maxpool(op["size"]), replace(s, shape=out)
+        if kind == "maxpool2d" and s.kind == "acc" and image:
+            return self._maxpool(op), replace(s, shape=out)
         if kind in ("maxpool2d", "avgpool2d") and s.kind == "float" and image:
             return self._pool_planes(op), State("float", out)
         if kind == "sign_threshold" and s.kind == "acc":
@@ -424,12 +423,16 @@ class CompiledNetwork:
             run,
         )
 
-    def _maxpool(self, k: int) -> Step:
-        threads = self.threads
+    def _maxpool(self, op: dict[str, Any]) -> Step:
+        """A max-pool of a product's sums, which stay sums: the maximum where their scale is not
+        negative, the minimum where it is (scaling, then adding the bias, is monotone per unit)."""
+        k, threads = op["size"], self.threads
+        stride, padding = op.get("stride", k), op.get("padding", 0)
         return Step(
             "maxpool2d",
-            f"{k}x{k} max of the sums (positive scales commute with max)",
-            lambda v: replace(v, data=kernels.maxpool(v.data, k, threads)),
+            f"pool_sums ({k}x{k}, stride {stride}, padding {padding}: the max of the sums, the min where "
+            "their scale is negative)",
+            lambda v: replace(v, data=kernels.pool_sums(v.data, k, stride, padding, v.scale < 0, threads)),
         )
 
     def _pooled_affine(self, op: dict[str, Any], pool: dict[str, Any], s: State) -> tuple[Step, State]:
@@ -596,7 +599,7 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
     if kind == "maxpool2d" and len(shape) == 3:
         k = op["size"]
         stride, padding = op.get("stride", k), op.get("padding", 0)
-        return (shape[0], *((side + 2 * padding - k) // stride + 1 for side in shape[1:]))
+        return (shape[0], *(kernels.pooled_side(side, k, stride, padding) for side in shape[1:]))
     return shape if kind in ("affine", "sign_threshold", "relu", "rprelu") else ()
 
 
@@ -612,11 +615,6 @@ def _largest_output(ops: list[dict[str, Any]], shape: tuple[int, ...]) -> int:
             return 0
         largest = max(largest, int(np.prod(shape)))
     return largest
-
-
-def _plain_pool(op: dict[str, Any]) -> bool:
-    """A max-pool over k x k windows with stride k and no padding (what the pooling kernel runs)."""
-    return op.get("stride", op["size"]) == op["size"] and not op.get("padding", 0)
 
 
 def _scale_and_bias(sums: Value) -> tuple[np.ndarray, np.ndarray | None]:

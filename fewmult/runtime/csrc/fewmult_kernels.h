@@ -98,21 +98,17 @@ void fm_conv_border(int threads, int32_t *acc, int64_t n, int64_t ho, int64_t wo
                     const int32_t *tap_sums, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
                     int64_t sw, int64_t ph, int64_t pw);
 
-/* Pooling (pool.c). k x k max-pooling with stride k (a last partial window dropped) of NHWC sums,
- * int32 or float32: (n, h, w, c) -> (n, h / k, w / k, c). */
-void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
-                int64_t k, void *out);
-
-/* Max-pooling of float64 planes (planes, h, w) -> (planes, ho, wo) as torch's MaxPool2d(k, stride, pad)
+/* Pooling (pool.c). Max-pooling of float64 planes (planes, h, w) -> (planes, ho, wo) as torch's MaxPool2d(k, stride, pad)
  * (floor mode; padding never wins, NaN does), and average-pooling over k x k windows with stride k as
  * AvgPool2d(k, ceil_mode=True, count_include_pad=False): the NCHW stream of a ResNet (pool.c). */
 void fm_maxpool_planes(int threads, const double *x, int64_t planes, int64_t h, int64_t w, int64_t k,
                        int64_t stride, int64_t pad, int64_t ho, int64_t wo, double *out);
 void fm_avgpool_planes(int threads, const double *x, int64_t planes, int64_t h, int64_t w, int64_t k,
                        double *out);
-/* Pooling of NHWC sums (n, h, w, c) over windows of torch's MaxPool2d(k, stride, pad) to (n, ho, wo, c):
- * per channel the maximum, or the minimum where take_min[j] (a NaN winning either): a max-pool after a
- * product's batch norm, run before it (the affine is monotone per channel, falling where take_min). */
+/* Pooling of NHWC int32 or float32 sums (n, h, w, c) over windows of torch's MaxPool2d(k, stride, pad)
+ * to (n, ho, wo, c): per channel the maximum, or the minimum where take_min[j] (a NaN winning either):
+ * a max-pool of what follows the sums (their scale, a batch norm), run before it, as that is monotone
+ * per channel (falling where take_min). */
 void fm_pool_sums(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
                   int64_t k, int64_t stride, int64_t pad, int64_t ho, int64_t wo, const uint8_t *take_min,
                   void *out);

@@ -1,38 +1,10 @@
-/* Pooling: k x k max-pooling of a product's NHWC sums (positive scales commute with the maximum), the
- * same over any window with the minimum where a channel's batch norm falls (the ImageNet stem's
- * max-pool, run before its batch norm), and max- and average-pooling of the float64 NCHW stream
- * between a ResNet's blocks (the average-pooled shortcuts), each value equal to the NumPy reference's. */
+/* Pooling: max-pooling of a product's NHWC sums before what follows them (their scale, a batch norm:
+ * per channel the maximum, or the minimum where that falls), and max- and average-pooling of the
+ * float64 NCHW stream between a ResNet's blocks, each value equal to the NumPy reference's. */
 #include <string.h>
 
 #include "fewmult_kernels.h"
 #include "simd.h"
-
-#define MAXPOOL(T)                                                                                       \
-    const T *in = (const T *)x;                                                                          \
-    T *res = (T *)out;                                                                                   \
-    FM_PARALLEL_FOR                                                                                      \
-    for (int64_t q = 0; q < n * hp * wp; q++) {                                                          \
-        int64_t i = q / (hp * wp), y = q / wp % hp, xo = q % wp;                                         \
-        T *dst = res + q * c;                                                                            \
-        memcpy(dst, in + ((i * h + y * k) * w + xo * k) * c, (size_t)c * sizeof(T));                     \
-        for (int64_t dy = 0; dy < k; dy++)                                                               \
-            for (int64_t dx = 0; dx < k; dx++) {                                                         \
-                const T *src = in + ((i * h + y * k + dy) * w + xo * k + dx) * c;                        \
-                for (int64_t j = 0; j < c; j++)                                                          \
-                    dst[j] = src[j] > dst[j] ? src[j] : dst[j];                                          \
-            }                                                                                            \
-    }
-
-void fm_maxpool(int threads, const void *x, int is_float, int64_t n, int64_t h, int64_t w, int64_t c,
-                int64_t k, void *out) {
-    int64_t hp = h / k, wp = w / k, work = n * h * w * c;
-    (void)threads, (void)work;
-    if (is_float) {
-        MAXPOOL(float)
-    } else {
-        MAXPOOL(int32_t)
-    }
-}
 
 /* The larger of two values, a NaN winning (as in NumPy's maximum and torch's max-pool; only a NaN
  * differs from itself). */

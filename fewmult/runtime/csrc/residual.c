@@ -42,10 +42,8 @@ static inline void affine_row(const double *restrict sums, int64_t count, double
             v[p] = v[p] + add[p];
     if (rprelu) {
         double g = rprelu[0], slope = rprelu[1], z = rprelu[2];
-        for (int64_t p = 0; p < count; p++) {
-            double shifted = v[p] - g;
-            v[p] = fm_pick(shifted > 0, shifted, slope * shifted) + z;
-        }
+        for (int64_t p = 0; p < count; p++)
+            v[p] = rprelu_one(v[p], g, slope, z);
     }
     for (int64_t p = 0; p < count; p++)
         to[p] = v[p];
