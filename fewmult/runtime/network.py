@@ -458,7 +458,8 @@ class CompiledNetwork:
         return Step("affine, maxpool2d", how, run), State("float", _output_shape(pool, s.shape))
 
     def _pool_planes(self, op: dict[str, Any]) -> Step:
-        """Max- or average-pooling of the float64 NCHW stream (a ResNet's stem, its pooled shortcuts)."""
+        """Max- or average-pooling of the float64 NCHW stream (Bi-Real's pooled shortcuts; a stem's max-pool
+        after its batch norm is pooled before it, :meth:`_pooled_affine`)."""
         k, threads = op["size"], self.threads
         if op["op"] == "avgpool2d":
             return Step(
