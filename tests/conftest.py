@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from fewmult.config import CONF_DIR
+from tests import prewarmed
 
 REPO = CONF_DIR.parent
 
@@ -35,6 +35,7 @@ PROCESS_MODULES = {
     "test_gpu_check",
     "test_readme",
     "test_launch",
+    "test_prewarmed",
 }
 
 
@@ -61,16 +62,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def cli(
     cwd: Path, *args: str, module: str = "fewmult.train", timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess:
-    """``python -m fewmult.train`` (or another module) in ``cwd``, W&B offline."""
+    """``python -m fewmult.train`` (or another module) in ``cwd``, W&B offline; forked from the
+    worker's prewarmed interpreter where it can be (:mod:`tests.prewarmed`)."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return prewarmed.run(module, args, cwd, full_env, timeout)
 
 
 @pytest.fixture

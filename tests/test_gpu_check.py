@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from tests import prewarmed
 from tests.conftest import REPO
 
 
@@ -16,14 +15,7 @@ from tests.conftest import REPO
 def test_the_machine_check_passes_here(tmp_path):
     env = {**os.environ, "FEWMULT_DATA": str(tmp_path / "data"), "WANDB_MODE": "offline"}
     args = ["--methods", "fp,tc,reactnet", "--no-scale", "--steps", "2"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = prewarmed.run("benchmarks.gpu_check", args, REPO, env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.rstrip().endswith("all checks passed")
     precisions = 3 if torch.cuda.is_available() else 2

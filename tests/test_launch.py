@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fewmult.checkpointing import progress
+from tests import prewarmed
 from tests.conftest import REPO
 
 # no batch norm: each rank would normalize over its own half batch; 201 validation examples: 101 + 100
@@ -68,22 +69,8 @@ def test_torchrun_ranks_train_as_one_process_and_resume_together_from_inside_an_
     assert json.loads((run / "results.json").read_text())["status"] == "completed"
     assert launched.stdout.count("run saved to") == 1  # rank 1 prints nothing of its own
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fewmult.train",
-            *SETUP[1:],
-            "trainer=cpu",
-            "dataset.batch_size=100",
-            "hydra.run.dir=single",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    one_process = (*SETUP[1:], "trainer=cpu", "dataset.batch_size=100", "hydra.run.dir=single")
+    single = prewarmed.run("fewmult.train", one_process, tmp_path, env, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     for ddp_row, one_row in zip(rows(run), rows(tmp_path / "single"), strict=True):
         for key in ("train/loss", "val/loss", "test/loss", "val/error", "test/error"):

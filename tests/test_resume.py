@@ -15,14 +15,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from fewmult.checkpointing import progress
-from tests import fakedata
+from tests import fakedata, prewarmed
 from tests.conftest import REPO
 from tests.faults import POINTS
 
@@ -88,21 +87,8 @@ def launch(
 ) -> subprocess.CompletedProcess:
     """One launch of the real entry point into ``run_dir``."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fewmult.train",
-            f"hydra.run.dir={run_dir}",
-            f"trainer.max_epochs={epochs}",
-            *args,
-        ],
-        cwd=run_dir.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    args = (f"hydra.run.dir={run_dir}", f"trainer.max_epochs={epochs}", *args)
+    return prewarmed.run("fewmult.train", args, run_dir.parent, env, timeout)
 
 
 def kill_callbacks(markers: Path, kills: list[Kill], in_folder: list[str] | None = None) -> str:

@@ -17,13 +17,14 @@ from omegaconf import OmegaConf
 from fewmult.config import compose_config
 from fewmult.locks import FileLock
 from fewmult.rundir import ADDED_LATER, RECORD, config_changes, flatten, task_config
+from tests import prewarmed
 from tests.conftest import REPO, imported_modules, trained_run
 from tests.wandb_reader import run_info
 
 SMALL = ["dataset=synthetic", "model.arch=64FC", "logger=none"]
 
 
-def train_cli(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.Popen:
+def train_cli(tmp_path: Path, *args: str, **extra_env: str) -> prewarmed.Forked | subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -31,17 +32,10 @@ def train_cli(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.Popen:
         "WANDB_SILENT": "true",
         **extra_env,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "fewmult.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return prewarmed.popen("fewmult.train", args, tmp_path, env)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+def finish(proc: prewarmed.Forked | subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
