@@ -5,10 +5,12 @@ Most of the suite's time went into starting processes: a launch of ``fewmult.tra
 before its first line runs, and the suite launches it about a hundred times. Each pytest
 worker therefore starts one *prewarmed* interpreter that imports those modules once and then forks
 a child per launch. The child takes the launch's working directory, environment, arguments and
-output files, and runs the module exactly as ``python -m`` does (``runpy._run_module_as_main``):
+output pipes, and runs the module exactly as ``python -m`` does (``runpy._run_module_as_main``):
 the same entry point, checks, signals and exit status, a process of its own that a test can kill.
 What it shares with its siblings is what a fresh interpreter would compute identically at import,
-and its string-hash seed.
+and its string-hash seed: a killed launch and its relaunch hash strings alike here, where two fresh
+interpreters would not, so a kill test here would not catch a result that depends on the order of a
+set of strings (run the suite with the switch below to check that).
 
 A launch takes a fresh interpreter instead (:func:`popen` decides) when its environment changes
 what an interpreter does at start-up or import (``PYTHON*`` such as ``-X importtime``'s variable, the
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +119,7 @@ def _writer(fifo: str) -> int:
     return fd
 
 
-def _reap(reply) -> None:
+def _reap(reply: Callable[[dict[str, Any]], None]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
