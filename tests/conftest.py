@@ -64,8 +64,12 @@ def cli(
 ) -> subprocess.CompletedProcess:
     """``python -m fewmult.train`` (or another module) in ``cwd``, W&B offline; forked from the
     worker's prewarmed interpreter where it can be (:mod:`tests.prewarmed`)."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
-    return prewarmed.run(module, args, cwd, full_env, timeout)
+    return prewarmed.run(module, args, cwd, cli_env(**env), timeout)
+
+
+def cli_env(**env: str) -> dict[str, str]:
+    """The test's environment for a launch: W&B offline and silent, then ``env``."""
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
 
 
 @pytest.fixture

@@ -150,13 +150,12 @@ class _Server:
     """The worker's prewarmed interpreter, started at its first launch."""
 
     def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.env = env
+        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (read when the interpreter dies)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", BOOT],
             cwd=REPO,
-            env=env,
+            env=self.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -193,7 +192,7 @@ class _Server:
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
         while request_id not in self.started:
-            self._read(timeout=120)
+            self.collect(timeout=120)
         answer = self.started.pop(request_id)
         if "error" in answer:
             raise RuntimeError(f"the prewarmed interpreter could not fork: {answer['error']}")
@@ -205,10 +204,11 @@ class _Server:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
-            self._read(timeout=left)
+            self.collect(timeout=left)
         return self.returncodes[pid]
 
-    def _read(self, timeout: float | None) -> None:
+    def collect(self, timeout: float | None) -> None:
+        """Take the interpreter's messages that arrive within ``timeout``: pids and exit statuses."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         ready, _, _ = select.select([fd], [], [], timeout)
@@ -257,7 +257,9 @@ class Forked:
         fifos = [folder / "stdout", folder / "stderr"]
         for fifo in fifos:
             os.mkfifo(fifo, 0o600)
-        self.readers = [os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) for fifo in fifos]
+        # read ends, stdout's first, and what came through each
+        self.outputs = {os.open(fifo, os.O_RDONLY | os.O_NONBLOCK): bytearray() for fifo in fifos}
+        self.unfinished = list(self.outputs)  # the read ends not yet at their end
         try:
             self.pid = self.server.launch(module, list(args), cwd, env, *fifos)
         finally:
@@ -265,11 +267,10 @@ class Forked:
                 fifo.unlink()
             folder.rmdir()
         self.returncode: int | None = None
-        self.output = {fd: bytearray() for fd in self.readers}
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self.server._read(timeout=0)
+            self.server.collect(timeout=0)
             self.returncode = self.server.returncodes.get(self.pid)
         return self.returncode
 
@@ -293,22 +294,20 @@ class Forked:
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Read both outputs to their end, then wait for the exit status."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        open_readers = [fd for fd in self.readers if fd >= 0]
-        while open_readers:
+        while self.unfinished:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout)
-            ready, _, _ = select.select(open_readers, [], [], left)
+            ready, _, _ = select.select(self.unfinished, [], [], left)
             for fd in ready:
                 chunk = os.read(fd, 1 << 16)
                 if chunk:
-                    self.output[fd] += chunk
+                    self.outputs[fd] += chunk
                 else:
                     os.close(fd)
-                    open_readers.remove(fd)
-                    self.readers[self.readers.index(fd)] = -1
+                    self.unfinished.remove(fd)
         self.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
-        out, err = self.output.values()
+        out, err = self.outputs.values()
         return _text(bytes(out)), _text(bytes(err))
 
 

@@ -253,23 +253,22 @@ def test_every_preset_is_the_command_of_a_published_row():
     assert sorted({command[0].removeprefix("+experiment=") for command in ROW_COMMANDS}) == PUBLISHED_ROWS
 
 
-def _first_sweeps() -> dict[str, str]:
-    """Each paper's first sweep preset."""
-    firsts: dict[str, str] = {}
-    for sweep in SWEEPS:
-        firsts.setdefault(sweep.split("_")[0], sweep)
-    return firsts
+def _firsts(values: list, group: Callable[[Any], str]) -> set:
+    """The first of the values of each group (a preset's name begins with its paper or kind)."""
+    firsts: dict[str, Any] = {}
+    for value in values:
+        firsts.setdefault(group(value), value)
+    return set(firsts.values())
 
 
-def _first_of_its_paper(commands: list[tuple[str, ...]]) -> Callable[[tuple[str, ...]], bool]:
-    """The first command of each paper's rows (a preset's name begins with its paper)."""
-    firsts = {}
-    for command in commands:
-        firsts.setdefault(command[0].removeprefix("+experiment=").split("_")[0], command)
-    return lambda command: command in firsts.values()
+def _preset_group(name: str) -> str:
+    return name.removeprefix("+experiment=").split("_")[0]
 
 
-@pytest.mark.parametrize("command", slow_unless(ROW_COMMANDS, _first_of_its_paper(ROW_COMMANDS), " ".join))
+@pytest.mark.parametrize(
+    "command",
+    slow_unless(ROW_COMMANDS, _firsts(ROW_COMMANDS, lambda c: _preset_group(c[0])).__contains__, " ".join),
+)
 def test_every_published_number_has_a_command_that_runs_its_setup(command):
     """... with the settings its number came from (the authors' code where it departs from the
     paper), as the table's settings column lists them; a preset alone composes to its name's row."""
@@ -313,9 +312,7 @@ def test_the_table_of_published_numbers_is_the_papers():
     assert lookup(("hou2017", "warpeace", "lstm", "bwn", False, 100, None)).value == 1.312
 
 
-@pytest.mark.parametrize(
-    "sweep", slow_unless(SWEEPS, lambda sweep: sweep == _first_sweeps()[sweep.split("_")[0]])
-)
+@pytest.mark.parametrize("sweep", slow_unless(SWEEPS, _firsts(SWEEPS, _preset_group).__contains__))
 def test_every_sweep_composes_and_each_of_its_jobs_too(sweep, image_folder_root):
     cfg = compose_config(f"+experiment={sweep}")
     params = cfg.hydra.sweeper.params

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 import torch
 
 from fewmult.checkpointing import progress
-from tests import fakedata, prewarmed
-from tests.conftest import REPO
+from tests import fakedata
+from tests.conftest import REPO, cli
 from tests.faults import POINTS
 
 EPOCHS = 5  # launch()'s default trainer.max_epochs
@@ -86,9 +85,8 @@ def launch(
     run_dir: Path, *args: str, epochs: int = EPOCHS, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """One launch of the real entry point into ``run_dir``."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     args = (f"hydra.run.dir={run_dir}", f"trainer.max_epochs={epochs}", *args)
-    return prewarmed.run("fewmult.train", args, run_dir.parent, env, timeout)
+    return cli(run_dir.parent, *args, timeout=timeout, PYTHONPATH=str(REPO))
 
 
 def kill_callbacks(markers: Path, kills: list[Kill], in_folder: list[str] | None = None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,21 +17,14 @@ from fewmult.config import compose_config
 from fewmult.locks import FileLock
 from fewmult.rundir import ADDED_LATER, RECORD, config_changes, flatten, task_config
 from tests import prewarmed
-from tests.conftest import REPO, imported_modules, trained_run
+from tests.conftest import REPO, cli_env, imported_modules, trained_run
 from tests.wandb_reader import run_info
 
 SMALL = ["dataset=synthetic", "model.arch=64FC", "logger=none"]
 
 
 def train_cli(tmp_path: Path, *args: str, **extra_env: str) -> prewarmed.Forked | subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        **extra_env,
-    }
-    return prewarmed.popen("fewmult.train", args, tmp_path, env)
+    return prewarmed.popen("fewmult.train", args, tmp_path, cli_env(PYTHONPATH=str(REPO), **extra_env))
 
 
 def finish(proc: prewarmed.Forked | subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
