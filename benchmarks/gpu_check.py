@@ -43,7 +43,7 @@ from fewmult.config import compose_config
 from fewmult.device import visible_accelerator
 from fewmult.nn import bind_optimizer
 from fewmult.quant import list_quantizers
-from fewmult.quant.rng import _COMPILED
+from fewmult.quant.fusion import _COMPILED
 from fewmult.run.job import quiet_lightning, train
 
 SYNC_FIRST, SYNC_STEPS = 2, 3  # the HostSyncCount window

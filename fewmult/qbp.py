@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from fewmult.errors import UserError
-from fewmult.quant.rng import fused_or_eager, hashed_uniform, run_fused
+from fewmult.quant.fusion import fused_or_eager, run_fused
+from fewmult.quant.rng import hashed_uniform
 
 
 def _exponent_and_fraction(x: torch.Tensor, exp_min: int | None, exp_max: int | None):

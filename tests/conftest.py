@@ -39,6 +39,11 @@ PROCESS_MODULES = {
 }
 
 
+# The fused functions go to torch.compile here, whose kernels CI's fresh cache compiles in 1-4 s each,
+# not to packages compiled ahead of time (6-10 s each, about 25 in the suite's jobs): a test that is
+# about those packages turns them on for itself (tests/test_ahead.py)
+os.environ.setdefault("FEWMULT_AOT", "0")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n 2: one thread per worker and per process it starts. Two workers of two threads each
     # on two cores make OpenMP's waiting threads fight: a 1.3 s test took 47 s that way.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from fewmult.config import compose_config
-from fewmult.quant.rng import _COMPILED
+from fewmult.quant.fusion import _COMPILED
 from fewmult.run.job import train
 
 RESNET = [

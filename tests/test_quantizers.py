@@ -394,7 +394,8 @@ def _lowbias32(x: np.ndarray) -> np.ndarray:
 def test_hashed_uniforms_are_the_lowbias32_formula_compiled_or_not(key):
     """fewmult computes in int32 (wrapping products, masked shifts) for speed; the numbers must be
     the uint32 formula's, in eager mode and in the torch.compile'd loop alike."""
-    from fewmult.quant.rng import hashed_uniform, run_fused
+    from fewmult.quant.fusion import run_fused
+    from fewmult.quant.rng import hashed_uniform
 
     n = 100_003  # not a multiple of a vector width: the compiled loop's scalar tail is checked too
     with np.errstate(over="ignore"):

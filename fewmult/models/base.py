@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fewmult.nn.layers import QuantConv2d, QuantLinear
-from fewmult.quant.rng import eager_fusion
+from fewmult.quant.fusion import eager_fusion
 
 # builds a module: weight quantizers take no argument, activations ``channels=`` (what they read)
 ModuleFactory = Callable[..., nn.Module]

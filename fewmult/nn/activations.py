@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fewmult.quant.activations import channel_rows, channel_sum
-from fewmult.quant.rng import fused_or_eager
+from fewmult.quant.fusion import fused_or_eager
 
 
 def _rprelu(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, zeta: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from fewmult.nn.layers import QuantLinear
 from fewmult.qbp import QBPLinearFunction, QBPSettings
 from fewmult.quant.activations import SignActivation
 from fewmult.quant.base import sign_plus
-from fewmult.quant.rng import fused_or_eager
+from fewmult.quant.fusion import fused_or_eager
 
 GATES = ("input", "forget", "cell", "output")
 # the order of the gates in the concatenated matrices: the three sigmoid gates first, so that one

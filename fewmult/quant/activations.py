@@ -16,8 +16,8 @@ from torch import nn
 
 from fewmult.errors import UserError
 from fewmult.quant.base import sign_plus
+from fewmult.quant.fusion import fused_or_eager
 from fewmult.quant.registry import register_activation
-from fewmult.quant.rng import fused_or_eager
 
 
 def _hard_tanh_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def _approx_sign_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 def channel_rows(x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """``x`` (N, C, ...) as (N, C, L) and each of ``others`` as (1, C, 1) (per-channel parameters) or
-    (N, C, L) (like ``x``): long rows for the fused loops (:func:`fewmult.quant.rng.run_fused`)."""
+    (N, C, L) (like ``x``): long rows for the fused loops (:func:`fewmult.quant.fusion.run_fused`)."""
     n, c = x.shape[0], x.shape[1]
     return [
         x.reshape(n, c, -1),

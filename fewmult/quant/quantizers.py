@@ -13,8 +13,9 @@ import torch
 
 from fewmult.errors import UserError
 from fewmult.quant.base import WeightQuantizer
+from fewmult.quant.fusion import fused_or_eager, run_fused
 from fewmult.quant.registry import register_quantizer
-from fewmult.quant.rng import RandomStream, fused_or_eager, hashed_uniform, run_fused
+from fewmult.quant.rng import RandomStream, hashed_uniform
 
 SCALES = ("w0", "unit")
 RNGS = ("hash", "torch")
@@ -141,7 +142,7 @@ class _Stochastic(_ScaledByW0):
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         if self.rng == "hash":
-            flat = w.detach().reshape(-1)  # see fewmult.quant.rng.run_fused: one long loop, same numbers
+            flat = w.detach().reshape(-1)  # see fewmult.quant.fusion.run_fused: one long loop, same numbers
             q = run_fused(type(self).kernel, flat, self.level.to(w.dtype), self.stream.next_key())
             if q is not None:
                 return q.view_as(w)

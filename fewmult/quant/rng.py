@@ -1,4 +1,4 @@
-"""Cheap random numbers for the stochastic quantizers and QBP: a counter-based hash, fused by torch.compile.
+"""Cheap random numbers for the stochastic quantizers and QBP: a counter-based hash, one fused loop.
 
 ``torch.rand_like`` over the 2.9 M weights of the MNIST MLP costs about 7 ms on a 2-core CPU, a
 third of a full-precision training step. Stochastic BinaryConnect, ternary connect and QBP need
@@ -7,9 +7,9 @@ one uniform number per element per step, so that alone breaks their overhead bud
 Here the uniform for element ``i`` at draw ``k`` of a stream with seed ``s`` is
 ``hash(i, hash(s, k)) >> 8`` scaled to [0, 1): 24 random bits, the same resolution as
 ``torch.rand`` in float32, so ``P(u < p)`` is ``p`` to within 2^-24. The hash is Chris Wellons'
-"lowbias32" integer mixer. ``torch.compile`` fuses hash, comparison and scaling into one loop over
-the tensor (about 0.5 ms for 2.9 M weights). Without a working compiler the quantizers fall back
-to ``torch.rand``, with a warning.
+"lowbias32" integer mixer. Compiled (:func:`fewmult.quant.fusion.run_fused`), hash, comparison
+and scaling are one loop over the tensor (about 0.5 ms for 2.9 M weights). Without a working
+compiler the quantizers fall back to ``torch.rand``, with a warning.
 
 A :class:`RandomStream` keeps its seed and draw counter in buffers: checkpoints resume the stream,
 and DDP ranks, seeded alike, draw the same numbers.
@@ -17,15 +17,8 @@ and DDP ranks, seeded alike, draw the same numbers.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import warnings
-from collections.abc import Callable, Iterator
-
 import torch
 from torch import nn
-
-from fewmult.run.source_keys import reuse_source_keys
 
 MASK = 0xFFFFFFFF
 
@@ -80,68 +73,3 @@ class RandomStream(nn.Module):
     def next_key(self) -> torch.Tensor:
         self.rng_counter.add_(1)
         return _mix32(_key32(self.rng_seed * 0x85EBCA6B + self.rng_counter)).to(torch.int64) & MASK
-
-
-_COMPILED: dict[Callable, Callable | None] = {}
-
-
-def fused_or_eager(fn: Callable, *args):
-    """``fn(*args)``, fused by torch.compile where possible (the same numbers either way)."""
-    out = run_fused(fn, *args)
-    return fn(*args) if out is None else out
-
-
-_EAGER = threading.local()
-
-
-@contextlib.contextmanager
-def eager_fusion() -> Iterator[None]:
-    """Run the fused functions eagerly inside (the same numbers): for one-off passes, such as the
-    one-example forward passes that count a model's layers, which would otherwise compile each
-    function for shapes, modes and global settings that training never sees again."""
-    before = getattr(_EAGER, "on", False)
-    _EAGER.on = True
-    try:
-        yield
-    finally:
-        _EAGER.on = before
-
-
-def run_fused(fn: Callable, *args):
-    """``torch.compile(fn)(*args)``; None when compiling is impossible here (warned once).
-
-    Callers pass long rows: compiled with dynamic shapes, the loop's vectorized inner dimension is
-    the tensor's last one, so a (512, 512, 3, 3) kernel ran 16-lane vectors over rows of 3 (its
-    stochastic binarization took 7.1 ms; flattened 1.3 ms, the same numbers).
-
-    Each compiled version is guarded on what it was traced with, and Dynamo stops compiling a
-    function after 8 versions (then it runs eagerly, unfused). So no fused function takes part in
-    autograd (every caller is a no-grad computation or a custom ``autograd.Function``), and tensors
-    go in detached (no guard on ``requires_grad``, and a view's reshape becomes a tensor of its own,
-    not guarded on its base's shape) and with autocast off (the same elementwise numbers; no
-    version per precision setting).
-    """
-    if getattr(_EAGER, "on", False):
-        return fn(*args)
-    if fn not in _COMPILED:
-        if not _COMPILED:  # the process's first: torch hashes its sources unless they are remembered
-            reuse_source_keys()
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    compiled = _COMPILED[fn]
-    if compiled is None:
-        return None
-    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-    try:
-        if torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return compiled(*args)
-        return compiled(*args)
-    except Exception as exc:  # no C++ compiler, an unsupported device, ...
-        _COMPILED[fn] = None
-        warnings.warn(
-            f"torch.compile failed ({type(exc).__name__}: {exc}); {fn.__name__} runs unfused (slower; "
-            "stochastic quantizers then draw from torch.rand)",
-            stacklevel=2,
-        )
-        return None
