@@ -131,13 +131,18 @@ class _Exported(torch.nn.Module):
         return self.fn(*(next(given) if t else c for t, c in pairs))
 
 
-def _build(fn: Callable, args: Sequence[Any], path: Path) -> None:
-    """Export ``fn`` at ``args`` (sizes above 1 dynamic) and compile it into ``path``."""
+def exported(fn: Callable, args: Sequence[Any]) -> torch.export.ExportedProgram:
+    """``fn`` at ``args`` through ``torch.export``, every dim of size above 1 dynamic."""
     from torch.export import Dim, export
 
-    tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+    tensors = tuple(_tensors(args))
     dynamic = tuple({d: Dim.DYNAMIC for d, s in enumerate(t.shape) if s > 1} for t in tensors)
-    program = export(_Exported(fn, args), tensors, dynamic_shapes=(dynamic,))
+    return export(_Exported(fn, args), tensors, dynamic_shapes=(dynamic,))
+
+
+def _build(fn: Callable, args: Sequence[Any], path: Path) -> None:
+    """Compile ``fn`` for calls of the signature of ``args`` into the package ``path``."""
+    program = exported(fn, args)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.pt2")
     try:
         # the wrapper only hands sizes and pointers to the kernels: compiled at -O0, 2 s sooner
@@ -219,10 +224,11 @@ def applies(args: Sequence[Any]) -> bool:
 
 
 def run_ahead(fn: Callable, args: Sequence[Any]) -> Any | None:
-    """``fn(*args)`` through its package (contiguous, detached CPU tensors; see :func:`applies`);
-    None where ``fn`` goes to torch.compile instead."""
+    """``fn(*args)`` through its package (detached CPU tensors; see :func:`applies`); None where
+    ``fn`` goes to torch.compile instead. Tensors go in contiguous, as packages are compiled for."""
+    args = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
     sig = signature(fn, args)
     if sig not in _RUNNERS:
         _RUNNERS[sig] = _load(fn, args, package_path(sig))
     runner = _RUNNERS[sig]
-    return None if runner is None else runner(*(t.contiguous() for t in _tensors(args)))
+    return None if runner is None else runner(*_tensors(args))
