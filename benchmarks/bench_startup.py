@@ -3,15 +3,15 @@
 Two measurements, each method launched as a user launches it (``python -m fewmult.train
 method=M``, on the small generated dataset, one epoch, no logger):
 
-* **Alone**, with inductor's cache warm (``TORCHINDUCTOR_CACHE_DIR`` or
-  ``/tmp/torchinductor_<user>``, shared by the jobs of a machine: run the benchmark twice and read
-  the second): launches whose torch hashes its and Triton's sources before the first compiled kernel
-  (the remembered keys of :mod:`fewmult.run.source_keys` deleted first, as every launch was before
-  them) interleaved with launches that find the keys remembered, ``ROUNDS`` of each, medians.
-  Seconds since launch at the end of the job's imports, at Lightning's ``setup`` (after the config
-  checks, the data and the model) and at the end of the first training step (its forward, backward
-  and optimizer step), and the first step's distance from the end of the imports (issue 23's
-  measure; the launch runs its imports before its config checks, see ``IMPORTS_FIRST``).
+* **Alone**, with warm caches (one unmeasured launch of each kind first fills inductor's cache,
+  ``TORCHINDUCTOR_CACHE_DIR`` or ``/tmp/torchinductor_<user>``, and the packages compiled ahead of
+  time in it): launches whose fused functions go to ``torch.compile`` (``FEWMULT_AOT=0``)
+  interleaved with launches that load packages compiled ahead of time (:mod:`fewmult.quant.ahead`,
+  the default on the CPU), ``ROUNDS`` of each, medians. Seconds since launch at the end of the job's
+  imports, at Lightning's ``setup`` (after the config checks, the data and the model) and at the end
+  of the first training step (its forward, backward and optimizer step), and the first step's
+  distance from the end of the imports (issue 23's measure; the launch runs its imports before its
+  config checks, see ``IMPORTS_FIRST``).
 * **In a sweep**: four jobs (``seed=1,2,3,4``) through ``hydra/launcher=gpu_pool`` on one CPU slot,
   with a fresh process for every job (``jobs_per_process=1``) and with the slot's one process
   (the default). Seconds from each job's launch (the header of its ``output.log``) to the end of its
@@ -37,7 +37,6 @@ from pathlib import Path
 import lightning as L
 
 from fewmult.config import CONF_DIR
-from fewmult.run.source_keys import store_path
 
 METHODS = "fp,bc_det,bc_stoch,tc,bwn,lab,lab2,bnn,xnor,bireal,reactnet"
 SWEEP_METHODS = "fp,bc_stoch,bnn,reactnet"
@@ -92,8 +91,8 @@ IMPORTS_FIRST = (
 )
 
 
-def _train(args: list[str], launch: tuple[str, ...] = ("-m", "fewmult.train")) -> str:
-    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent)}
+def _train(args: list[str], launch: tuple[str, ...] = ("-m", "fewmult.train"), **env: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent), **env}
     proc = subprocess.run(
         [sys.executable, *launch, *args], env=env, capture_output=True, text=True, timeout=900
     )
@@ -102,11 +101,12 @@ def _train(args: list[str], launch: tuple[str, ...] = ("-m", "fewmult.train")) -
     return proc.stdout
 
 
-def alone(method: str, folder: Path) -> dict[str, float]:
+def alone(method: str, folder: Path, ahead: bool) -> dict[str, float]:
     """Seconds from launch to the end of the imports (``imports``), to set-up (``fit``) and to the
-    end of the first step (``step``)."""
+    end of the first step (``step``), with packages compiled ahead of time or torch.compile."""
     launched = time.time()
-    marks = _marks(_train([*_args(method), f"hydra.run.dir={folder}"], ("-c", IMPORTS_FIRST)))
+    args = [*_args(method), f"hydra.run.dir={folder}"]
+    marks = _marks(_train(args, ("-c", IMPORTS_FIRST), FEWMULT_AOT="1" if ahead else "0"))
     return {name: t - launched for name, t in marks.items()}
 
 
@@ -144,20 +144,20 @@ def main() -> None:
     root = Path(args.folder)
     if methods := [m for m in args.methods.split(",") if m]:
         columns = "imports | set-up | first step | first step - imports"
-        print(f"| method | sources hashed: {columns} | keys remembered: {columns} |")
+        print(f"| method | torch.compile: {columns} | ahead of time: {columns} |")
         print("|---|" + "---|" * 8)
         for method in methods:
             cells: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+            for ahead in (False, True):  # warm-up: fills the caches, unmeasured
+                alone(method, root / f"{method}_{time.time_ns()}", ahead)
             for _ in range(ROUNDS):  # interleaved: this machine's noise falls on both alike
-                for remembered in (False, True):
-                    if not remembered:
-                        store_path().unlink(missing_ok=True)  # the launch hashes and stores again
-                    cells[remembered].append(alone(method, root / f"{method}_{time.time_ns()}"))
+                for ahead in (False, True):
+                    cells[ahead].append(alone(method, root / f"{method}_{time.time_ns()}", ahead))
             for launch in (*cells[False], *cells[True]):
                 launch["after imports"] = launch["step"] - launch["imports"]
             medians = [
-                f"{statistics.median(m[mark] for m in cells[remembered]):.1f} s"
-                for remembered in (False, True)
+                f"{statistics.median(m[mark] for m in cells[ahead]):.1f} s"
+                for ahead in (False, True)
                 for mark in ("imports", "fit", "step", "after imports")
             ]
             print(f"| {method} | " + " | ".join(medians) + " |", flush=True)

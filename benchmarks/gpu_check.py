@@ -42,7 +42,7 @@ from fewmult.build import build_model, optimizer_factory
 from fewmult.config import compose_config
 from fewmult.device import visible_accelerator
 from fewmult.nn import bind_optimizer
-from fewmult.quant import list_quantizers
+from fewmult.quant import ahead, list_quantizers
 from fewmult.quant.fusion import _COMPILED
 from fewmult.run.job import quiet_lightning, train
 
@@ -251,7 +251,9 @@ def main() -> int:
             )
     fallbacks = sorted(fn.__name__ for fn, compiled in _COMPILED.items() if compiled is None)
     compiled = sorted(fn.__name__ for fn, c in _COMPILED.items() if c is not None)
-    print(f"\ntorch.compile: compiled {', '.join(compiled) or 'nothing'}")
+    packages = sorted({sig[1] for sig, runner in ahead._RUNNERS.items() if runner is not None})
+    print(f"\ncompiled ahead of time (CPU packages): {', '.join(packages) or 'nothing'}")
+    print(f"torch.compile: compiled {', '.join(compiled) or 'nothing'}")
     if fallbacks:
         failed.append(f"torch.compile fell back to eager code for {', '.join(fallbacks)}")
     if recompile_limit_hit():
