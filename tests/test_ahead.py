@@ -12,7 +12,7 @@ import torch
 from fewmult.quant import ahead
 from fewmult.quant.activations import _shifted_sign_backward
 from fewmult.quant.quantizers import _lab_alpha, _scaled_sign
-from tests.conftest import cli, imported_modules
+from tests.conftest import imported_modules
 
 
 @pytest.fixture
@@ -104,19 +104,21 @@ def test_a_function_that_cannot_be_exported_is_refused_once_and_the_reason_kept(
         assert ahead.run_ahead(_data_dependent, (x,)) is None
 
 
-def test_a_launch_compiles_its_package_and_the_next_launch_trains_without_inductors_compiler(tmp_path):
+def test_a_launch_compiles_its_package_and_the_next_launch_trains_without_inductors_compiler(
+    run_cli, tmp_path
+):
     """``python -m fewmult.train`` twice with packages on and an empty inductor cache: the first
     launch compiles BinaryConnect's fused sign, the second loads it, imports none of inductor's
     compiler, and trains to the same numbers."""
     env = {ahead.ENV: "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     args = ("method=bc_det", "dataset=synthetic", "trainer.max_epochs=1", "logger=none")
-    first = cli(tmp_path, *args, "hydra.run.dir=first", **env)
+    first = run_cli(*args, "hydra.run.dir=first", **env)
     assert first.returncode == 0, first.stderr
     assert "compiling _scaled_sign ahead of time" in first.stdout + first.stderr
     (package,) = (tmp_path / "inductor" / ahead.FOLDER).glob("_scaled_sign-*.pt2")
     built = package.stat().st_mtime_ns
 
-    second = cli(tmp_path, *args, "hydra.run.dir=second", PYTHONPROFILEIMPORTTIME="1", **env)
+    second = run_cli(*args, "hydra.run.dir=second", PYTHONPROFILEIMPORTTIME="1", **env)
     assert second.returncode == 0, second.stderr
     assert "ahead of time" not in second.stdout + second.stderr
     imported = imported_modules(second.stderr)
