@@ -12,7 +12,7 @@ import torch
 from fewmult.quant import ahead
 from fewmult.quant.activations import _shifted_sign_backward
 from fewmult.quant.quantizers import _lab_alpha, _scaled_sign
-from tests.conftest import imported_modules
+from tests.conftest import REPO, imported_modules
 
 
 @pytest.fixture
@@ -45,6 +45,14 @@ def test_the_package_file_follows_the_thread_count(packages):
     finally:
         torch.set_num_threads(threads)
     assert one.parent == packages and one.name.startswith("_scaled_sign-")
+
+
+def test_a_package_is_keyed_on_the_sources_its_function_can_call_and_no_others():
+    files = {
+        path.relative_to(REPO).as_posix() for path in ahead.source_files(_shifted_sign_backward.__module__)
+    }
+    assert {"fewmult/quant/activations.py", "fewmult/quant/base.py"} <= files  # sign_plus lives in base
+    assert not {"fewmult/train.py", "fewmult/module.py"} & files  # editing the trainer keeps packages
 
 
 def test_export_ties_only_the_sizes_the_function_ties():

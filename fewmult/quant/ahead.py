@@ -12,8 +12,9 @@ call it without Dynamo or inductor's compiler.
 A package serves every call with the same *signature*: the function, and for each argument, if a
 tensor, its dtype and which of its dims have size 1 (compiled as constants; the others are dynamic),
 otherwise its value (compiled in). The
-file name also fingerprints everything else the compiled code depends on: the contents of
-fewmult's sources (an edited function is never served stale), torch's and Python's versions, the
+file name also fingerprints everything else the compiled code depends on: the contents of the
+fewmult modules the function can call (an edited function is never served stale; see
+:func:`source_files`), torch's and Python's versions, the
 instructions torch's CPU kernels use, the thread count (inductor compiles it into its parallel
 loops) and inductor's settings from the environment. Packages live in ``fewmult-aot/`` inside
 inductor's cache folder (``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_<user>``); on
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import platform
@@ -81,17 +83,35 @@ def signature(fn: Callable, args: Sequence[Any]) -> tuple:
     return (fn.__module__, fn.__qualname__, *parts)
 
 
+def source_files(module: str) -> list[Path]:
+    """The files of ``module`` and of every fewmult module whose functions, classes or module objects
+    it holds, transitively: the code a fused function defined in ``module`` can call. An edit
+    there compiles its packages afresh; an edit elsewhere (a model, the trainer) keeps them."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for value in vars(sys.modules[name]).values():
+            owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(owner, str) and owner.partition(".")[0] == "fewmult" and owner in sys.modules:
+                todo.append(owner)
+    return sorted(Path(sys.modules[name].__file__) for name in seen)
+
+
 @functools.cache
-def _fingerprint() -> str:
-    """fewmult's sources and what compiled code depends on besides the signature."""
+def _fingerprint(module: str) -> str:
+    """The sources a function of ``module`` can call, and what compiled code depends on besides
+    the signature."""
     digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
+    for path in source_files(module):  # by name and content: a clone elsewhere shares the packages
+        digest.update(f"{path.name}\0".encode() + path.read_bytes())
     inductor_env = sorted(
         (k, v)
         for k, v in os.environ.items()
-        if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR"
+        if k.startswith(("TORCHINDUCTOR_", "AOT_INDUCTOR_")) and k != "TORCHINDUCTOR_CACHE_DIR"
     )
     setting = (
         torch.__version__,
@@ -112,7 +132,7 @@ def folder() -> Path:
 
 def package_path(sig: tuple) -> Path:
     """The package of ``sig`` at this process's thread count."""
-    key = hashlib.sha256(repr((_fingerprint(), torch.get_num_threads(), sig)).encode()).hexdigest()[:32]
+    key = hashlib.sha256(repr((_fingerprint(sig[0]), torch.get_num_threads(), sig)).encode()).hexdigest()[:32]
     return folder() / f"{sig[1]}-{key}.pt2"
 
 
