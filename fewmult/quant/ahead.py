@@ -11,14 +11,13 @@ call it without Dynamo or inductor's compiler.
 
 A package serves every call with the same *signature*: the function, and for each argument, if a
 tensor, its dtype and which of its dims have size 1 (compiled as constants; the others are dynamic),
-otherwise its value (compiled in). The
-file name also fingerprints everything else the compiled code depends on: the contents of the
-fewmult modules the function can call (an edited function is never served stale; see
-:func:`source_files`), torch's and Python's versions, the
-instructions torch's CPU kernels use, the thread count (inductor compiles it into its parallel
-loops) and inductor's settings from the environment. Packages live in ``fewmult-aot/`` inside
-inductor's cache folder (``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_<user>``); on
-a cluster whose ``/tmp`` is wiped between jobs, point that variable at a shared folder.
+otherwise its value (compiled in). The file name also fingerprints everything else the compiled
+code depends on: the contents of the fewmult modules the function can call (an edited function is
+never served stale; see :func:`source_files`), torch's and Python's versions, the instructions
+torch's CPU kernels use, the thread count (inductor's code generation splits loops by it) and
+inductor's settings from the environment. Packages live in ``fewmult-aot/`` inside inductor's cache
+folder (``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_<user>``); on a cluster whose
+``/tmp`` is wiped between jobs, point that variable at a shared folder.
 
 A missing package is built at once, in the process that needs it (6-10 s per signature on a 2-core
 CPU, against 1-4 s for ``torch.compile`` with a cold cache), under a file lock so that the jobs of
