@@ -6,8 +6,10 @@ ResNet-18 of today's rows at batch 32, with Bi-Real and ReActNet too), every
 method trains with the optimizer of its paper (Adam for every method on the LSTM), and its
 baseline is full precision with the same optimizer and network. A step is forward, loss, backward,
 optimizer step and the latent-weight clipping. Methods are timed in interleaved rounds so machine
-noise hits all alike; the reported figure is the ratio of median step times (and characters per
-second for the LSTM). Also: bytes saved for backward with QBP.
+noise hits all alike; each round gives a ratio to the baseline timed in the same round, and the
+reported figure is the median of those paired ratios with their quartiles (the spread says how far
+this machine's noise reaches), beside the median step time (and characters per second for the
+LSTM). Also: bytes saved for backward with QBP.
 
 Run: ``python -m benchmarks.bench_methods`` (``--rounds``, ``--steps`` to change the effort).
 """
@@ -96,8 +98,9 @@ def make_step(network: str, variant: str, extra: tuple[str, ...] = ()):
     return step, cfg.optim.name, optimizer
 
 
-def bench_network(network: str, rounds: int, steps: int) -> dict[str, tuple[float, float]]:
-    """{variant: (median seconds per step, ratio to fp with the same optimizer)}."""
+def bench_network(network: str, rounds: int, steps: int) -> dict[str, tuple[float, list[float]]]:
+    """{variant: (median seconds per step, [lower quartile, median, upper quartile] of the per-round
+    ratios to fp with the same optimizer)}."""
     variants = NETWORKS[network].get("variants", VARIANTS)
     made = {v: make_step(network, v) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -110,8 +113,13 @@ def bench_network(network: str, rounds: int, steps: int) -> dict[str, tuple[floa
             for _ in range(steps):
                 made[v][0]()
             times[v].append((time.perf_counter() - start) / steps)
-    medians = {v: statistics.median(t) for v, t in times.items()}
-    return {v: (medians[v], medians[v] / medians[f"fp@{made[v][1]}"]) for v in variants}
+    results = {}
+    for v in variants:
+        base = times[f"fp@{made[v][1]}"]
+        paired = [t / b for t, b in zip(times[v], base, strict=True)]
+        quartiles = statistics.quantiles(paired, n=4) if rounds > 1 else paired * 3
+        results[v] = (statistics.median(times[v]), [quartiles[0], statistics.median(paired), quartiles[2]])
+    return results
 
 
 def saved_bytes(variant_overrides: list[str]) -> int:
@@ -146,13 +154,14 @@ def main() -> None:
         results = bench_network(network, args.rounds, args.steps)
         spec = NETWORKS[network]
         print(f"\n{network} (batch {spec['batch']})")
-        for v, (seconds, ratio) in results.items():
+        print(f"  {'variant':<14} {'step':>11}   ratio (quartiles over rounds)")
+        for v, (seconds, (low, ratio, high)) in results.items():
             rate = (
                 f"   {spec['batch'] * spec['shape'][0] / seconds:8.0f} characters/s"
                 if "vocabulary" in spec
                 else ""
             )
-            print(f"  {v:<14} {seconds * 1000:8.1f} ms   {ratio:6.3f}x{rate}")
+            print(f"  {v:<14} {seconds * 1000:8.1f} ms   {ratio:6.3f}x ({low:.3f}-{high:.3f}){rate}")
     base = saved_bytes(["method=tc"])
     qbp = saved_bytes(["method=tc", "qbp=true"])
     compact = saved_bytes(["method=tc", "qbp=true", "qbp_settings.compact=true"])
