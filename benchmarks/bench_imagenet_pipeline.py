@@ -9,7 +9,10 @@ half the time:
   ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` in the workers (persistent workers);
 * fewmult: ``dataset=imagenet``'s stream (:mod:`fewmult.data.imagenet`): uint8 crops from the workers,
   normalized as whole batches in the training process (on a GPU, on the device), with and without
-  JPEG draft decoding (``dataset.jpeg_draft``).
+  JPEG draft decoding (``dataset.jpeg_draft``);
+* fewmult with ``dataset.decode=device``: the workers read the files and draw the crops, the
+  training process decodes, crops and mirrors on the device (here the CPU: the cost of that path
+  where no GPU takes the work; :mod:`benchmarks.gpu_check` measures it on a GPU).
 
 Each is timed over its second epoch (workers started and warm), at every worker count of
 ``--workers``; rounds alternate the pipelines so machine noise hits all alike; the best worker count
@@ -79,10 +82,10 @@ def torchvision_epochs(folder: Path, workers: int) -> Callable[[int], Iterable]:
 
 
 def fewmult_loader(
-    folder: Path, workers: int | str, draft: bool, device: str = "cpu"
+    folder: Path, workers: int | str, draft: bool, device: str = "cpu", decode: str = "workers"
 ) -> Callable[[int], Iterable]:
-    """Epochs of ``dataset=imagenet``'s training stream, each batch copied to ``device`` (pinned and
-    asynchronous on a GPU) and normalized there, as a run does."""
+    """Epochs of ``dataset=imagenet``'s training stream, each batch moved to ``device`` (pinned and
+    asynchronous on a GPU; decoded there with ``decode="device"``) and normalized there, as a run does."""
     gpu = device == "cuda"
     module = ImageFolderData(
         name="imagenet",
@@ -92,13 +95,15 @@ def fewmult_loader(
         val_size=1,
         workers=workers,
         jpeg_draft=draft,
+        decode=decode,
         pin_memory=gpu,
     )
     stream = module.train_dataloader()
 
     def on_device(batch):
-        x, y = (t.to(device, non_blocking=gpu) for t in batch)
-        x, y = module.on_after_batch_transfer((x, y), 0)
+        x, y = module.on_after_batch_transfer(
+            module.transfer_batch_to_device(batch, torch.device(device), 0), 0
+        )
         if gpu:
             torch.cuda.synchronize()  # the rate of batches ready on the device
         return x, y
@@ -137,6 +142,7 @@ def main() -> None:
             "torchvision ImageFolder": lambda w: torchvision_epochs(folder, w),
             "fewmult, jpeg_draft=false": lambda w: fewmult_loader(folder, w, draft=False),
             "fewmult, jpeg_draft=true": lambda w: fewmult_loader(folder, w, draft=True),
+            "fewmult, decode=device (the CPU)": lambda w: fewmult_loader(folder, w, False, decode="device"),
         }
         rates: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):

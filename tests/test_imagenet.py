@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from fewmult.data.imagenet import ImageFolderData
 from fewmult.data.imagenet.decode import draw_key, eval_image, lighting, random_resized_box, train_image
+from fewmult.data.imagenet.on_device import EncodedBatch
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.errors import UserError
 from tests import fakedata
@@ -242,6 +243,53 @@ def test_a_stream_resumed_inside_an_epoch_gives_the_batches_not_yet_trained(tree
     assert len(labels_and_pixels(resumed, 5)) == len(uninterrupted)  # the next epoch starts at its start
 
 
+def _encoded_and_worker_batches(root, split: str, device: torch.device, **kwargs):
+    """The first batch of ``split`` decoded on ``device`` (``dataset.decode=device``), its files, and
+    the same batch decoded by the workers."""
+    args = {"batch_size": 30, "workers": 0, "jpeg_draft": False, "lighting": 0.1, **kwargs}
+    on_device, in_workers = data(root, decode="device", **args), data(root, decode="workers", **args)
+    batch = next(iter(getattr(on_device, f"{split}_dataloader")()))
+    assert isinstance(batch, EncodedBatch)
+    decoded = on_device.transfer_batch_to_device(batch, device, 0)
+    return decoded, batch.paths, next(iter(getattr(in_workers, f"{split}_dataloader")()))
+
+
+def test_decoding_on_the_device_crops_shifts_and_mirrors_as_the_workers_do(tmp_path):
+    """dataset.decode=device on the CPU (the decoder's CPU path; a GPU runs the same code with
+    nvJPEG): every image of the batch cropped, shifted and mirrored as the workers' full decode does,
+    pixels within one grey level. A CMYK JPEG and a PNG named .JPEG are decoded by the worker, so
+    those two are exactly the workers' pixels. A JPEG damaged after its header is named."""
+    fakedata.write_image_folder(tmp_path)
+    cmyk, png, damaged = (path for path, _ in data(tmp_path).load().train[:3])  # all in the training batch
+    Image.open(cmyk).convert("CMYK").save(cmyk, format="JPEG")
+    Image.open(png).save(png, format="PNG")
+    cpu = torch.device("cpu")
+    batches = {split: _encoded_and_worker_batches(tmp_path, split, cpu) for split in ("train", "test")}
+    for (x, y), _, (expected, labels) in batches.values():
+        assert x.dtype == torch.uint8 and x.shape == expected.shape and torch.equal(y, labels)
+        difference = (x.int() - expected.int()).abs()
+        assert int(difference.max()) <= 1 and float(difference.float().mean()) < 0.05
+    (x, _), paths, (expected, _) = batches["train"]
+    for path in (cmyk, png):
+        assert torch.equal(x[paths.index(path)], expected[paths.index(path)])
+    with open(damaged, "r+b") as file:
+        file.truncate(file.seek(0, 2) // 2)
+    with pytest.raises(UserError, match=rf"cannot decode {damaged} on cpu.*replace it with a good copy"):
+        _encoded_and_worker_batches(tmp_path, "train", cpu)
+    with pytest.raises(UserError, match=r"dataset\.decode must be workers .* or device .*, got 'gpu'"):
+        data(tmp_path, decode="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: nvJPEG decodes on a GPU")
+def test_nvjpeg_decodes_as_the_cpu_does(tree):
+    """The GPU's batch (nvJPEG, torchvision's resize on the device) against the workers' pixels."""
+    for split in ("train", "test"):
+        (x, y), _, (expected, labels) = _encoded_and_worker_batches(tree.parent, split, torch.device("cuda"))
+        assert x.device.type == "cuda" and torch.equal(y.cpu(), labels)
+        difference = (x.cpu().int() - expected.int()).abs()
+        assert float(difference.float().mean()) < 1.0, "nvJPEG's inverse DCT may round otherwise, not more"
+
+
 def test_batches_are_normalized_on_the_device_as_float_nchw(tree):
     module = data(tree.parent)
     x, y = next(iter(module.train_dataloader()))
@@ -254,12 +302,16 @@ def test_batches_are_normalized_on_the_device_as_float_nchw(tree):
 
 
 def test_imagenet_trains_through_the_entry_point_with_top5_and_the_data_wait(run_cli, tree, tmp_path):
+    """With dataset.decode=device (the workers' decoding runs through the entry point in the DDP and
+    kill tests): a worker reads the files, the training process decodes them, the export decodes
+    the test images as the run evaluated them."""
     proc = run_cli(
         "dataset=imagenet",
         "paper=liu2018",
         "method=bireal",
         f"dataset.root={tree.parent}",
         *TINY,
+        "dataset.decode=device",
         "dataset.batch_size=8",
         "trainer.max_epochs=2",
         "logger=csv",

@@ -37,7 +37,7 @@ CONTEXT = {
     "optim.optimizer.fused": ["optim=adam"],
     **{
         f"dataset.{key}": ["dataset=imagenet"]
-        for key in ("workers", "jpeg_draft", "prefetch_factor", "lighting")
+        for key in ("workers", "jpeg_draft", "prefetch_factor", "lighting", "decode")
     },
 }
 NOT_OURS = {"local_lock=flock"}  # an NFS mount option, not a fewmult override

@@ -17,6 +17,7 @@ import torch
 
 from fewmult.data.files import resolve_root
 from fewmult.data.imagenet.layout import FolderSplit, class_folders, indexed_split
+from fewmult.data.imagenet.on_device import EncodedBatch, decode_batch
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.data.splits import check_val_size
 from fewmult.errors import UserError, require_positive
@@ -74,6 +75,9 @@ class ImageFolderData(L.LightningDataModule):
         prefetch_factor: batches each worker prepares ahead.
         pin_memory: ``auto`` (when training on a GPU), true or false.
         jpeg_draft: decode at reduced DCT scale where the crop allows (:mod:`.decode`).
+        decode: where JPEGs are decoded: ``workers`` (the ``DataLoader``'s processes), or ``device``
+            (the training device, nvJPEG on a GPU: :mod:`.on_device`), for machines whose CPUs
+            cannot keep a GPU fed (``train/data_wait`` near 1 says so).
         lighting: standard deviation of the PCA lighting noise of Bi-Real's code (0: none).
         mean, std: per-channel normalization, of pixel values in [0, 1].
     """
@@ -97,6 +101,7 @@ class ImageFolderData(L.LightningDataModule):
         prefetch_factor: int = 4,
         pin_memory: bool | str = "auto",
         jpeg_draft: bool = True,
+        decode: str = "workers",
         lighting: float = 0.0,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
@@ -126,6 +131,11 @@ class ImageFolderData(L.LightningDataModule):
             raise UserError(
                 f"dataset.lighting must be a number >= 0 (Bi-Real's code: 0.1), got {lighting!r}."
             )
+        if decode not in ("workers", "device"):
+            raise UserError(
+                f"dataset.decode must be workers (decode JPEGs in the DataLoader's processes) or device "
+                f"(on the training device, nvJPEG on a GPU), got {decode!r}."
+            )
         if pin_memory not in ("auto", True, False):
             raise UserError(f"dataset.pin_memory must be auto, true or false, got {pin_memory!r}.")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -139,6 +149,7 @@ class ImageFolderData(L.LightningDataModule):
         self.image_size, self.resize = image_size, resize
         self.workers, self.prefetch_factor, self.pin_memory = workers, prefetch_factor, pin_memory
         self.jpeg_draft, self.lighting = bool(jpeg_draft), float(lighting)
+        self.decode = decode
         self.mean, self.std = tuple(mean), tuple(std)
         # the layout is checked now, before a run folder is made: listing two folders costs little
         self.classes = class_folders(self.folder, "train", name)
@@ -196,7 +207,13 @@ class ImageFolderData(L.LightningDataModule):
             train = split == "train"
             samples = getattr(self.load(), split)
             decoding = Decoding(
-                self.image_size, self.resize, train, self.seed, self.jpeg_draft, self.lighting
+                self.image_size,
+                self.resize,
+                train,
+                self.seed,
+                self.jpeg_draft,
+                self.lighting,
+                on_device=self.decode == "device",
             )
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             workers = default_workers(self._processes_here()) if self.workers == "auto" else self.workers
@@ -223,8 +240,16 @@ class ImageFolderData(L.LightningDataModule):
     def test_dataloader(self) -> ImageStream:
         return self._stream("test")
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A batch left encoded by the workers (``dataset.decode=device``) is decoded on ``device``."""
+        if isinstance(batch, EncodedBatch):
+            return decode_batch(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 NHWC on the device -> normalized float NCHW, over the whole batch at once."""
+        if isinstance(batch, EncodedBatch):  # called without the transfer (e.g. evaluation on the CPU)
+            batch = decode_batch(batch, torch.device("cpu"))
         x, y = batch
         if x.dtype != torch.uint8:  # already an input (e.g. a user's own loader)
             return x, y

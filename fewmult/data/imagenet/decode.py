@@ -4,7 +4,7 @@ Training: the random resized crop of Szegedy et al. (GoogLeNet; torchvision's
 ``RandomResizedCrop``: a box of 8-100 % of the image's area and aspect ratio 3/4-4/3, resized to
 ``size`` x ``size``) and a horizontal flip with probability 1/2. Evaluation: the shorter side resized
 to ``resize``, the centre ``size`` x ``size`` cut out. ``dataset.lighting``: Bi-Real's PCA lighting
-noise between the crop and the flip (:func:`lighting`; the authors' code, off by default). Both
+noise (:func:`lighting`; the authors' code, off by default). Both
 return uint8 HWC arrays: the batch goes to the device four times smaller than as float, and is
 normalized there (:mod:`.datamodule`).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -70,23 +71,51 @@ def _decoded(image: Image.Image, need: tuple[int, int] | None) -> tuple[Image.Im
     return image, image.size[0] / width, image.size[1] / height
 
 
-def lighting(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """AlexNet's PCA lighting noise as Bi-Real's code applies it (its ``Lighting``): the RGB shift
-    ``eigvec @ (alpha * eigval)`` added to the uint8 pixels, clipped to [0, 255] and cast back to
-    uint8 (truncation). The eigenvalues are those of pixels in [0, 1] and the shift is added to
+def lighting_shift(alpha: np.ndarray) -> np.ndarray:
+    """AlexNet's PCA lighting noise as Bi-Real's code computes it (its ``Lighting``): the RGB shift
+    ``eigvec @ (alpha * eigval)``, to be added to 0-255 pixel values (:func:`shifted`)."""
+    return PCA_EIGVEC @ (alpha.astype(np.float32) * PCA_EIGVAL)
+
+
+def shifted(pixels: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``shift`` added to the uint8 pixels, clipped to [0, 255] and cast back to uint8 (truncation),
+    as Bi-Real's code does. The eigenvalues are those of pixels in [0, 1] and the shift is added to
     0-255 values, so it stays below 1 in practice: a channel whose shift is negative loses 1 where
     it is above 0, the others are unchanged. Reproduced as the authors' code does it."""
-    shift = PCA_EIGVEC @ (alpha.astype(np.float32) * PCA_EIGVAL)
     return np.clip(pixels + shift, 0, 255).astype(np.uint8)
+
+
+def lighting(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``pixels`` with the lighting noise of ``alpha`` (:func:`lighting_shift`, :func:`shifted`)."""
+    return shifted(pixels, lighting_shift(alpha))
+
+
+@dataclass(frozen=True)
+class TrainDraws:
+    """One image's random draws in one epoch: the crop box (left, top, width, height, in the
+    image's pixels), the RGB lighting shift (None: no lighting noise), the mirror."""
+
+    box: tuple[int, int, int, int]
+    shift: np.ndarray | None
+    flip: bool
+
+
+def train_draws(width: int, height: int, key: int, lighting_std: float = 0.0) -> TrainDraws:
+    """The draws of :func:`train_image` for an image of this size, in its order (box, lighting,
+    flip): decoding in a worker or on the device crops, shifts and mirrors every image alike."""
+    rng = random.Random(key)
+    box = random_resized_box(width, height, rng)
+    alpha = np.array([rng.gauss(0, lighting_std) for _ in range(3)]) if lighting_std else None
+    return TrainDraws(box, None if alpha is None else lighting_shift(alpha), rng.random() < 0.5)
 
 
 def train_image(path: str, size: int, key: int, draft: bool, lighting_std: float = 0.0) -> np.ndarray:
     """A random resized crop of ``path`` at ``size`` x ``size``, with lighting noise of standard
     deviation ``lighting_std`` (0: none, and no draw for it), mirrored half the time."""
-    rng = random.Random(key)
     with Image.open(path) as image:
         width, height = image.size
-        left, top, w, h = random_resized_box(width, height, rng)
+        draws = train_draws(width, height, key, lighting_std)
+        left, top, w, h = draws.box
         need = (math.ceil(width * size / w), math.ceil(height * size / h)) if draft else None
         image, sx, sy = _decoded(image, need)
     if sx == sy == 1:
@@ -94,11 +123,10 @@ def train_image(path: str, size: int, key: int, draft: bool, lighting_std: float
     else:
         box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
         out = image.resize((size, size), Image.BILINEAR, box=box)
-    alpha = np.array([rng.gauss(0, lighting_std) for _ in range(3)]) if lighting_std else None
-    if rng.random() < 0.5:
+    if draws.flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     pixels = np.asarray(out)
-    return pixels if alpha is None else lighting(pixels, alpha)
+    return pixels if draws.shift is None else shifted(pixels, draws.shift)
 
 
 def resized_shape(width: int, height: int, resize: int) -> tuple[int, int]:

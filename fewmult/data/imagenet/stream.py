@@ -14,6 +14,7 @@ Each epoch also measures the share of its time the training process spent waitin
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fewmult.data.imagenet.decode import draw_key, eval_image, train_image
+from fewmult.data.imagenet.on_device import collate, encoded
 from fewmult.data.order import EpochShuffle, ResumableOrder, rank_share, share_size
 from fewmult.errors import UserError
 
@@ -36,6 +38,7 @@ class Decoding:
     seed: int
     draft: bool
     lighting: float = 0.0
+    on_device: bool = False  # the training process decodes (:mod:`.on_device`); workers read the files
 
 
 class FolderImages(Dataset):
@@ -49,13 +52,19 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple:
+        """(uint8 HWC pixels, label); with ``decoding.on_device``: ((the file's bytes, its
+        :class:`~fewmult.data.imagenet.on_device.Plan`), or its pixels where the worker must decode
+        it, label, path)."""
         index, epoch = key
         path, label = self.samples[index]
         d = self.decoding
+        draws = draw_key(d.seed, epoch, index)
         try:
+            if d.on_device and (item := encoded(path, d.train, draws, d.resize, d.lighting)) is not None:
+                return item, label, path
             if d.train:
-                pixels = train_image(path, d.size, draw_key(d.seed, epoch, index), d.draft, d.lighting)
+                pixels = train_image(path, d.size, draws, d.draft, d.lighting)
             else:
                 pixels = eval_image(path, d.size, d.resize, d.draft)
         except Exception as exc:
@@ -63,7 +72,8 @@ class FolderImages(Dataset):
                 f"{self.dataset}: cannot decode {path} ({type(exc).__name__}: {exc}). The file is damaged "
                 "or not an image: replace it with a good copy, or delete it, and run again."
             ) from None
-        return torch.from_numpy(pixels.copy()), label
+        pixels = torch.from_numpy(pixels.copy())
+        return (pixels, label, path) if d.on_device else (pixels, label)
 
 
 class _BatchPlan:
@@ -87,7 +97,9 @@ def _user_error_from_worker(exc: UserError) -> UserError:
 
 
 class ImageStream(ResumableOrder):
-    """An iterable of (uint8 NHWC images, int64 labels) batches of one split, sized like a loader.
+    """An iterable of (uint8 NHWC images, int64 labels) batches of one split, sized like a loader
+    (with ``decoding.on_device``, :class:`~fewmult.data.imagenet.on_device.EncodedBatch` es that the
+    transfer to the device decodes).
 
     Args:
         images: the split's images (:class:`FolderImages`).
@@ -137,9 +149,11 @@ class ImageStream(ResumableOrder):
 
     def _make_loader(self) -> DataLoader:
         workers = self.workers
+        d = self.images.decoding
         return DataLoader(
             self.images,
             batch_sampler=self._plan,
+            collate_fn=functools.partial(collate, train=d.train, size=d.size) if d.on_device else None,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
@@ -152,7 +166,7 @@ class ImageStream(ResumableOrder):
         elapsed = time.perf_counter() - self._started
         return self._waited / elapsed if elapsed > 0 else 0.0
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator:
         first, epoch = self._first_batch(), self._epoch()
         ids = self._order().tolist()
         b = self.batch_size
@@ -164,9 +178,9 @@ class ImageStream(ResumableOrder):
         for _ in range(len(self._plan)):
             asked = time.perf_counter()
             try:
-                x, y = next(batches)
+                batch = next(batches)
             except UserError as exc:
                 raise _user_error_from_worker(exc) from None
             self._waited += time.perf_counter() - asked
             self._yielding()
-            yield x, y
+            yield tuple(batch) if isinstance(batch, list) else batch  # (x, y), or an EncodedBatch
