@@ -5,6 +5,8 @@ second launch that trains without inductor's compiler."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -97,11 +99,22 @@ def _data_dependent(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_a_function_that_cannot_be_exported_is_refused_once_and_the_reason_kept(packages, monkeypatch):
+    """Also: the attempt first deletes the packages and refusals unused for STALE_DAYS days."""
+    packages.mkdir()
+    stale, recent, lock = packages / "old-1.pt2", packages / "recent-2.pt2", packages / "old-1.lock"
+    for path, days in ((stale, ahead.STALE_DAYS + 1), (recent, ahead.STALE_DAYS - 1), (lock, 400)):
+        path.write_bytes(b"")
+        when = time.time() - days * 86_400
+        os.utime(path, (when, when))
+    (packages / "old-2.refused").write_text("why\n")
+    os.utime(packages / "old-2.refused", (0, 0))
     x = torch.ones(8)
     with pytest.warns(UserWarning, match="_data_dependent is not compiled ahead of time"):
         assert ahead.run_ahead(_data_dependent, (x,)) is None  # the caller goes to torch.compile
     (refusal,) = packages.glob("_data_dependent-*.refused")
     assert refusal.read_text().strip()  # why, for the user who reads the warning
+    assert not stale.exists() and not (packages / "old-2.refused").exists()
+    assert recent.exists() and lock.exists()  # lock files are never deleted (that races)
 
     def build_again(*args) -> None:
         raise AssertionError("a refused function was compiled again")
@@ -124,7 +137,7 @@ def test_a_launch_compiles_its_package_and_the_next_launch_trains_without_induct
     assert first.returncode == 0, first.stderr
     assert "compiling _scaled_sign ahead of time" in first.stdout + first.stderr
     (package,) = (tmp_path / "inductor" / ahead.FOLDER).glob("_scaled_sign-*.pt2")
-    built = package.stat().st_mtime_ns
+    built = package.stat()
 
     second = run_cli(*args, "hydra.run.dir=second", PYTHONPROFILEIMPORTTIME="1", **env)
     assert second.returncode == 0, second.stderr
@@ -132,7 +145,11 @@ def test_a_launch_compiles_its_package_and_the_next_launch_trains_without_induct
     imported = imported_modules(second.stderr)
     assert "torch._inductor.package" in imported  # the profile is there, and the package loaded
     assert "torch._inductor.compile_fx" not in imported
-    assert package.stat().st_mtime_ns == built
+    loaded = package.stat()
+    assert (
+        loaded.st_ino == built.st_ino and loaded.st_size == built.st_size
+    )  # not rewritten (replace: new inode)
+    assert loaded.st_mtime_ns > built.st_mtime_ns  # its date renewed by the load: not pruned while in use
 
     def result(run: str) -> tuple:
         results = json.loads((tmp_path / run / "results.json").read_text())

@@ -33,10 +33,15 @@ i.e. the same cache folder, or ``FEWMULT_AOT=0`` (``torch.compile``, as on GPUs)
 Where a function cannot be exported or compiled, or its package fails the check, the reason is
 written beside the packages (so no later process tries again) and warned once, and the function
 goes to ``torch.compile``.
+
+Packages of edited sources, other torch versions or other thread counts are never loaded again; so
+that the folder does not grow without end, each build first deletes the packages and refusals no
+process has loaded or written for :data:`STALE_DAYS` days (loading a package renews its date).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -44,6 +49,7 @@ import logging
 import os
 import platform
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +62,7 @@ from fewmult.locks import FileLock
 
 ENV = "FEWMULT_AOT"  # "0": torch.compile on the CPU too
 FOLDER = "fewmult-aot"
+STALE_DAYS = 30  # a package or refusal unused this long is deleted by the next build
 log = logging.getLogger(__name__)
 
 # signature -> the loaded package, or None where this function goes to torch.compile
@@ -201,6 +208,21 @@ def _refusal(path: Path) -> Path:
     return path.with_suffix(".refused")
 
 
+def prune(where: Path, days: float = STALE_DAYS) -> list[Path]:
+    """Delete the packages and refusals in ``where`` not loaded or written for ``days`` days; the
+    files deleted. Lock files stay (deleting them races with a process that waits on one)."""
+    cutoff = time.time() - days * 86_400
+    deleted = []
+    for path in where.glob("*"):
+        try:
+            if path.suffix in (".pt2", ".refused") and path.stat().st_mtime < cutoff:
+                path.unlink()
+                deleted.append(path)
+        except OSError:  # pruned by another process meanwhile, or a folder this job may not write
+            continue
+    return deleted
+
+
 def _load(fn: Callable, args: Sequence[Any], path: Path) -> Callable | None:
     """The package at ``path``, built first if missing; None (and the reason stored) if refused."""
     from torch._inductor.package import load_package
@@ -213,6 +235,10 @@ def _load(fn: Callable, args: Sequence[Any], path: Path) -> Callable | None:
 
         with FileLock(path.with_suffix(".lock"), on_wait=waiting):
             if not path.exists() and not refusal.exists():
+                if stale := prune(path.parent):
+                    log.info(
+                        "deleted %d packages unused for %d days from %s", len(stale), STALE_DAYS, path.parent
+                    )
                 log.info("compiling %s ahead of time for this CPU (once per cache folder)", fn.__qualname__)
                 try:
                     _build(fn, args, path)
@@ -225,11 +251,18 @@ def _load(fn: Callable, args: Sequence[Any], path: Path) -> Callable | None:
     if refusal.exists():
         warnings.warn(
             f"{fn.__qualname__} is not compiled ahead of time ({refusal.read_text().strip()[:500]}; "
-            f"remembered in {refusal}); it goes to torch.compile",
+            f"remembered in {refusal}: delete that file to try again); it goes to torch.compile",
             stacklevel=3,
         )
         return None
-    return load_package(str(path))
+    with contextlib.suppress(OSError):  # a cache folder this job may only read
+        os.utime(path)  # in use: not pruned
+    try:
+        return load_package(str(path))
+    except FileNotFoundError:
+        if path.exists():
+            raise
+        return _load(fn, args, path)  # pruned by another process just now: build it again
 
 
 def _tensors(args: Sequence[Any]) -> list[torch.Tensor]:
