@@ -44,6 +44,7 @@ PREIMPORTED = ("fewmult.run.job",)
 # environment variables read at interpreter start or at the import of the modules above
 STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "LD_", "TORCH", "CUDA", "NCCL")
 FRESH_SWITCH = "FEWMULT_TESTS_FRESH_PROCESSES"
+FORK_TIMEOUT = 300  # seconds a launch may wait for its fork (the imports of a cold start included)
 BOOT = "from tests.prewarmed import serve_then_run; serve_then_run()"
 
 
@@ -191,8 +192,15 @@ class _Server:
         assert self.proc.stdin is not None
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
+        deadline = time.monotonic() + FORK_TIMEOUT
         while request_id not in self.started:
-            self.collect(timeout=120)
+            left = _left(deadline)
+            if left <= 0:
+                raise RuntimeError(
+                    f"the prewarmed interpreter did not fork {module} within {FORK_TIMEOUT} s:\n"
+                    + self.log_tail()
+                )
+            self.collect(timeout=left)
         answer = self.started.pop(request_id)
         if "error" in answer:
             raise RuntimeError(f"the prewarmed interpreter could not fork: {answer['error']}")
@@ -201,11 +209,16 @@ class _Server:
     def returncode(self, pid: int, timeout: float | None) -> int | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while pid not in self.returncodes:
-            left = None if deadline is None else deadline - time.monotonic()
+            left = _left(deadline)
             if left is not None and left <= 0:
                 return None
             self.collect(timeout=left)
         return self.returncodes[pid]
+
+    def log_tail(self) -> str:
+        """The end of what the interpreter wrote to its stderr."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
 
     def collect(self, timeout: float | None) -> None:
         """Take the interpreter's messages that arrive within ``timeout``: pids and exit statuses."""
@@ -216,9 +229,7 @@ class _Server:
             return
         chunk = os.read(fd, 1 << 16)
         if not chunk:
-            self.log.seek(0)
-            tail = self.log.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"the prewarmed interpreter exited ({self.proc.wait()}):\n{tail}")
+            raise RuntimeError(f"the prewarmed interpreter exited ({self.proc.wait()}):\n{self.log_tail()}")
         self.pending += chunk
         while b"\n" in self.pending:
             line, self.pending = self.pending.split(b"\n", 1)
@@ -227,6 +238,11 @@ class _Server:
                 self.returncodes[message["pid"]] = message["returncode"]
             else:
                 self.started[message["id"]] = message
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic()`` time), None for none."""
+    return None if deadline is None else deadline - time.monotonic()
 
 
 _server: _Server | None = None
@@ -295,7 +311,7 @@ class Forked:
         """Read both outputs to their end, then wait for the exit status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.unfinished:
-            left = None if deadline is None else deadline - time.monotonic()
+            left = _left(deadline)
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             ready, _, _ = select.select(self.unfinished, [], [], left)
@@ -306,7 +322,7 @@ class Forked:
                 else:
                     os.close(fd)
                     self.unfinished.remove(fd)
-        self.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        self.wait(None if deadline is None else max(_left(deadline), 0))
         out, err = self.outputs.values()
         return _text(bytes(out)), _text(bytes(err))
 

@@ -65,3 +65,15 @@ def test_an_environment_read_at_startup_gets_a_fresh_interpreter(forking, tmp_pa
     assert isinstance(launched, subprocess.Popen)
     out, _ = launched.communicate(timeout=120)
     assert launched.returncode == 0 and not json.loads(out.splitlines()[-1])["torch_before_main"]
+
+
+def test_a_launch_whose_interpreter_never_forks_fails_in_time_naming_the_module(monkeypatch, tmp_path):
+    monkeypatch.setattr(prewarmed, "FORK_TIMEOUT", 1)
+    server = prewarmed._Server()
+    server.proc.send_signal(signal.SIGSTOP)  # alive, reading nothing: before this, waits had no end
+    try:
+        with pytest.raises(RuntimeError, match=rf"did not fork {PROBE} within 1 s"):
+            server.launch(PROBE, [], tmp_path, dict(os.environ), tmp_path / "out", tmp_path / "err")
+    finally:
+        server.proc.kill()
+        server.proc.wait()
