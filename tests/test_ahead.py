@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from fewmult.quant import ahead
 from fewmult.quant.activations import _shifted_sign_backward
 from fewmult.quant.quantizers import _lab_alpha, _scaled_sign
 from tests.conftest import REPO, imported_modules
+from tests.test_resume import kill_callbacks
 
 
 @pytest.fixture
@@ -128,9 +130,10 @@ def test_a_function_that_cannot_be_exported_is_refused_once_and_the_reason_kept(
 def test_a_launch_compiles_its_package_and_the_next_launch_trains_without_inductors_compiler(
     run_cli, tmp_path
 ):
-    """``python -m fewmult.train`` twice with packages on and an empty inductor cache: the first
-    launch compiles BinaryConnect's fused sign, the second loads it, imports none of inductor's
-    compiler, and trains to the same numbers."""
+    """``python -m fewmult.train`` with packages on and an empty inductor cache: the first launch
+    compiles BinaryConnect's fused sign, the second loads it, imports none of inductor's compiler,
+    and trains to the same numbers; a third, killed inside its epoch and relaunched (as a cluster
+    requeues it), continues on the package to those numbers too."""
     env = {ahead.ENV: "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     args = ("method=bc_det", "dataset=synthetic", "trainer.max_epochs=1", "logger=none")
     first = run_cli(*args, "hydra.run.dir=first", **env)
@@ -155,9 +158,24 @@ def test_a_launch_compiles_its_package_and_the_next_launch_trains_without_induct
         results = json.loads((tmp_path / run / "results.json").read_text())
         return results["val_loss"], results["test_loss"], results["val_error"]
 
-    assert result("second") == result("first")
-    weights = [
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"] for run in ("first", "second")
-    ]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    killed = (
+        *args,
+        "hydra.run.dir=third",
+        "checkpoint.every_steps=1",
+        kill_callbacks(markers, [("train_batch", 0, "KILL")]),
+    )
+    third = run_cli(*killed, PYTHONPATH=str(REPO), **env)
+    assert third.returncode == -signal.SIGKILL and (markers / "0").is_file(), third.stderr[-3000:]
+    relaunched = run_cli(*killed, PYTHONPATH=str(REPO), **env)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    assert "resuming from" in relaunched.stdout and "1 training batches of epoch 0 done" in relaunched.stdout
+
+    for run in ("second", "third"):
+        assert result(run) == result("first")
+        weights = [
+            torch.load(tmp_path / r / "checkpoints" / "last.ckpt")["state_dict"] for r in ("first", run)
+        ]
+        assert weights[0].keys() == weights[1].keys()
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
