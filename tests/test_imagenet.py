@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from fewmult.data.imagenet import ImageFolderData
 from fewmult.data.imagenet.decode import draw_key, eval_image, lighting, random_resized_box, train_image
-from fewmult.data.imagenet.on_device import EncodedBatch
+from fewmult.data.imagenet.on_device import EncodedBatch, collate, decode_batch
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.errors import UserError
 from tests import fakedata
@@ -278,6 +278,14 @@ def test_decoding_on_the_device_crops_shifts_and_mirrors_as_the_workers_do(tmp_p
         _encoded_and_worker_batches(tmp_path, "train", cpu)
     with pytest.raises(UserError, match=r"dataset\.decode must be workers .* or device .*, got 'gpu'"):
         data(tmp_path, decode="gpu")
+
+
+def test_a_batch_the_workers_decoded_whole_passes_the_device_unchanged():
+    """Every image a CMYK JPEG or a PNG: nothing left to decode on the device."""
+    pixels = [torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8) for _ in range(3)]
+    batch = collate([(p, 1, f"{i}.JPEG") for i, p in enumerate(pixels)], train=True, size=16)
+    x, y = decode_batch(batch, torch.device("cpu"))
+    assert torch.equal(x, torch.stack(pixels)) and y.tolist() == [1, 1, 1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: nvJPEG decodes on a GPU")

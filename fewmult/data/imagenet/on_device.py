@@ -79,7 +79,7 @@ class EncodedBatch:
 
     def encoded(self) -> list[torch.Tensor]:
         """Each planned image's file, a 1-D uint8 view of ``files``."""
-        starts = [0, *self.ends[:-1]]
+        starts = [0, *self.ends][: len(self.ends)]
         return [self.files[a:b] for a, b in zip(starts, self.ends, strict=True)]
 
 
