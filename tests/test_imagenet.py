@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from fewmult.data.imagenet import ImageFolderData
 from fewmult.data.imagenet.decode import draw_key, eval_image, lighting, random_resized_box, train_image
-from fewmult.data.imagenet.on_device import EncodedBatch, collate, decode_batch
+from fewmult.data.imagenet.on_device import EncodedBatch, check_decoder, collate, decode_batch
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.errors import UserError
 from tests import fakedata
@@ -278,6 +278,15 @@ def test_decoding_on_the_device_crops_shifts_and_mirrors_as_the_workers_do(tmp_p
         _encoded_and_worker_batches(tmp_path, "train", cpu)
     with pytest.raises(UserError, match=r"dataset\.decode must be workers .* or device .*, got 'gpu'"):
         data(tmp_path, decode="gpu")
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="nvJPEG decodes here: the refusal needs a machine without"
+)
+def test_a_device_that_cannot_decode_jpegs_is_named_with_the_fix_before_training():
+    check_decoder(torch.device("cpu"))
+    with pytest.raises(UserError, match=r"cannot be decoded on cuda here .*dataset\.decode=workers"):
+        check_decoder(torch.device("cuda"))  # this torchvision has nvJPEG, but the machine no GPU
 
 
 def test_a_batch_the_workers_decoded_whole_passes_the_device_unchanged():

@@ -17,7 +17,7 @@ import torch
 
 from fewmult.data.files import resolve_root
 from fewmult.data.imagenet.layout import FolderSplit, class_folders, indexed_split
-from fewmult.data.imagenet.on_device import EncodedBatch, decode_batch
+from fewmult.data.imagenet.on_device import EncodedBatch, check_decoder, decode_batch
 from fewmult.data.imagenet.stream import Decoding, FolderImages, ImageStream
 from fewmult.data.splits import check_val_size
 from fewmult.errors import UserError, require_positive
@@ -189,6 +189,8 @@ class ImageFolderData(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
+        if self.decode == "device" and self.trainer is not None:
+            check_decoder(self.trainer.strategy.root_device)  # before any step, not at the first batch
 
     def __getstate__(self) -> dict:
         # ddp_spawn pickles the datamodule to every rank: each scans the folder itself in setup()

@@ -107,6 +107,23 @@ def jpeg_decoder() -> Callable:
     return decode_jpeg
 
 
+def check_decoder(device: torch.device) -> None:
+    """Decode a tiny JPEG on ``device`` once, before training: a decoder that cannot (a torchvision
+    built without nvJPEG, a driver too old) is named with the fix instead of blaming the first image."""
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, format="JPEG")
+    data = torch.frombuffer(bytearray(image.getvalue()), dtype=torch.uint8)
+    try:
+        jpeg_decoder()([data], mode="RGB", device=device)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"dataset.decode=device: JPEGs cannot be decoded on {device} here ({reason}). Decode them in "
+            "the DataLoader's workers with dataset.decode=workers, or install a torchvision (or TorchCodec) "
+            "built with CUDA for this driver."
+        ) from None
+
+
 def _decode_all(files: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
     """The CHW uint8 images of the encoded ``files`` on ``device``, in one call; a damaged file is
     named (the batched call does not say which one failed)."""
