@@ -59,12 +59,12 @@ class FolderImages(Dataset):
         index, epoch = key
         path, label = self.samples[index]
         d = self.decoding
-        draws = draw_key(d.seed, epoch, index)
+        key = draw_key(d.seed, epoch, index)
         try:
-            if d.on_device and (item := encoded(path, d.train, draws, d.resize, d.lighting)) is not None:
+            if d.on_device and (item := encoded(path, d.train, key, d.resize, d.lighting)) is not None:
                 return item, label, path
             if d.train:
-                pixels = train_image(path, d.size, draws, d.draft, d.lighting)
+                pixels = train_image(path, d.size, key, d.draft, d.lighting)
             else:
                 pixels = eval_image(path, d.size, d.resize, d.draft)
         except Exception as exc:
