@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from fewmult.errors import UserError
-from fewmult.nn.training import bind_optimizer
+from fewmult.nn.training import bind_optimizer, set_epoch
 from fewmult.stages.teacher import Teacher
 
 EVAL_SPLITS = ("val", "test")  # the order of TensorDataModule.val_dataloader()
@@ -177,7 +177,12 @@ class ClassifierModule(L.LightningModule):
         if self.teacher is not None:  # not a submodule (see Teacher), so Lightning does not move it
             self.teacher.to(self.device)
 
+    def _set_epoch(self) -> None:
+        """IR-Net's EDE follows the epoch; a run resumed inside an epoch sets it in on_train_start."""
+        set_epoch(self.model, self.current_epoch, self.trainer.max_epochs)
+
     def on_train_epoch_start(self) -> None:
+        self._set_epoch()
         self._losses["train"] = LossMean(self.device)
         if self.teacher is not None:
             self._losses["distill"] = LossMean(self.device)
@@ -207,6 +212,7 @@ class ClassifierModule(L.LightningModule):
         # here rather than in on_load_checkpoint: the module is on its device now. A restart inside
         # an epoch does not call on_train_epoch_start, so these sums are the epoch's from here on:
         # the sums over all ranks on rank zero, zero on the others (the epoch's end adds them up)
+        self._set_epoch()
         sums, self._restored_sums = self._restored_sums, None
         if sums is None:
             return

@@ -79,14 +79,18 @@ def test_docstring_states_rule_and_source(name):
 
 @pytest.mark.parametrize("name", QUANTIZING)
 def test_value_set(name):
+    """+-s (and 0 where ternary), one magnitude s per layer or, where the quantizer's scale is one
+    per output channel (IR-Net's), per channel."""
     layer = layer_with(name).train()
     q = layer.effective_weight().detach()
-    values = q.unique()
+    per_channel = layer.weight_quantizer.effective_scale(layer.weight).numel() > 1
     allowed = {1: 2, 2: 3}[layer.weight_quantizer.bits]
-    assert len(values) <= allowed
-    assert (values > 0).any() and (values < 0).any()
-    nonzero = values[values != 0].abs()
-    assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero)), "one magnitude per layer"
+    for rows in q if per_channel else [q]:
+        values = rows.unique()
+        assert len(values) <= allowed
+        assert (values > 0).any() and (values < 0).any()
+        nonzero = values[values != 0].abs()
+        assert torch.allclose(nonzero, nonzero[0].expand_as(nonzero)), "one magnitude per layer or channel"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -101,8 +105,10 @@ def test_effective_scale_is_the_magnitude_of_every_nonzero_effective_weight(name
         assert scale is None
         return
     assert drawn is None or int(counter.rng_counter) == drawn + 1  # effective_scale drew nothing
-    nonzero = effective[effective != 0].abs()
-    assert torch.allclose(nonzero, q.effective_scale(layer.weight).expand_as(nonzero))
+    nonzero = effective != 0  # the scale is one per layer or one per output channel
+    assert torch.allclose(
+        effective.abs()[nonzero], q.effective_scale(layer.weight).expand_as(effective)[nonzero]
+    )
     assert torch.allclose(scale, q.effective_scale(layer.weight))  # LAB before its first step: BWN's
 
 
@@ -146,12 +152,36 @@ def test_most_likely_is_the_mode_of_the_effective_weight(name):
     assert (share_of_mode[clear] > 0.5).all()
 
 
+def libra_pb_gradient(w: torch.Tensor, upstream: torch.Tensor, t: float, k: float) -> torch.Tensor:
+    """IR-Net's weight gradient by hand, per output row of n weights: b = (w - mean) / std (unbiased),
+    g = s * upstream * k t (1 - tanh^2(t b)) with s = 2^round(log2(mean|b|)), and the chain rule
+    through the standardization, dL/dw = (g - mean(g) - b * sum(g b) / (n - 1)) / std."""
+    w = w.double()
+    n = w.shape[1]
+    centered = w - w.mean(1, keepdim=True)
+    std = centered.std(1, keepdim=True)
+    b = centered / std
+    s = 2.0 ** torch.round(torch.log2(b.abs().mean(1, keepdim=True)))
+    g = s * upstream.double() * k * t * (1 - torch.tanh(t * b) ** 2)
+    return ((g - g.mean(1, keepdim=True) - b * (g * b).sum(1, keepdim=True) / (n - 1)) / std).float()
+
+
+# each weight quantizer's pseudo-gradient dL/dw given dL/dq (upstream), where it is not straight through
+WEIGHT_GRADIENTS = {"irnet": lambda w, upstream: libra_pb_gradient(w, upstream, t=0.1, k=10.0)}
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_gradient_passes_straight_through(name):
+def test_weight_gradient_is_the_papers(name):
+    """Straight through (dL/dw = dL/dq) for every quantizer but those in WEIGHT_GRADIENTS."""
     layer = layer_with(name).train()
     upstream = torch.randn_like(layer.weight)
     (layer.effective_weight() * upstream).sum().backward()
-    assert torch.equal(layer.weight.grad, upstream)
+    if name not in WEIGHT_GRADIENTS:
+        assert torch.equal(layer.weight.grad, upstream)
+        return
+    expected = WEIGHT_GRADIENTS[name](layer.weight.detach(), upstream)
+    assert torch.allclose(layer.weight.grad, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(layer.weight.grad, upstream, rtol=0.1)  # not straight through
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -413,6 +443,8 @@ ACTIVATION_GRADIENTS = {
     "approx_sign": lambda x: torch.where(x < 0, 2 + 2 * x, 2 - 2 * x) * (x.abs() < 1),  # Bi-Real eq. 5
     "rsign": lambda x: torch.where(x < 0, 2 + 2 * x, 2 - 2 * x) * (x.abs() < 1),  # thresholds start at 0
     "identity": lambda x: torch.ones_like(x),
+    # IR-Net's EDE k t (1 - tanh^2(t x)) in the first epoch: t = t_min = 0.1, k = 1 / t
+    "ede": lambda x: 10 * 0.1 * (1 - torch.tanh(0.1 * x) ** 2),
 }
 
 
@@ -474,7 +506,7 @@ def test_rprelu_is_a_shifted_prelu_per_channel_with_the_papers_gradients():
 
 
 def test_an_unknown_activation_names_the_registered_ones():
-    registered = "approx_sign, identity, rsign, sign"
+    registered = "approx_sign, ede, identity, rsign, sign"
     with pytest.raises(UserError, match=f"unknown activation 'sgn'; registered: {registered}"):
         create_activation("sgn")
 

@@ -71,6 +71,14 @@ SETUPS = {
         "optim=bop",
         "optim.threshold=1e-6",  # flips in the first steps: the resumed averages decide which
     ],
+    # IR-Net's EDE gradient follows the epoch: a relaunch inside epoch 1 must train with epoch 1's t
+    # (10x epoch 0's here), not the one a fresh model starts with
+    "resnet20+irnet": [
+        "dataset=synthetic",
+        *("dataset.n_train=200", "dataset.n_val=100", "dataset.n_test=100", "dataset.batch_size=50"),
+        "model=resnet20",
+        "method=irnet",
+    ],
 }
 TIMINGS = {"train_seconds", "started_at", "finished_at"}
 KILL_BATCH = 1  # tests.faults.KillAt's default: train_batch kills after this batch (0-based)
@@ -189,19 +197,23 @@ def test_a_run_killed_at_every_point_and_preempted_ends_as_if_never_killed(tmp_p
 
 # the setups with state tc+qbp lacks, one stop each inside an epoch (the edges are the matrix's):
 # Adam's moments and LAB's scale with the LSTM's data order, ReActNet's parameters, the augmentation
-# and Bop (bc_det's state is a subset of tc+qbp's, LAB's MLP a subset of its LSTM: dropped for the
-# suite's time budget) (in the second of two epochs: the relaunch takes everything from the first
-# epoch's checkpoint)
+# and Bop, IR-Net's epoch-dependent gradient (bc_det's state is a subset of tc+qbp's, LAB's MLP a
+# subset of its LSTM: dropped for the suite's time budget) (in the second of two epochs: the relaunch
+# takes everything from the first epoch's checkpoint, or from inside the epoch where EVERY_STEPS says)
 SETUP_STOPS = {
     "lstm+lab": [("train_batch", 1, "KILL")],
     "resnet20+reactnet+crop_flip+bop": [("train_batch", 1, "KILL")],
+    "resnet20+irnet": [("train_batch", 1, "KILL", 2)],  # resumed from inside epoch 1 (after batch 1)
 }
+EVERY_STEPS = {"resnet20+irnet": 2}  # checkpoints inside the epoch; the others resume from its start
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", list(SETUP_STOPS))
 def test_every_setup_killed_ends_as_if_never_killed(tmp_path, setup):
-    check_same_as_uninterrupted(tmp_path, SETUPS[setup], SETUP_STOPS[setup], epochs=2)
+    check_same_as_uninterrupted(
+        tmp_path, SETUPS[setup], SETUP_STOPS[setup], every_steps=EVERY_STEPS.get(setup), epochs=2
+    )
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ The conventions that decide published numbers are arguments (docs/papers.md G.1)
   or 2 (the original basic block).
 * ``shortcut``, the downsampling shortcut: ``avgpool_conv`` (2x2 average pooling + full-precision
   1x1 convolution + BN, Bi-Real / ReActNet), ``conv1x1`` (strided 1x1 convolution with the method's
-  quantizer + BN, He et al.'s option B) or ``zero_pad`` (strided identity, new channels zero, He et
-  al.'s option A, the original CIFAR ResNet-20).
+  quantizer + BN, He et al.'s option B), ``conv1x1_fp`` (the same convolution in full precision,
+  IR-Net's CIFAR ResNet-18) or ``zero_pad`` (strided identity, new channels zero, He et al.'s option
+  A, the original CIFAR ResNet-20).
 * ``quantize_first_last``: the stem convolution and the classifier stay full precision unless true.
 
 Where activations are real (``activation`` None) a block is ``conv -> BN -> ReLU`` with ReLU after
@@ -37,7 +38,7 @@ DEPTHS = {
     18: ((64, 2), (128, 2), (256, 2), (512, 2)),
     34: ((64, 3), (128, 4), (256, 6), (512, 3)),
 }
-SHORTCUTS = ("avgpool_conv", "conv1x1", "zero_pad")
+SHORTCUTS = ("avgpool_conv", "conv1x1", "conv1x1_fp", "zero_pad")
 STEMS = ("auto", "cifar", "imagenet")
 IMAGENET_STEM_FROM = 100  # pixels: inputs this large get the 7x7 stride-2 stem and max-pool
 
@@ -78,8 +79,8 @@ class ZeroPadShortcut(nn.Module):
 def _downsample(kind: str, cin: int, cout: int, stride: int, layers: _Layers) -> nn.Module:
     if kind == "zero_pad":
         return ZeroPadShortcut(cin, cout, stride)
-    if kind == "conv1x1":
-        conv = layers.conv(cin, cout, 1, stride)
+    if kind in ("conv1x1", "conv1x1_fp"):
+        conv = layers.conv(cin, cout, 1, stride, quantized=kind == "conv1x1")
         return nn.Sequential(conv, layers.bn(conv, cout))
     conv = layers.conv(cin, cout, 1, quantized=False)  # avgpool_conv: Bi-Real / ReActNet
     # ceil_mode: odd maps (28 px through the ImageNet stem) pool to the strided convolution's size

@@ -62,3 +62,12 @@ class RPReLU(nn.Module):
             p.to(x.dtype).view(shape) for p in (self.shift_in, self.prelu.weight, self.shift_out)
         )
         return _ShiftedPReLU.apply(x, gamma, beta, zeta)
+
+
+class HardTanh(nn.Hardtanh):
+    """``clamp(x, -1, 1)``: IR-Net's real-valued activation after every residual addition (its
+    authors' CIFAR ResNets, docs/papers.md G.6). Takes ``channels`` as every residual activation
+    does, and has no parameters."""
+
+    def __init__(self, channels: int | None = None) -> None:
+        super().__init__()

@@ -1,7 +1,8 @@
-"""fewmult's layers in any model and any training loop: one call binds them to the optimizer.
+"""fewmult's layers in any model and any training loop: one call binds them to the optimizer, one
+tells them the epoch.
 
-fewmult's own trainer calls :func:`bind_optimizer` too, so a plain PyTorch loop trains a quantized
-layer exactly as ``python -m fewmult.train`` does.
+fewmult's own trainer calls :func:`bind_optimizer` and :func:`set_epoch` too, so a plain PyTorch
+loop trains a quantized layer exactly as ``python -m fewmult.train`` does.
 """
 
 from __future__ import annotations
@@ -48,3 +49,18 @@ def bind_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> Remova
             quantizer.clip_(weight)
 
     return optimizer.register_step_post_hook(clip)
+
+
+def set_epoch(model: nn.Module, epoch: int, epochs: int) -> int:
+    """Tell every part of ``model`` whose pseudo-gradient follows training progress (IR-Net's EDE:
+    ``fewmult.quant.irnet``) that ``epoch`` (from 0) of ``epochs`` begins. Call it before each epoch,
+    and after resuming inside one. Returns how many parts were told (0: the model has none)."""
+    scheduled = [m for m in model.modules() if callable(getattr(type(m), "set_epoch", None))]
+    if scheduled and not (isinstance(epochs, int) and epochs > 0):
+        raise UserError(
+            f"{type(scheduled[0]).__name__}'s gradient follows the share of training done, which needs "
+            f"a number of epochs; got {epochs!r}: set trainer.max_epochs."
+        )
+    for m in scheduled:
+        m.set_epoch(epoch, epochs)
+    return len(scheduled)

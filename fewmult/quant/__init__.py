@@ -4,6 +4,7 @@
 from fewmult.quant.activations import ActivationQuantizer, ApproxSign, Identity, RSign, SignActivation
 from fewmult.quant.base import WeightQuantizer, sign_plus, straight_through
 from fewmult.quant.curvature import AdamSecondMoment
+from fewmult.quant.irnet import EDESign, LibraBinarization
 from fewmult.quant.quantizers import (
     BinaryConnect,
     BinaryWeightNetwork,
@@ -28,8 +29,10 @@ __all__ = [
     "ApproxSign",
     "BinaryConnect",
     "BinaryWeightNetwork",
+    "EDESign",
     "FullPrecision",
     "Identity",
+    "LibraBinarization",
     "LossAwareBinarization",
     "RSign",
     "SignActivation",

@@ -1,0 +1,139 @@
+"""IR-Net (Qin et al., CVPR 2020, arXiv 1909.10788): Libra-PB weights and the EDE gradient.
+
+Both halves binarize with sign and take their gradient from the Error Decay Estimator
+``g(x) = k t (1 - tanh^2(t x))``, a tanh that sharpens over training: in epoch ``e`` of ``E``,
+``t = t_min (t_max / t_min)^(e / E)`` and ``k = max(1 / t, 1)`` (the authors' ``Log_UP``; ``t``
+never quite reaches ``t_max``). Early, ``k t = 1`` and ``g`` is nearly 1 everywhere (the identity's
+gradient: every weight and activation updates); late, ``g`` approaches sign's derivative. The epoch
+comes from :func:`fewmult.nn.set_epoch`, which fewmult's trainer calls at every epoch's start and
+when a run resumes, so a relaunched job computes the same ``t`` (docs/papers.md G.6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fewmult.errors import UserError
+from fewmult.quant.activations import SignActivation
+from fewmult.quant.base import WeightQuantizer, sign_plus
+from fewmult.quant.fusion import fused_or_eager
+from fewmult.quant.registry import register_activation, register_quantizer
+
+STD_EPS = 1e-12  # a channel of equal weights balances to 0 (and its scale to 0), not to NaN
+
+
+def ede_t_and_k(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[float, float]:
+    """``(t, k)`` of EDE in ``epoch`` (from 0) of ``epochs``, as the authors' trainers compute them."""
+    low, high = math.log10(t_min), math.log10(t_max)
+    t = 10 ** (low + (high - low) / epochs * epoch)
+    return t, max(1 / t, 1.0)
+
+
+def _ede_backward(x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+    return grad * kt * (1 - torch.tanh(x * t).square())
+
+
+class _EDESign(torch.autograd.Function):
+    """``sign(x)`` (sign(0) = +1) forward; backward ``dL/dy * k t (1 - tanh^2(t x))``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, t, k)
+        return fused_or_eager(sign_plus, x.reshape(-1)).view_as(x)  # one long row: run_fused
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, t, k = ctx.saved_tensors
+        # t and k in the gradient's precision: under autocast x and grad may be bfloat16
+        t_, kt = t.to(grad.dtype), (k * t).to(grad.dtype)
+        return fused_or_eager(_ede_backward, x.reshape(-1), grad.reshape(-1), t_, kt).view_as(x), None, None
+
+
+class _DecayingEstimator:
+    """Mixin for a module: EDE's ``t`` and ``k`` as buffers on the module's device (set per epoch, not saved:
+    :func:`fewmult.nn.set_epoch` recomputes them from the epoch, also in a resumed run)."""
+
+    def _init_schedule(self, t_min: float, t_max: float) -> None:
+        if not 0 < t_min <= t_max:
+            raise UserError(f"EDE needs 0 < t_min <= t_max, got t_min={t_min!r}, t_max={t_max!r}.")
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.register_buffer("t", torch.tensor(0.0), persistent=False)
+        self.register_buffer("k", torch.tensor(0.0), persistent=False)
+        self.set_epoch(0, 1)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        t, k = ede_t_and_k(epoch, epochs, self.t_min, self.t_max)
+        self.t.fill_(t)  # no host sync: a write from the host
+        self.k.fill_(k)
+
+
+@register_activation("ede")
+class EDESign(_DecayingEstimator, SignActivation):
+    """``sign(x)`` with sign(0) = +1; pseudo-gradient IR-Net's Error Decay Estimator
+    ``dL/dx = dL/dy * k t (1 - tanh^2(t x))``, ``t`` from ``t_min`` to ``t_max`` over training
+    (Qin et al. 2020, arXiv 1909.10788; docs/papers.md G.6)."""
+
+    def __init__(self, channels: int | None = None, t_min: float = 0.1, t_max: float = 10.0) -> None:
+        SignActivation.__init__(self, channels)
+        self._init_schedule(t_min, t_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _EDESign.apply(x, self.t, self.k)
+
+    def extra_repr(self) -> str:
+        return f"t_min={self.t_min}, t_max={self.t_max}"
+
+
+def balanced(w: torch.Tensor) -> torch.Tensor:
+    """Libra-PB's balanced, standardized weight: each output channel (dim 0) minus its mean, divided
+    by its standard deviation (unbiased, as the authors' ``std``)."""
+    rest = tuple(range(1, w.dim()))
+    centered = w - w.mean(rest, keepdim=True)
+    return centered / (centered.std(rest, keepdim=True) + STD_EPS)
+
+
+def power_of_two_scale(b: torch.Tensor) -> torch.Tensor:
+    """``2^round(log2(mean|b_c|))`` per output channel, shaped to broadcast over ``b``: the scale
+    that a bit shift applies."""
+    rest = tuple(range(1, b.dim()))
+    return torch.exp2(torch.round(torch.log2(b.abs().mean(rest, keepdim=True))))
+
+
+@register_quantizer("irnet")
+class LibraBinarization(_DecayingEstimator, WeightQuantizer):
+    """IR-Net's Libra-PB: ``q(w) = s_c * sign(b)`` with ``b = (w - mean(w_c)) / std(w_c)`` per output
+    channel ``c`` (balanced and standardized, so half the weights of every channel are +1 and the
+    binary weights carry the most information) and ``s_c = 2^round(log2(mean|b_c|))``.
+
+    Pseudo-gradient: EDE through the sign and the exact gradient of the standardization,
+    ``dL/dw_c = (g - mean(g) - b * sum(g * b) / (n - 1)) / std(w_c)`` with
+    ``g = s_c * dL/dq * k t (1 - tanh^2(t b))`` (``s_c`` is a constant, as the authors detach it).
+    Latent weights are not clipped. Qin et al. 2020 (arXiv 1909.10788) as the authors' ``IRConv2d``
+    computes it; docs/papers.md G.6.
+    """
+
+    bits = 1
+    multiplies = "scaled_sign"
+    init_gain = 1.0  # the scale of w cancels in b; Hou et al.'s U(-W0, W0) as the other binarizers
+
+    def __init__(self, t_min: float = 0.1, t_max: float = 10.0, eval_policy: str | None = None) -> None:
+        WeightQuantizer.__init__(self, eval_policy)
+        self._init_schedule(t_min, t_max)
+
+    def effective_scale(self, w: torch.Tensor) -> torch.Tensor:
+        return power_of_two_scale(balanced(w.detach()))
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        b = balanced(w.detach())
+        return sign_plus(b) * power_of_two_scale(b)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.eval_policy == "latent":
+            return w
+        b = balanced(w)
+        return _EDESign.apply(b, self.t, self.k) * power_of_two_scale(b.detach())
+
+    def extra_repr(self) -> str:
+        return f"t_min={self.t_min}, t_max={self.t_max}, {super().extra_repr()}"
