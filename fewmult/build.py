@@ -58,7 +58,9 @@ def _check_residual_activation(cfg: DictConfig, model_class: type) -> None:
     if cfg.method.get("residual_activation") and not getattr(model_class, "has_residuals", False):
         raise UserError(
             f"method={cfg.method.name} puts an activation after every residual addition, but "
-            f"model={cfg.model.name} has none; use model=resnet20, resnet18 or resnet34."
+            f"model={cfg.model.name} has none; use model=resnet20, resnet18 or resnet34 (or, where the "
+            "method's paper trains that model without it, as IR-Net its VGG-Small, add "
+            "method.residual_activation=null)."
         )
 
 

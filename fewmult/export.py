@@ -207,6 +207,8 @@ def _resnet_module_ops(writer: _Writer, m: nn.Module) -> None:
         _bn_op(writer, m, then_sign=False)
     elif isinstance(m, nn.ReLU):
         writer.ops.append({"op": "relu"})
+    elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (-1.0, 1.0):  # IR-Net's
+        writer.ops.append({"op": "hardtanh"})
     elif isinstance(m, RPReLU):
         writer.ops.append(
             {

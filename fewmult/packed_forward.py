@@ -25,6 +25,7 @@ and every other array is named by an op. The ops, applied in order to a batch ``
   ``sign`` (sign(0) = +1) folded into one comparison per unit: ``+1`` where ``x >= t`` (``x <= t``
   where ``n`` is true, the units whose BN scale is negative), else ``-1``.
 * ``{"op": "relu"}``: ``max(x, 0)``.
+* ``{"op": "hardtanh"}``: ``clip(x, -1, 1)`` (IR-Net's, after a residual addition).
 * ``{"op": "residual", "body": [op, ...], "shortcut": [op, ...]}``: ``body(x) + shortcut(x)``, each
   list applied in order to the same ``x`` (an empty shortcut is the identity): a ResNet's block.
 * ``{"op": "avgpool2d", "size": k}``: the mean over k x k windows with stride k; a window cut by
@@ -150,6 +151,8 @@ class PackedNetwork:
             return np.where(np.where(negative, h <= t, h >= t), 1.0, -1.0)
         if kind == "relu":
             return np.maximum(h, 0)
+        if kind == "hardtanh":
+            return np.clip(h, -1.0, 1.0)
         if kind == "residual":
             return self._run(op["body"], h) + self._run(op["shortcut"], h)
         if kind == "avgpool2d":

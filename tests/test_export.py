@@ -116,9 +116,10 @@ def test_numpy_forward_of_the_file_predicts_as_pytorch(tmp_path, method, net):
             if k in ("bits", "nonzero", "negative", "values")
         )
         assert stored == (4 * n if bits == 32 else bits * ((n + 7) // 8))
-        if op["weight"]["encoding"] != "float32":  # a scale per layer, or per output channel (bireal)
+        if op["weight"]["encoding"] != "float32":  # a scale per layer, or per output channel (bireal, irnet)
             scale = op["weight"]["scale"]
-            per_channel = bool(cfg.method.weight_quantizer.get("per_channel"))
+            quantizer = next(m.weight_quantizer for m in quant_layers(model) if m.weight_quantizer)
+            per_channel = getattr(quantizer, "per_channel", False)  # an option, or IR-Net's always
             assert isinstance(scale, str) == per_channel
             assert not per_channel or packed.arrays[scale].shape == (op["weight"]["shape"][0],)
     if cfg.method.activation:  # sign activations: BN folded into thresholds
@@ -260,12 +261,15 @@ def test_the_export_fails_when_a_prediction_differs(tmp_path, monkeypatch, capsy
 
 # ResNet-20 on 8x8 images: Bi-Real's block (a shortcut per convolution, 2x2 average pooling + 1x1
 # convolution where it downsamples), the original block (two convolutions a shortcut) with He et al.'s
-# zero-padding shortcut, and ReActNet's RSign / RPReLU
+# zero-padding shortcut, ReActNet's RSign / RPReLU and IR-Net's hard tanh
 RESNETS = {
     "bireal": ("method=bireal", *BIREAL_BLOCK),
     "reactnet": ("method=reactnet", *BIREAL_BLOCK),
     "bwn-two_convs-zero_pad": ("method=bwn", "model.convs_per_shortcut=2", "model.shortcut=zero_pad"),
     "reactnet-imagenet_stem": ("method=reactnet", *BIREAL_BLOCK, "model.stem=imagenet"),  # 7x7/2 + max-pool
+    # IR-Net's Libra-PB weights (per-channel powers of two) with He et al.'s zero-padding shortcut and
+    # a hard tanh after every sum
+    "irnet": ("method=irnet", "model.convs_per_shortcut=1"),
 }
 
 
@@ -287,3 +291,4 @@ def test_resnets_predict_as_pytorch(tmp_path, setup):
     assert np.allclose(baseline, scores, rtol=1e-4, atol=1e-4 * np.abs(scores).max())
     if "model.stem=imagenet" in RESNETS[setup]:
         assert {"op": "maxpool2d", "size": 3, "stride": 2, "padding": 1} in packed.layers
+    assert ops.count("hardtanh") == (18 if "method=irnet" in RESNETS[setup] else 0)

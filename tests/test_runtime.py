@@ -464,5 +464,10 @@ def test_resnets_run_their_binary_convolutions_on_xnor_popcount(tmp_path, monkey
     monkeypatch.setattr(
         network, "_run", lambda steps, v, run=network._run: chunks.append(v.data.shape) or run(steps, v)
     )
-    assert np.array_equal(runtime.forward(x[:7]), ours[:7])
+    chunked = runtime.forward(x[:7])
     assert [c[0] for c in chunks if c[1:] == x.shape[1:]] == [3, 3, 1]
+    if runtime.isa != "amx":
+        assert np.array_equal(chunked, ours[:7])
+    else:  # AMX runs float products from 64 rows on, fewer on AVX-512: within rounding, same predictions
+        assert np.array_equal(chunked.argmax(-1), ours[:7].argmax(-1))
+        assert np.allclose(chunked, ours[:7], rtol=1e-5, atol=1e-5 * np.abs(ours).max())

@@ -116,6 +116,7 @@ class LibraBinarization(_DecayingEstimator, WeightQuantizer):
 
     bits = 1
     multiplies = "scaled_sign"
+    per_channel = True  # one scale per output channel, always (as the options of BWN/XNOR/LAB say)
     init_gain = 1.0  # the scale of w cancels in b; Hou et al.'s U(-W0, W0) as the other binarizers
 
     def __init__(self, t_min: float = 0.1, t_max: float = 10.0, eval_policy: str | None = None) -> None:

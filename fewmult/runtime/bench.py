@@ -54,6 +54,8 @@ def torch_float32(network: PackedNetwork) -> Callable[[np.ndarray], Any]:
             return torch.where(torch.where(negative, h <= t, h >= t), 1.0, -1.0)
         if kind == "relu":
             return F.relu(h)
+        if kind == "hardtanh":
+            return F.hardtanh(h)
         if kind == "residual":
             return run(op["body"], h) + run(op["shortcut"], h)
         if kind == "avgpool2d":

@@ -601,7 +601,7 @@ def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]
         k = op["size"]
         stride, padding = op.get("stride", k), op.get("padding", 0)
         return (shape[0], *(kernels.pooled_side(side, k, stride, padding) for side in shape[1:]))
-    return shape if kind in ("affine", "sign_threshold", "relu", "rprelu") else ()
+    return shape if kind in ("affine", "sign_threshold", "relu", "hardtanh", "rprelu") else ()
 
 
 def _largest_output(ops: list[dict[str, Any]], shape: tuple[int, ...]) -> int:
