@@ -1,6 +1,6 @@
 """The papers' published numbers: one table, ``fewmult/published.csv``, read by training and the report.
 
-Each row is one number of docs/papers.md section C (``section``): the paper, the dataset, the
+Each row is one number of docs/papers.md section C or G (``section``): the paper, the dataset, the
 architecture (``model``, as ``model.name``), the method, QBP, the unrolled time steps of a
 language model (``time_steps``) and Hou et al.'s width K (``width``) say which run it belongs to;
 ``metric`` is ``error`` (``value`` in percent, as printed) or ``loss`` (nats per character);
