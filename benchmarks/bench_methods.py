@@ -2,7 +2,7 @@
 
 For each network (Lin et al.'s MNIST MLP at batch 200; Lin et al.'s CIFAR-10 CNN at batch 50;
 Hou et al.'s 512-cell character LSTM at 100 windows of 100 characters over 100 symbols; the CIFAR
-ResNet-18 of today's rows at batch 32, with Bi-Real and ReActNet too), every
+ResNet-18 of today's rows at batch 32, with Bi-Real, ReActNet and IR-Net too), every
 method trains with the optimizer of its paper (Adam for every method on the LSTM), and its
 baseline is full precision with the same optimizer and network. A step is forward, loss, backward,
 optimizer step and the latent-weight clipping. Methods are timed in interleaved rounds so machine
@@ -41,6 +41,7 @@ NETWORKS = {
             "bc_det",
             "bc_stoch",
             "tc",
+            "irnet",
             "fp@adam",
             "bwn",
             "lab",

@@ -108,7 +108,7 @@ def test_bop_takes_exactly_the_quantized_layers_weights():
     assert len(others) + len(quantized) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("method", ["fp", "lab", "tc", "bc_stoch"])
+@pytest.mark.parametrize("method", ["fp", "lab", "tc", "bc_stoch", "irnet_1w32a"])
 def test_bop_on_weights_it_cannot_flip_is_refused_before_training(method):
     cfg = compose_config(f"method={method}", "optim=bop", "dataset=synthetic")
     with pytest.raises(UserError, match="optim=bop"):

@@ -32,6 +32,11 @@ def check_bop_can_flip(quantizer: type[WeightQuantizer] | None, where: str) -> N
             "scales them by Adam's state of the weight, which Bop does not keep",
         ),
         (quantizer.bits != 1, f"has {quantizer.bits}-bit weights"),
+        (
+            not quantizer.signs_latent,
+            "takes each binary weight's sign from the channel's weights minus their mean, so a "
+            "negated latent weight need not flip it",
+        ),
     ]
     why = next((reason for applies, reason in reasons if applies), "")
     if why:

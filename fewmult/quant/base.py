@@ -57,6 +57,9 @@ class WeightQuantizer(nn.Module):
         default_eval: the evaluation policy unless the config overrides it.
         needs_optimizer_state: whether the quantizer reads the optimizer's state of its weight
             (LAB: Adam's second moment), handed over through :meth:`bind_curvature`.
+        signs_latent: whether a binary effective weight's sign is its latent weight's own sign
+            (Bop flips a binary weight by negating its latent weight; IR-Net binarizes each
+            channel's weights around their mean instead).
 
     What the layer and the training module read from every quantizer (the contract):
     :attr:`init_gain` (the layer initializes ``U(-gain W0, gain W0)``), :attr:`clip_bound` (the
@@ -71,6 +74,7 @@ class WeightQuantizer(nn.Module):
     multiplies: ClassVar[str] = "full"
     default_eval: ClassVar[str] = "quantized"
     needs_optimizer_state: ClassVar[bool] = False
+    signs_latent: ClassVar[bool] = True
     init_gain: float = 2.0  # Glorot uniform, U(-2 W0, 2 W0)
 
     def __init__(self, eval_policy: str | None = None) -> None:

@@ -31,8 +31,16 @@ def ede_t_and_k(epoch: int, epochs: int, t_min: float, t_max: float) -> tuple[fl
     return t, max(1 / t, 1.0)
 
 
+def _sech_squared(u: torch.Tensor) -> torch.Tensor:
+    """``1 - tanh^2(u)`` as ``4 z / (1 + z)^2`` with ``z = exp(-2|u|)``: the same within float32
+    rounding (2e-6 relative), and a fused loop of exp runs twice as fast as one of tanh
+    (2 M values: 1.5 ms against 3.0 ms on 2 threads)."""
+    z = torch.exp(-2 * u.abs())
+    return 4 * z / (1 + z).square()
+
+
 def _ede_backward(x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
-    return grad * kt * (1 - torch.tanh(x * t).square())
+    return grad * kt * _sech_squared(x * t)
 
 
 class _EDESign(torch.autograd.Function):
@@ -86,19 +94,50 @@ class EDESign(_DecayingEstimator, SignActivation):
         return f"t_min={self.t_min}, t_max={self.t_max}"
 
 
-def balanced(w: torch.Tensor) -> torch.Tensor:
-    """Libra-PB's balanced, standardized weight: each output channel (dim 0) minus its mean, divided
-    by its standard deviation (unbiased, as the authors' ``std``)."""
-    rest = tuple(range(1, w.dim()))
-    centered = w - w.mean(rest, keepdim=True)
-    return centered / (centered.std(rest, keepdim=True) + STD_EPS)
+def _libra_forward(w: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """Rows (O, n) of a weight: ``(q, b, std, scale)``, one fused pass per row reduction."""
+    n = w.shape[1]
+    centered = w - w.mean(1, keepdim=True)
+    std = (centered.square().sum(1, keepdim=True) / max(n - 1, 1)).sqrt() + eps  # unbiased, as torch.std
+    b = centered / std
+    scale = torch.exp2(torch.round(torch.log2(b.abs().mean(1, keepdim=True))))
+    return torch.where(b >= 0, scale, -scale), b, std, scale
 
 
-def power_of_two_scale(b: torch.Tensor) -> torch.Tensor:
-    """``2^round(log2(mean|b_c|))`` per output channel, shaped to broadcast over ``b``: the scale
-    that a bit shift applies."""
-    rest = tuple(range(1, b.dim()))
-    return torch.exp2(torch.round(torch.log2(b.abs().mean(rest, keepdim=True))))
+def _libra_backward(
+    b: torch.Tensor,
+    grad: torch.Tensor,
+    std: torch.Tensor,
+    scale: torch.Tensor,
+    t: torch.Tensor,
+    kt: torch.Tensor,
+) -> torch.Tensor:
+    """dL/dw of rows (O, n) from dL/dq: EDE through the sign, then the standardization's exact
+    Jacobian, ``(g - mean(g) - b sum(g b) / (n - 1)) / std``."""
+    n = b.shape[1]
+    g = grad * scale * kt * _sech_squared(b * t)
+    return (g - g.mean(1, keepdim=True) - b * (g * b).sum(1, keepdim=True) / max(n - 1, 1)) / std
+
+
+def _rows(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1)
+
+
+class _LibraSign(torch.autograd.Function):
+    """Libra-PB's ``q(w)`` forward and its EDE gradient backward, each one fused loop per reduction
+    (eager autograd through the standardization took 1.55x a full-precision ResNet-18 step)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        q, b, std, scale = fused_or_eager(_libra_forward, _rows(w), STD_EPS)
+        ctx.save_for_backward(b, std, scale, t, k)
+        return q.view_as(w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        b, std, scale, t, k = ctx.saved_tensors
+        kt = k * t
+        return fused_or_eager(_libra_backward, b, _rows(grad), std, scale, t, kt).view_as(grad), None, None
 
 
 @register_quantizer("irnet")
@@ -117,6 +156,7 @@ class LibraBinarization(_DecayingEstimator, WeightQuantizer):
     bits = 1
     multiplies = "scaled_sign"
     per_channel = True  # one scale per output channel, always (as the options of BWN/XNOR/LAB say)
+    signs_latent = False  # sign(w - mean(w_c)): negating w need not flip it (no Bop)
     init_gain = 1.0  # the scale of w cancels in b; Hou et al.'s U(-W0, W0) as the other binarizers
 
     def __init__(self, t_min: float = 0.1, t_max: float = 10.0, eval_policy: str | None = None) -> None:
@@ -124,17 +164,16 @@ class LibraBinarization(_DecayingEstimator, WeightQuantizer):
         self._init_schedule(t_min, t_max)
 
     def effective_scale(self, w: torch.Tensor) -> torch.Tensor:
-        return power_of_two_scale(balanced(w.detach()))
+        scale = fused_or_eager(_libra_forward, _rows(w.detach()), STD_EPS)[3]
+        return scale.view(-1, *([1] * (w.dim() - 1)))
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        b = balanced(w.detach())
-        return sign_plus(b) * power_of_two_scale(b)
+        return fused_or_eager(_libra_forward, _rows(w.detach()), STD_EPS)[0].view_as(w)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training and self.eval_policy == "latent":
             return w
-        b = balanced(w)
-        return _EDESign.apply(b, self.t, self.k) * power_of_two_scale(b.detach())
+        return _LibraSign.apply(w, self.t, self.k)
 
     def extra_repr(self) -> str:
         return f"t_min={self.t_min}, t_max={self.t_max}, {super().extra_repr()}"
