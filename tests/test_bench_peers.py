@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import pytest
 import torch
 
 from benchmarks import bench_peers
@@ -26,6 +27,7 @@ def test_every_quantized_layer_becomes_the_peers_with_the_same_weights():
     assert copy(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow  # a round of the benchmark itself (7 s)
 def test_the_table_has_every_kind_and_names_the_skipped_peers(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_peers", "--networks", "mlp", "--rounds", "1", "--steps", "1"])
     bench_peers.main()

@@ -14,7 +14,7 @@ from fewmult.config import compose_config
 from fewmult.run.job import train
 from fewmult.syncs import HostSyncCount, count_scalar_reads
 from tests.test_lstm import TINY_TEXT
-from tests.test_methods_train import IDS, VARIANTS, method_args
+from tests.test_methods_train import IDS, METHOD_CASES, VARIANTS, method_args
 
 MLP = ["dataset=synthetic", "model=mlp", "model.arch=64FC", "logger=none"]
 CNN = ["dataset=synthetic", "model=cnn", "model.arch=4C3-MP2-16FC", "logger=none"]
@@ -37,14 +37,6 @@ def test_the_counter_sees_a_scalar_read():
     with torch.profiler.profile() as prof:
         torch.ones(3).sum().item()
     assert count_scalar_reads(prof) == 1
-
-
-# the fast tier covers each quantizer class once; the slow tier every registered method
-SAME_CODE_AS_ANOTHER = {"bnn", "bwn", "xnor", "lab2"}  # bc_det's and lab's classes with other settings
-METHOD_CASES = [
-    pytest.param(m, q, id=i, marks=[pytest.mark.slow] if m in SAME_CODE_AS_ANOTHER and not q else [])
-    for (m, q), i in zip(VARIANTS, IDS, strict=True)
-]
 
 
 @pytest.mark.parametrize("method, qbp", METHOD_CASES)

@@ -13,7 +13,7 @@ from fewmult.qbp import QBPSettings
 from fewmult.quant.rng import RandomStream
 from fewmult.run.job import train
 from tests.test_lstm import TINY_TEXT
-from tests.test_methods_train import IDS, VARIANTS, method_args
+from tests.test_methods_train import IDS, METHOD_CASES, VARIANTS, method_args
 
 # Two epochs (12 steps) of the synthetic task: long enough that a trained net and an untrained one
 # are far apart. Measured under bf16-mixed with model.arch=64FC, seed 0: every method and QBP variant
@@ -48,7 +48,7 @@ def train_mixed(tmp_path, precision: str, *overrides: str) -> dict:
     return results
 
 
-@pytest.mark.parametrize("method, qbp", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("method, qbp", METHOD_CASES)
 def test_every_method_trains_in_bf16_mixed(tmp_path, method, qbp):
     # an MLP: this CPU has no bfloat16 instructions, and emulated bf16 convolutions take seconds a
     # step; the QBP convolution under autocast is checked against float32 below
