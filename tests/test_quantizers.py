@@ -523,3 +523,43 @@ def test_per_channel_activations_take_a_batch_of_one():
         act(two).sum().backward()
         assert torch.allclose(one.grad, two.grad[:1])
         assert all(torch.allclose(2 * g, p.grad) for g, p in zip(grads_one, act.parameters(), strict=True))
+
+
+def test_ede_follows_the_authors_log_up_schedule():
+    """t = 10^(log10 t_min + (log10 t_max - log10 t_min) e / E), k = max(1/t, 1) (htqin/IR-Net trainers):
+    with the ResNet-20 1/1 trainer's 1e-3..10 over 400 epochs, t is 1e-3, 0.1 and 1 at epochs 0, 200
+    and 300, and never reaches 10."""
+    from fewmult.quant.irnet import ede_t_and_k
+
+    for epoch, t, k in ((0, 1e-3, 1e3), (200, 0.1, 10.0), (300, 1.0, 1.0)):
+        assert ede_t_and_k(epoch, 400, 1e-3, 10.0) == (pytest.approx(t), pytest.approx(k))
+    assert ede_t_and_k(399, 400, 1e-3, 10.0)[0] == pytest.approx(10 ** (-3 + 4 * 399 / 400))
+    with pytest.raises(UserError, match=r"method\.ede_t_min"):
+        create_activation("ede", t_min=10.0, t_max=0.1)
+
+
+def test_set_epoch_reaches_every_ede_part_and_needs_a_number_of_epochs():
+    from fewmult.nn import set_epoch
+
+    layer = QuantLinear(20, 8, weight_quantizer=create_quantizer("irnet", t_min=0.1, t_max=10.0))
+    net = torch.nn.Sequential(create_activation("ede", channels=20), layer)
+    assert set_epoch(net, 5, 10) == 2  # the activation and the weight quantizer
+    for part in (net[0], layer.weight_quantizer):
+        assert part.t.item() == pytest.approx(1.0) and part.k.item() == pytest.approx(1.0)
+    assert set_epoch(QuantLinear(4, 2, weight_quantizer=create_quantizer("bwn")), 0, None) == 0
+    with pytest.raises(UserError, match=r"trainer\.max_epochs"):
+        set_epoch(net, 0, -1)
+
+
+def test_libra_pb_balances_each_channel_and_scales_it_by_a_power_of_two():
+    """b = (w_c - mean) / std (unbiased) per output channel: every channel's binary weights are the
+    signs of b, and its magnitude is 2^round(log2(mean|b_c|)), whatever the weights' offset and scale."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3) * torch.linspace(0.01, 5, 6).view(6, 1, 1, 1) + 3.0
+    q = create_quantizer("irnet")(w)
+    for c in range(6):
+        b = (w[c] - w[c].mean()) / w[c].std()
+        scale = 2.0 ** torch.round(torch.log2(b.abs().mean()))
+        assert torch.equal(q[c], torch.where(b >= 0, scale, -scale))
+        assert 0 < int((q[c] > 0).sum()) < 27  # both signs, though sign(w) would be all +1 ...
+    assert (w[:2] > 0).all()  # ... in the channels whose spread is small against the offset of 3

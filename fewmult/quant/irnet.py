@@ -65,7 +65,10 @@ class _DecayingEstimator:
 
     def _init_schedule(self, t_min: float, t_max: float) -> None:
         if not 0 < t_min <= t_max:
-            raise UserError(f"EDE needs 0 < t_min <= t_max, got t_min={t_min!r}, t_max={t_max!r}.")
+            raise UserError(
+                f"IR-Net's EDE needs 0 < t_min <= t_max (method.ede_t_min, method.ede_t_max); got "
+                f"t_min={t_min!r}, t_max={t_max!r}."
+            )
         self.t_min, self.t_max = float(t_min), float(t_max)
         self.register_buffer("t", torch.tensor(0.0), persistent=False)
         self.register_buffer("k", torch.tensor(0.0), persistent=False)
