@@ -27,6 +27,7 @@ PLACEHOLDERS = re.compile(r"^(\.\.\.|OVERRIDES|[A-Z]+|k|M|<.*>)$")
 CONTEXT = {
     "method.weight_quantizer.": ["method=tc"],
     "method.weight_quantizer.per_channel": ["method=lab"],
+    "method.residual_activation": ["method=irnet", "model=vgg_small"],
     "dataset.md5": ["dataset=warpeace"],
     "dataset.download": ["dataset=mnist"],
     "dataset.use_extra": ["dataset=svhn"],
