@@ -55,18 +55,20 @@ def _shifted_sign_backward(
 # and in eager each of its elementwise operations is a pass over memory of its own (measured on the
 # CIFAR ResNet-18, BENCHMARKS.md).
 class _SignWithSurrogate(torch.autograd.Function):
-    """``sign(x)`` forward; backward ``backward_kernel(x, dL/dy)``, the pseudo-gradient."""
+    """``sign(x)`` forward; backward ``backward_kernel(x, dL/dy, *params)``, the pseudo-gradient
+    (``params``: constant tensors it reads, e.g. IR-Net's ``t``, in ``x``'s dtype)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, backward_kernel: Callable) -> torch.Tensor:
-        ctx.save_for_backward(x)
+    def forward(ctx, x: torch.Tensor, backward_kernel: Callable, *params: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, *params)
         ctx.backward_kernel = backward_kernel
         return fused_or_eager(sign_plus, x.reshape(-1)).view_as(x)  # one long row: run_fused
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        return fused_or_eager(ctx.backward_kernel, x.reshape(-1), grad.reshape(-1)).view_as(x), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, *params = ctx.saved_tensors
+        grad_x = fused_or_eager(ctx.backward_kernel, x.reshape(-1), grad.reshape(-1), *params).view_as(x)
+        return grad_x, None, *(None for _ in params)
 
 
 class _ShiftedSign(torch.autograd.Function):

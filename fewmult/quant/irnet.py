@@ -16,8 +16,8 @@ import math
 import torch
 
 from fewmult.errors import UserError
-from fewmult.quant.activations import SignActivation
-from fewmult.quant.base import WeightQuantizer, sign_plus
+from fewmult.quant.activations import SignActivation, _SignWithSurrogate
+from fewmult.quant.base import WeightQuantizer
 from fewmult.quant.fusion import fused_or_eager
 from fewmult.quant.registry import register_activation, register_quantizer
 
@@ -41,22 +41,6 @@ def _sech_squared(u: torch.Tensor) -> torch.Tensor:
 
 def _ede_backward(x: torch.Tensor, grad: torch.Tensor, t: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
     return grad * kt * _sech_squared(x * t)
-
-
-class _EDESign(torch.autograd.Function):
-    """``sign(x)`` (sign(0) = +1) forward; backward ``dL/dy * k t (1 - tanh^2(t x))``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, t, k)
-        return fused_or_eager(sign_plus, x.reshape(-1)).view_as(x)  # one long row: run_fused
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        x, t, k = ctx.saved_tensors
-        # t and k in the gradient's precision: under autocast x and grad may be bfloat16
-        t_, kt = t.to(grad.dtype), (k * t).to(grad.dtype)
-        return fused_or_eager(_ede_backward, x.reshape(-1), grad.reshape(-1), t_, kt).view_as(x), None, None
 
 
 class _DecayingEstimator:
@@ -91,7 +75,8 @@ class EDESign(_DecayingEstimator, SignActivation):
         self._init_schedule(t_min, t_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _EDESign.apply(x, self.t, self.k)
+        # t and k t in x's precision (under autocast x, and so the gradient, may be bfloat16)
+        return _SignWithSurrogate.apply(x, _ede_backward, self.t.to(x.dtype), (self.k * self.t).to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"t_min={self.t_min}, t_max={self.t_max}"
