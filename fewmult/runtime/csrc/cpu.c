@@ -5,7 +5,7 @@
 #include <omp.h>
 #endif
 
-int fm_best_isa(void) {
+static int detect_isa(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -15,6 +15,15 @@ int fm_best_isa(void) {
         return FM_AVX2;
 #endif
     return FM_PORTABLE;
+}
+
+/* Detected once: CPUID traps to the hypervisor in a virtual machine (29 us a call on this project's
+ * machine), and kernels ask at every call. Racing threads store the same value. */
+int fm_best_isa(void) {
+    static volatile int best = -1;
+    if (best < 0)
+        best = detect_isa();
+    return best;
 }
 
 int fm_max_threads(void) {
