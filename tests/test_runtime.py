@@ -16,6 +16,7 @@ from fewmult.build import build_model
 from fewmult.config import compose_config
 from fewmult.packed_forward import PackedNetwork, avgpool2d, maxpool2d
 from fewmult.runtime import CompiledNetwork, kernels, network
+from fewmult.runtime.thresholds import sums_thresholds
 from tests.conftest import REPO
 from tests.test_export import BIREAL_BLOCK, MAXPOOLS, NETS, RESNETS, trained_looking, write
 from tests.test_methods_train import METHODS
@@ -215,6 +216,59 @@ def test_threshold_pack_folds_scale_bias_and_the_threshold_as_the_reference(acc_
     assert not kernels.unpack_rows(out, out.shape[1] * 64)[:, o:].any()  # padding stays zero
 
 
+def reference_bits(acc, scale, bias, threshold, negative) -> np.ndarray:
+    """The reference's BN + sign of sums: ``acc * scale + bias`` in float64, compared with the threshold."""
+    v = acc.astype(np.float64) * scale + bias
+    return np.where(negative.astype(bool), v <= threshold, v >= threshold)
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ISAS[::2] if len(ISAS) > 2 else ISAS)  # the scalar loop and a vector one
+@pytest.mark.parametrize("dtype", [np.int32, np.float32])
+def test_thresholds_moved_onto_the_sums_give_the_references_bits(dtype, isa):
+    """Each unit's ``tau`` found by bisection, compared with its sums, gives the reference's bit for
+    every sum at and beside it (the next integer, the next float32 each way), for negative scales
+    and BN signs, units always on or off (thresholds far outside the sums), NaN and infinite sums."""
+    rng = np.random.default_rng(4)
+    o = 70  # a 16-unit group cut by the row's end
+    scale = rng.normal(0, 1, o) * 10.0 ** rng.integers(-4, 4, o)
+    bias, threshold = rng.normal(0, 5, o), rng.normal(0, 5, o)
+    threshold[:4] = [1e300, -1e300, 1e300, -1e300]
+    negative = (np.arange(o) % 3 == 0).astype(np.uint8)
+    if dtype == np.int32:
+        scale[4:6] = [0.0, -0.0]  # a constant bit
+    tau, up = sums_thresholds(scale, bias, threshold, negative, dtype)
+    assert tau.dtype == dtype and {0, 1} <= set(up.astype(int)) | {0}
+    if dtype == np.int32:
+        near = np.clip(tau.astype(np.int64), -(2**30), 2**30)
+        acc = np.stack([near + step for step in (-2, -1, 0, 1, 2)] + [np.zeros(o, np.int64)]).astype(np.int32)
+    else:
+        near = np.where(np.isfinite(tau), tau, np.float32(1.5))
+        with np.errstate(over="ignore"):  # the next float32 past the largest is infinite
+            beside = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+        acc = np.stack(beside + [np.full(o, v, np.float32) for v in (np.nan, np.inf, -np.inf, -0.0)])
+    out = kernels.compare_pack(acc, tau, kernels.unit_masks(up), isa, threads=2)
+    expected = reference_bits(acc, scale, bias, threshold, negative)
+    assert np.array_equal(kernels.unpack_rows(out, o), expected)
+    assert not kernels.unpack_rows(out, out.shape[1] * 64)[:, o:].any()  # padding stays zero
+    finite = expected[np.isfinite(acc).all(axis=1), :4]
+    assert finite.all(axis=0).any() and (~finite).all(axis=0).any()  # units always on and never on
+
+
+def test_thresholds_stay_float64_where_the_affine_need_not_be_monotone():
+    """A parameter that is not finite, or (float32 sums) a zero scale (``inf * 0`` is NaN): no
+    thresholds on the sums, the float64 comparison runs."""
+    ones, zeros = np.ones(3), np.zeros(3, np.uint8)
+    for scale, bias, threshold, dtype in [
+        ([1.0, np.inf, 1.0], ones, ones, np.int32),
+        (ones, [0.0, np.nan, 0.0], ones, np.int32),
+        (ones, None, [1.0, 1.0, -np.inf], np.float32),
+        ([1.0, 0.0, 1.0], ones, ones, np.float32),
+    ]:
+        assert sums_thresholds(np.asarray(scale), bias, np.asarray(threshold), zeros, dtype) is None
+    assert sums_thresholds(np.array([1.0, 0.0, 1.0]), ones, ones, zeros, np.int32) is not None
+
+
 @needs_kernels
 @pytest.mark.parametrize("acc_dtype", [np.int32, np.float32])
 def test_the_residual_streams_kernels_equal_the_reference_to_the_last_bit(acc_dtype):
@@ -340,7 +394,7 @@ def test_sign_networks_run_xnor_popcount_and_answer_exactly(tmp_path, method, ne
     products = [line for line in steps if line.startswith(("linear", "conv2d"))]
     assert all("xnor_gemm" in line for line in products[1:]), steps  # all but the first layer
     assert "NumPy reference" not in " ".join(steps[:-1]), steps  # only the last affine
-    assert sum("threshold_pack" in line for line in steps) == len(products) - 1, steps
+    assert sum("compare_pack" in line for line in steps) == len(products) - 1, steps
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ _SIGNATURES = {
     "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx2": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
+    "fm_compare_pack": ([_I, _I, _P, _I, _L, _L, _P, _P, _P, _L], None),
     "fm_im2col_bits": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_conv_border": ([_I, _P, _L, _L, _L, _L, _P, *[_L] * 8], None),
@@ -290,6 +291,37 @@ def threshold_pack(
         _ptr(bias),
         _ptr(threshold),
         _ptr(negative),
+        _ptr(out),
+        out.shape[1],
+    )
+    return out
+
+
+def unit_masks(flags: np.ndarray) -> np.ndarray:
+    """Booleans (o,) as 16-bit masks, bit j % 16 of mask j // 16 (zero-padded)."""
+    packed = np.packbits(np.asarray(flags, bool), bitorder="little")
+    return np.ascontiguousarray(np.pad(packed, (0, len(packed) % 2)).view("<u2"))
+
+
+def compare_pack(
+    acc: np.ndarray, tau: np.ndarray, up: np.ndarray, isa: str, threads: int, words: int | None = None
+) -> np.ndarray:
+    """Bit (i, j) of packed rows: ``acc[i, j] >= tau[j]`` where bit j of ``up`` (:func:`unit_masks`),
+    else ``acc[i, j] <= tau[j]``; ``acc`` int32 or float32 (n, o), ``tau`` the same dtype; rows of
+    ``words`` words (default: a dense row's, :func:`row_words`)."""
+    n, o = acc.shape
+    if tau.dtype != acc.dtype:
+        raise ValueError(f"thresholds of {tau.dtype} for sums of {acc.dtype}")
+    out = np.empty((n, words or row_words(o)), dtype=np.uint64)
+    load().fm_compare_pack(
+        ISAS.index(isa),
+        threads,
+        _ptr(acc),
+        int(acc.dtype == np.float32),
+        n,
+        o,
+        _ptr(tau),
+        _ptr(up),
         _ptr(out),
         out.shape[1],
     )

@@ -34,6 +34,7 @@ import numpy as np
 
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import kernels
+from fewmult.runtime.thresholds import sums_thresholds
 
 # At most as many inputs run at once as keep every layer's float64 output within this. Larger arrays
 # are mapped fresh from the OS at every call (glibc keeps no freed block above 32 MB): an ImageNet
@@ -68,11 +69,13 @@ class Value:
 @dataclass
 class State:
     """What the planner knows of a step's output: its kind and per-example shape (C, H, W) or (K,);
-    ``pixels``: dense bits flattened from NHWC bits of (H, W, C) (their order, channels padded)."""
+    ``pixels``: dense bits flattened from NHWC bits of (H, W, C) (their order, channels padded);
+    ``sums_scale``: sums' per-unit scale and bias (or None), as their Value will carry them."""
 
     kind: str
     shape: tuple[int, ...]
     pixels: tuple[int, int, int] | None = None
+    sums_scale: tuple[np.ndarray, np.ndarray | None] | None = None  # acc: the product's scale, bias
 
 
 @dataclass
@@ -107,11 +110,15 @@ def _planes(network: PackedNetwork, spec: dict[str, Any]) -> tuple[np.ndarray, n
     return nonzero & ~negative, nonzero & negative
 
 
-def _scale(network: PackedNetwork, spec: dict[str, Any]) -> np.ndarray:
-    """Per output unit, float64 (ones for float32 weights)."""
-    o = spec["shape"][0]
+def _sums_scale(network: PackedNetwork, op: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A product's per output unit scale (ones for float32 weights) and bias (or None), float64."""
+    spec = op["weight"]
     scale = spec.get("scale", 1.0)
-    return network.arrays[scale].astype(np.float64) if isinstance(scale, str) else np.full(o, float(scale))
+    if isinstance(scale, str):
+        scale = network.arrays[scale].astype(np.float64)
+    else:
+        scale = np.full(spec["shape"][0], float(scale))
+    return scale, None if op["bias"] is None else network.arrays[op["bias"]].astype(np.float64)
 
 
 def _pixel_order(values: np.ndarray, pixels: tuple[int, int, int]) -> np.ndarray:
@@ -205,7 +212,7 @@ class CompiledNetwork:
         kind, image = op["op"], len(s.shape) == 3
         out = _output_shape(op, s.shape)
         if kind in ("linear", "conv2d"):
-            summed = State("acc", out)
+            summed = State("acc", out, sums_scale=_sums_scale(self.reference, op))
             encoding = op["weight"]["encoding"]
         if kind == "linear" and len(s.shape) == 1 and (s.kind, encoding) != ("bits", "ternary"):
             return self._linear(op, s), summed
@@ -250,8 +257,7 @@ class CompiledNetwork:
     def _linear(self, op: dict[str, Any], s: State) -> Step:
         spec = op["weight"]
         o, k = spec["shape"][0], int(np.prod(spec["shape"][1:]))
-        scale = _scale(self.reference, spec)
-        bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
+        scale, bias = _sums_scale(self.reference, op)
         isa, threads = self.isa, self.threads
 
         def sums(acc: np.ndarray) -> Value:
@@ -385,8 +391,7 @@ class CompiledNetwork:
         tap_sums = np.ascontiguousarray(
             (2 * taps.astype(np.int32) - 1).sum(axis=3).reshape(o, -1).T, dtype=np.int32
         )
-        scale = _scale(self.reference, spec)
-        bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
+        scale, bias = _sums_scale(self.reference, op)
         threads = self.threads
 
         def run(v: Value) -> Value:
@@ -406,8 +411,7 @@ class CompiledNetwork:
         o = spec["shape"][0]
         g = self._conv_geometry(op, s)
         product = self._float_product(spec, lambda p: p.transpose(0, 2, 3, 1).reshape(o, -1))
-        scale = _scale(self.reference, spec)
-        bias = None if op["bias"] is None else self.reference.arrays[op["bias"]].astype(np.float64)
+        scale, bias = _sums_scale(self.reference, op)
         threads = self.threads
 
         def run(v: Value) -> Value:
@@ -557,18 +561,32 @@ class CompiledNetwork:
         return Step("rprelu", "rprelu (float64)", run)
 
     def _threshold(self, op: dict[str, Any], s: State) -> Step:
+        """BN + sign of a product's sums as packed bits: each unit's comparison moved onto its sums
+        (:mod:`fewmult.runtime.thresholds`, ``compare_pack``) where the parameters allow, else
+        ``threshold_pack``'s float64 affine of every value. Both give the reference's bits."""
         threshold = np.ascontiguousarray(self.reference.arrays[op["threshold"]], dtype=np.float64)
         negative = np.ascontiguousarray(self.reference.arrays[op["negative"]], dtype=np.uint8)
-        threads, units = self.threads, s.shape[0]
-        image = len(s.shape) == 3
+        isa, threads, units = self.isa, self.threads, s.shape[0]
+        words = -(-units // 64) if len(s.shape) == 3 else kernels.row_words(units)
+        compared = {}  # per dtype of the sums: (tau, up masks)
+        for dtype in (np.int32, np.float32):
+            if (found := sums_thresholds(*s.sums_scale, threshold, negative, dtype)) is not None:
+                compared[np.dtype(dtype)] = (found[0], kernels.unit_masks(found[1]))
 
         def run(v: Value) -> Value:
             rows = v.data.reshape(-1, units)
-            words = -(-units // 64) if image else kernels.row_words(units)
-            bits = kernels.threshold_pack(rows, v.scale, v.bias, threshold, negative, threads, words)
+            if (on_sums := compared.get(rows.dtype)) is not None:
+                bits = kernels.compare_pack(rows, *on_sums, isa, threads, words)
+            else:
+                bits = kernels.threshold_pack(rows, v.scale, v.bias, threshold, negative, threads, words)
             return Value("bits", bits.reshape(*v.data.shape[:-1], words), features=units)
 
-        return Step("sign_threshold", "threshold_pack (BN + sign -> packed bits)", run)
+        how = "compare_pack (BN + sign as thresholds on the sums -> packed bits)"
+        if len(compared) < 2:
+            how = "threshold_pack (BN + sign in float64 -> packed bits)" + (
+                f"; {how} for {', '.join(map(str, compared))} sums" if compared else ""
+            )
+        return Step("sign_threshold", how, run)
 
 
 def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:

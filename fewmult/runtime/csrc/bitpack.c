@@ -64,3 +64,54 @@ void fm_threshold_pack(int threads, const void *acc, int acc_is_float, int64_t n
                            << (j & 63);
     }
 }
+
+static int compared_bit(const void *acc, int acc_is_float, int64_t at, int64_t j, const void *tau,
+                        const uint16_t *up) {
+    int rising = up[j >> 4] >> (j & 15) & 1;
+    if (acc_is_float) {
+        float a = ((const float *)acc)[at], t = ((const float *)tau)[j];
+        return rising ? a >= t : a <= t;
+    }
+    int32_t a = ((const int32_t *)acc)[at], t = ((const int32_t *)tau)[j];
+    return rising ? a >= t : a <= t;
+}
+
+#ifdef FM_X86
+/* Sixteen units at a time, the last few under a mask: one comparison each way, one 16-bit store. */
+FM_TARGET_AVX512 static void compare_row_avx512(const void *acc, int acc_is_float, int64_t row, int64_t o,
+                                                const void *tau, const uint16_t *up, uint16_t *halves) {
+    for (int64_t j = 0; j < o; j += 16) {
+        __mmask16 live = o - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o - j)) - 1);
+        __mmask16 rising = up[j / 16], ge, le;
+        if (acc_is_float) {
+            __m512 a = _mm512_maskz_loadu_ps(live, (const float *)acc + row * o + j);
+            __m512 t = _mm512_maskz_loadu_ps(live, (const float *)tau + j);
+            ge = _mm512_cmp_ps_mask(a, t, _CMP_GE_OQ), le = _mm512_cmp_ps_mask(a, t, _CMP_LE_OQ);
+        } else {
+            __m512i a = _mm512_maskz_loadu_epi32(live, (const int32_t *)acc + row * o + j);
+            __m512i t = _mm512_maskz_loadu_epi32(live, (const int32_t *)tau + j);
+            ge = _mm512_cmpge_epi32_mask(a, t), le = _mm512_cmple_epi32_mask(a, t);
+        }
+        halves[j / 16] = (uint16_t)(((ge & rising) | (le & ~rising)) & live);
+    }
+}
+#endif
+
+void fm_compare_pack(int isa, int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
+                     const void *tau, const uint16_t *up, uint64_t *out, int64_t out_row_words) {
+    int64_t work = n * o;
+    (void)isa, (void)threads, (void)work;
+    FM_PARALLEL_FOR
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t *row = out + i * out_row_words;
+        memset(row, 0, (size_t)out_row_words * sizeof(uint64_t));
+#ifdef FM_X86
+        if (isa >= FM_AVX512) { /* 16-bit halves in increasing address order = bits in increasing order */
+            compare_row_avx512(acc, acc_is_float, i, o, tau, up, (uint16_t *)row);
+            continue;
+        }
+#endif
+        for (int64_t j = 0; j < o; j++)
+            row[j >> 6] |= (uint64_t)compared_bit(acc, acc_is_float, i * o + j, j, tau, up) << (j & 63);
+    }
+}

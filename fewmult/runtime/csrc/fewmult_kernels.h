@@ -81,6 +81,12 @@ void fm_threshold_pack(int threads, const void *acc, int acc_is_float, int64_t n
                        const double *scale, const double *bias, const double *threshold,
                        const uint8_t *negative, uint64_t *out, int64_t out_row_words);
 
+/* fm_threshold_pack with each unit's comparison moved onto its sums (fewmult/runtime/thresholds.py):
+ * bit (i, j) = up_j ? acc[i, j] >= tau[j] : acc[i, j] <= tau[j], acc and tau both int32
+ * (acc_is_float = 0) or both float32 (a NaN compares false); up_j is bit j % 16 of up[j / 16]. */
+void fm_compare_pack(int isa, int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
+                     const void *tau, const uint16_t *up, uint64_t *out, int64_t out_row_words);
+
 /* Convolutions as products of rows: im2col gathers each output pixel's window (taps in (ky, kx)
  * order, each tap a pixel's channels) into one row, zeros where the window leaves the image.
  * Packed bits (words a pixel: cw) or floats (c a pixel); rows of row_len words or floats. */
