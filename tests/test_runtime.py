@@ -134,6 +134,7 @@ PRODUCTS = [
     *(f"select_gemm-{isa}" for isa in VECTOR_ISAS),
     *(f"lut_gemm-{isa}" for isa in VECTOR_ISAS if isa in kernels.LUT_SHAPES),
     pytest.param("amx_select_gemm-amx", marks=needs_amx),
+    pytest.param("amx_fixed_gemm-amx", marks=needs_amx),
 ]
 
 
@@ -158,12 +159,73 @@ def test_float_times_binary_and_ternary_weights_sums_the_selected_activations(ke
     elif name == "amx_select_gemm":
         minus_tiles = None if encoding == "binary" else kernels.amx_layout(nonzero & ~positive, 2)
         out = kernels.amx_select_gemm(x, kernels.amx_layout(plus_bits, 2), minus_tiles, o, threads=2)
+    elif name == "amx_fixed_gemm":
+        out = fixed_gemm(x, plus_bits, None if encoding == "binary" else nonzero & ~positive)
     else:
         out = kernels.select_gemm(x, plus, minus, isa, threads=2)
     expected = x.astype(np.float64) @ signs.T
-    # float32 sums in another order: within a few float32 roundings of the sum of magnitudes
+    # float32 sums in another order (fixed point: each value within 2^-22 of its row's largest, then
+    # one rounding): within a few float32 roundings of the sum of magnitudes
     bound = 4 * k * np.finfo(np.float32).eps * np.abs(x).astype(np.float64).sum(1, keepdims=True)
     assert np.all(np.abs(out - expected) <= bound)
+
+
+def fixed_gemm(x, plus, minus, thresholds=None) -> np.ndarray:
+    """``amx_fixed_gemm`` of float rows and boolean weight rows (plus; minus None: binary)."""
+    weights = [
+        (None, None) if p is None else (kernels.amx_layout(p, 4), p.sum(1, dtype=np.int32))
+        for p in (plus, minus)
+    ]
+    return kernels.amx_fixed_gemm(x, *weights[0], *weights[1], len(plus), 2, thresholds)
+
+
+@needs_amx
+def test_fixed_point_rows_of_any_magnitude_and_ieees_infinities_and_nan():
+    """Rows scaled near float32's ends (and a zero row) keep their relative precision: each row is
+    scaled by its own power of two. A row with an infinity or NaN is summed in float32 by IEEE's
+    rules: NaN and infinities where the float64 reference has them."""
+    rng = np.random.default_rng(6)
+    n, k, o = 40, 600, 33
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    x[0] *= np.float32(1e-36)
+    x[1] *= np.float32(1e36)
+    x[2] = 0
+    x[3, 5], x[4, 6], x[5, [7, 9]], x[6, 8] = np.inf, -np.inf, [np.inf, -np.inf], np.nan
+    plus = random_bits(rng, o, k)
+    out = fixed_gemm(x, plus, None)
+    with np.errstate(invalid="ignore"):
+        expected = x.astype(np.float64) @ np.where(plus, 1.0, -1.0).T
+    finite = np.isfinite(x).all(axis=1)
+    bound = 4 * k * np.finfo(np.float32).eps * np.abs(x[finite]).astype(np.float64).sum(1, keepdims=True)
+    assert np.all(np.abs(out[finite] - expected[finite]) <= bound)
+    assert not out[2].any() and np.all(np.abs(out[0]) > 0)
+    assert np.array_equal(out[~finite], expected[~finite].astype(np.float32), equal_nan=True)
+    assert np.isnan(out[6]).all() and np.isinf(out[3:5]).all() and np.isnan(out[5]).any()
+
+
+@needs_amx
+@pytest.mark.parametrize("product", ["sign", "fixed"])
+def test_amx_products_compare_their_own_sums_as_compare_pack(product):
+    """Given thresholds, the AMX products write the bits compare_pack makes of their sums: partial
+    tiles and 16-unit groups, rows of another length than their units', a row with an infinity."""
+    rng = np.random.default_rng(7)
+    n, k, o = 70, 1100, 70
+    w = random_bits(rng, o, k)
+    scale, bias, threshold = rng.normal(0, 1, o), rng.normal(0, 3, o), rng.normal(0, 3, o)
+    negative = (rng.random(o) < 0.4).astype(np.uint8)
+    dtype = np.int32 if product == "sign" else np.float32
+    tau, up = sums_thresholds(scale, bias, threshold, negative, dtype)
+    thresholds = (tau, kernels.unit_masks(up), kernels.row_words(o) + 8)
+    if product == "sign":
+        a = kernels.pack_rows(random_bits(rng, n, k))
+        args = (a, kernels.amx_layout(w, 4), w.sum(1, dtype=np.int32), k, o, 2)
+        sums, bits = kernels.amx_sign_gemm(*args), kernels.amx_sign_gemm(*args, thresholds)
+    else:
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        x[3, 5] = np.inf
+        sums, bits = fixed_gemm(x, w, None), fixed_gemm(x, w, None, thresholds)
+    assert np.array_equal(bits, kernels.compare_pack(sums, *thresholds[:2], "avx512", 2, thresholds[2]))
+    assert bits.any() and not bits.all()
 
 
 @needs_kernels
@@ -367,6 +429,27 @@ def test_every_instruction_set_runs_whole_networks(tmp_path, isa):
     binary (lab2) products; every method runs on the best set above."""
     for method in ("tc", "lab2"):
         test_every_method_predicts_as_the_numpy_reference(tmp_path, "mlp", method, isa)
+
+
+@needs_amx
+@pytest.mark.parametrize("method", ["bnn", "tc"])
+def test_rows_of_many_inputs_run_as_fixed_point_and_signs_are_compared_in_the_kernel(tmp_path, method):
+    """On AMX a dense layer of 512 inputs or more runs as fixed point on int8 tiles; before a BN +
+    sign its kernel writes the next layer's bits (bnn), and a float32 product's sums stay sums (tc).
+    Predictions equal the reference's; scores within rounding."""
+    cfg = compose_config("dataset=synthetic", f"method={method}", "model=mlp", "model.arch=64FC-48FC")
+    torch.manual_seed(0)
+    shape = (1, 24, 24)  # 576 inputs
+    write(tmp_path, trained_looking(build_model(cfg, shape, 10)))
+    path = str(tmp_path / "model.npz")
+    runtime = CompiledNetwork(path)
+    first = runtime.describe(shape)[1]
+    assert "576->64" in first and "amx_fixed_gemm" in first, first
+    assert ("compared in its output" in first) == (method == "bnn"), first
+    x = torch.rand(200, *shape).numpy()
+    reference, scores = PackedNetwork(path).forward(x), runtime.forward(x)
+    assert np.array_equal(scores.argmax(-1), reference.argmax(-1))
+    assert np.allclose(scores, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
 # and "valid" convolutions over 70 channels (two words a pixel, the second partly padding)

@@ -21,6 +21,9 @@ ROW_WORDS = 8  # FM_ROW_WORDS: packed rows are padded to whole 512-bit blocks
 # products 1.18x at 16 rows, 0.21x at 1; float products 0.83x at 16 rows, 1.40x at 64)
 AMX_MIN_ROWS = 16
 AMX_FLOAT_MIN_ROWS = 64
+# inputs from which float rows run as fixed point on int8 tiles rather than as three bf16 parts
+# (benchmarks/bench_amx_kernels.py: 64 x 784 x 2048 1.5x, 16384 x 27 x 128 0.4x)
+AMX_FIXED_MIN_INPUTS = 512
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
@@ -31,8 +34,9 @@ _SIGNATURES = {
     "fm_select_gemm": ([_I, _I, _P, _L, _L, _P, _P, _L, _L, _P], None),
     "fm_float_gemm": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
     "fm_float_gemm_panels": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
-    "fm_amx_sign_gemm": ([_I, _P, _L, _L, _P, _P, _L, _L, ctypes.c_int32, _P], None),
+    "fm_amx_sign_gemm": ([_I, _P, _L, _L, _P, _P, _L, _L, ctypes.c_int32, _P, _P, _P, _P, _L], None),
     "fm_amx_select_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
+    "fm_amx_fixed_gemm": ([_I, _P, _L, _L, _P, _P, _P, _P, _L, _P, _P, _P, _P, _L], None),
     "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx2": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
@@ -189,14 +193,37 @@ def xnor_gemm_lanes(a: np.ndarray, lanes: np.ndarray, o: int, k: int, isa: str, 
     return out
 
 
+Thresholds = tuple[np.ndarray, np.ndarray, int]  # compare_pack's tau and up masks, and words a row
+
+
+def _outputs(n: int, o: int, dtype: type, thresholds: Thresholds | None) -> tuple[np.ndarray, list]:
+    """A product's output array: its sums (n, o), or with ``thresholds`` the packed bits (n, words)
+    that :func:`compare_pack` makes of them; and the kernel's arguments after ``out``."""
+    if thresholds is None:
+        out = np.empty((n, o), dtype=dtype)
+        return out, [_ptr(out), None, None, None, 0]
+    tau, up, words = thresholds
+    if tau.dtype != dtype:
+        raise ValueError(f"thresholds of {tau.dtype} for sums of {np.dtype(dtype)}")
+    bits = np.empty((n, words), dtype=np.uint64)
+    return bits, [None, _ptr(tau), _ptr(up), _ptr(bits), words]
+
+
 def amx_sign_gemm(
-    a: np.ndarray, w: np.ndarray, w_ones: np.ndarray, k: int, o: int, threads: int
+    a: np.ndarray,
+    w: np.ndarray,
+    w_ones: np.ndarray,
+    k: int,
+    o: int,
+    threads: int,
+    thresholds: Thresholds | None = None,
 ) -> np.ndarray:
     """:func:`xnor_gemm` on AMX tiles: packed rows ``a`` (n, words) times weights in
-    :func:`amx_layout` (group 4) with each weight row's ones ``w_ones`` (int32, o): int32 (n, o)."""
-    out = np.empty((len(a), o), dtype=np.int32)
+    :func:`amx_layout` (group 4) with each weight row's ones ``w_ones`` (int32, o): int32 (n, o), or
+    given ``thresholds`` the bits :func:`compare_pack` makes of those sums."""
+    out, rest = _outputs(len(a), o, np.int32, thresholds)
     load().fm_amx_sign_gemm(
-        threads, _ptr(a), len(a), a.shape[1], _ptr(w), _ptr(w_ones), o, w.shape[1], k, _ptr(out)
+        threads, _ptr(a), len(a), a.shape[1], _ptr(w), _ptr(w_ones), o, w.shape[1], k, *rest
     )
     return out
 
@@ -208,6 +235,27 @@ def amx_select_gemm(
     (n, k) = x.shape
     out = np.empty((n, o), dtype=np.float32)
     load().fm_amx_select_gemm(threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, _ptr(out))
+    return out
+
+
+def amx_fixed_gemm(
+    x: np.ndarray,
+    plus: np.ndarray,
+    plus_ones: np.ndarray,
+    minus: np.ndarray | None,
+    minus_ones: np.ndarray | None,
+    o: int,
+    threads: int,
+    thresholds: Thresholds | None = None,
+) -> np.ndarray:
+    """:func:`select_gemm` on int8 AMX tiles, each float32 row as 24-bit fixed point (csrc/amx_gemm.c),
+    the selections in :func:`amx_layout` (group 4) with each weight row's selected count (int32, o);
+    given ``thresholds``, the bits :func:`compare_pack` makes of the float32 sums."""
+    (n, k) = x.shape
+    out, rest = _outputs(n, o, np.float32, thresholds)
+    load().fm_amx_fixed_gemm(
+        threads, _ptr(x), n, k, _ptr(plus), _ptr(plus_ones), _ptr(minus), _ptr(minus_ones), o, *rest
+    )
     return out
 
 

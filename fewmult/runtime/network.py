@@ -89,10 +89,13 @@ class Step:
 
 @dataclass
 class Product:
-    """Float32 rows (n, k) times a layer's weights: ``run`` gives the float32 sums (n, o)."""
+    """Rows (n, k) times a layer's weights: ``run`` gives the sums (n, o); ``thresholded``, where the
+    kernel can compare its sums itself, the bits :func:`kernels.compare_pack` makes of them given its
+    thresholds, or None where another kernel runs this many rows."""
 
     how: str
     run: Callable[[np.ndarray], np.ndarray]
+    thresholded: Callable[[np.ndarray, kernels.Thresholds], np.ndarray | None] | None = None
 
 
 def _planes(network: PackedNetwork, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -196,6 +199,14 @@ class CompiledNetwork:
                 step, s = self._residual(op, s, rprelu=follower)  # the RPReLU after the sum, in its pass
                 i += 2
             elif (
+                (op["op"], len(s.shape)) == ("linear", 1)
+                and follower
+                and follower["op"] == "sign_threshold"
+                and (fused := self._linear_sign(op, follower, s)) is not None
+            ):
+                step, s = fused  # the product's kernel compares its own sums
+                i += 2
+            elif (
                 (op["op"], s.kind, len(s.shape)) == ("affine", "acc", 3)
                 and follower
                 and follower["op"] == "maxpool2d"
@@ -258,37 +269,71 @@ class CompiledNetwork:
         spec = op["weight"]
         o, k = spec["shape"][0], int(np.prod(spec["shape"][1:]))
         scale, bias = _sums_scale(self.reference, op)
-        isa, threads = self.isa, self.threads
+        if s.kind == "bits" and spec["encoding"] == "float32":  # +-1 activations select real-valued weights
+            values = self.reference.arrays[spec["values"]].astype(np.float32).reshape(o, k)
+            values = np.ascontiguousarray(_pixel_order(values, s.pixels) if s.pixels else values)
+            isa, threads = self.isa, self.threads
+            return Step(
+                "linear",
+                f"{k}->{o}, packed +-1 x float32: select_gemm (weights selected by activation bits)",
+                lambda v: Value(
+                    "acc",
+                    np.ascontiguousarray(kernels.select_gemm(values, v.data, None, isa, threads).T),
+                    scale=scale,
+                    bias=bias,
+                ),
+            )
+        product, rows, how = self._dense_product(op, s)
+        return Step("linear", how, lambda v: Value("acc", product.run(rows(v)), scale=scale, bias=bias))
 
-        def sums(acc: np.ndarray) -> Value:
-            return Value("acc", acc, scale=scale, bias=bias)
-
+    def _dense_product(
+        self, op: dict[str, Any], s: State
+    ) -> tuple[Product, Callable[[Value], np.ndarray], str]:
+        """A dense layer's product of binary or ternary weights (float32 ones for float rows): the
+        product, the rows it takes from the value before, and what runs it."""
+        spec = op["weight"]
+        o, k = spec["shape"][0], int(np.prod(spec["shape"][1:]))
         if s.kind == "bits":
-            if spec["encoding"] == "float32":  # +-1 activations select real-valued weights
-                values = self.reference.arrays[spec["values"]].astype(np.float32).reshape(o, k)
-                values = np.ascontiguousarray(_pixel_order(values, s.pixels) if s.pixels else values)
-                return Step(
-                    "linear",
-                    f"{k}->{o}, packed +-1 x float32: select_gemm (weights selected by activation bits)",
-                    lambda v: sums(
-                        np.ascontiguousarray(kernels.select_gemm(values, v.data, None, isa, threads).T)
-                    ),
-                )
             plus, _ = _planes(self.reference, spec)
             plus = _pixel_order(plus.reshape(o, k), s.pixels) if s.pixels else plus.reshape(o, k)
             product = self._sign_product(
                 plus, kernels.pack_rows(plus) if not s.pixels else _pack_words(plus), k
             )
-            return Step(
-                "linear", f"{k}->{o}, packed +-1 x binary: {product.how}", lambda v: sums(product.run(v.data))
-            )
+            return product, lambda v: v.data, f"{k}->{o}, packed +-1 x binary: {product.how}"
+
+        def rows(v: Value) -> np.ndarray:
+            x = np.ascontiguousarray(v.as_float() if v.kind != "float" else v.data, dtype=np.float32)
+            return x.reshape(len(x), -1)
+
         product = self._float_product(spec, lambda p: p.reshape(o, k))
+        return product, rows, f"{k}->{o}, float x {spec['encoding']}: {product.how}"
+
+    def _linear_sign(self, op: dict[str, Any], sign: dict[str, Any], s: State) -> tuple[Step, State] | None:
+        """A dense product and the BN + sign after it as one step where its kernel compares its own sums
+        (the AMX products): no sums written and read again. None where it cannot (another kernel, or
+        thresholds that stay float64): the two ops are planned one by one."""
+        if s.kind == "bits" and op["weight"]["encoding"] != "binary":
+            return None
+        summed = State("acc", _output_shape(op, s.shape), sums_scale=_sums_scale(self.reference, op))
+        product, rows, how = self._dense_product(op, s)
+        dtype = np.int32 if s.kind == "bits" else np.float32
+        threshold = self.reference.arrays[sign["threshold"]], self.reference.arrays[sign["negative"]]
+        found = sums_thresholds(*summed.sums_scale, *threshold, dtype)
+        if product.thresholded is None or found is None:
+            return None
+        units = summed.shape[0]
+        thresholds = (found[0], kernels.unit_masks(found[1]), kernels.row_words(units))
+        apart = self._threshold(sign, summed)  # where the product's kernel for this many rows cannot
+        scale, bias = summed.sums_scale
 
         def run(v: Value) -> Value:
-            x = np.ascontiguousarray(v.as_float() if v.kind != "float" else v.data, dtype=np.float32)
-            return sums(product.run(x.reshape(len(x), -1)))
+            x = rows(v)
+            if (bits := product.thresholded(x, thresholds)) is None:
+                return apart.run(Value("acc", product.run(x), scale=scale, bias=bias))
+            return Value("bits", bits, features=units)
 
-        return Step("linear", f"{k}->{o}, float x {spec['encoding']}: {product.how}", run)
+        how += f"; BN + sign compared in its output (else: {apart.how})"
+        return Step("linear, sign_threshold", how, run), State("bits", summed.shape)
 
     def _float_product(
         self, spec: dict[str, Any], rows: Callable[[np.ndarray], np.ndarray], isa: str | None = None
@@ -307,17 +352,8 @@ class CompiledNetwork:
             return Product("float_gemm", lambda x: kernels.float_gemm(x, values, isa, threads))
         plus, minus = (None if p is None else rows(p) for p in _planes(self.reference, spec))
         if isa == "amx":
-            tiles = [None if p is None else kernels.amx_layout(p, 2) for p in (plus, minus)]
             below = self._float_product(spec, rows, "avx512")
-            return Product(
-                f"amx_select_gemm (bf16 tiles, {spec['encoding']} weights; below "
-                f"{kernels.AMX_FLOAT_MIN_ROWS} rows {below.how})",
-                lambda x: (
-                    kernels.amx_select_gemm(x, tiles[0], tiles[1], o, threads)
-                    if len(x) >= kernels.AMX_FLOAT_MIN_ROWS
-                    else below.run(x)
-                ),
-            )
+            return self._amx_float_product(plus, minus, spec["encoding"], below)
         if isa in kernels.LUT_SHAPES:
             tables = [None if p is None else kernels.lut_layout(p, isa) for p in (plus, minus)]
             return Product(
@@ -328,6 +364,37 @@ class CompiledNetwork:
         return Product(
             f"select_gemm ({spec['encoding']} weights)",
             lambda x: kernels.select_gemm(x, packed[0], packed[1], isa, threads),
+        )
+
+    def _amx_float_product(
+        self, plus: np.ndarray, minus: np.ndarray | None, encoding: str, below: Product
+    ) -> Product:
+        """Float rows times binary or ternary weights on AMX tiles, ``below`` for fewer rows than
+        ``kernels.AMX_FLOAT_MIN_ROWS``: rows of many inputs as 24-bit fixed point on int8 tiles
+        (``amx_fixed_gemm``, which can compare its sums itself), short ones as three bf16 parts."""
+        threads, (o, k) = self.threads, plus.shape
+        least = kernels.AMX_FLOAT_MIN_ROWS
+        if k < kernels.AMX_FIXED_MIN_INPUTS:
+            tiles = [None if p is None else kernels.amx_layout(p, 2) for p in (plus, minus)]
+            return Product(
+                f"amx_select_gemm (bf16 tiles, {encoding} weights; below {least} rows {below.how})",
+                lambda x: kernels.amx_select_gemm(x, *tiles, o, threads) if len(x) >= least else below.run(x),
+            )
+        planes = [
+            (None, None) if p is None else (kernels.amx_layout(p, 4), p.sum(axis=1, dtype=np.int32))
+            for p in (plus, minus)
+        ]
+
+        def fixed(x: np.ndarray, thresholds: kernels.Thresholds | None = None) -> np.ndarray | None:
+            if len(x) < least:
+                return None
+            return kernels.amx_fixed_gemm(x, *planes[0], *planes[1], o, threads, thresholds)
+
+        return Product(
+            f"amx_fixed_gemm (int8 tiles, rows as 24-bit fixed point, {encoding} weights; below {least} "
+            f"rows {below.how})",
+            lambda x: out if (out := fixed(x)) is not None else below.run(x),
+            fixed,
         )
 
     def _sign_product(self, rows: np.ndarray, packed: np.ndarray, k: int) -> Product:
@@ -350,12 +417,16 @@ class CompiledNetwork:
             )
         tiles, ones = kernels.amx_layout(rows, 4), rows.sum(axis=1, dtype=np.int32)
 
-        def run(a: np.ndarray) -> np.ndarray:
+        def tiled(a: np.ndarray, thresholds: kernels.Thresholds | None = None) -> np.ndarray | None:
             if len(a) < kernels.AMX_MIN_ROWS:
-                return kernels.xnor_gemm(a, packed, k, isa, threads)
-            return kernels.amx_sign_gemm(a, tiles, ones, k, o, threads)
+                return None
+            return kernels.amx_sign_gemm(a, tiles, ones, k, o, threads, thresholds)
 
-        return Product(f"amx_sign_gemm (int8 tiles; below {kernels.AMX_MIN_ROWS} rows xnor_gemm)", run)
+        return Product(
+            f"amx_sign_gemm (int8 tiles; below {kernels.AMX_MIN_ROWS} rows xnor_gemm)",
+            lambda a: out if (out := tiled(a)) is not None else kernels.xnor_gemm(a, packed, k, isa, threads),
+            tiled,
+        )
 
     def _conv_geometry(self, op: dict[str, Any], s: State) -> dict[str, int]:
         _, c, kh, kw = op["weight"]["shape"]

@@ -19,6 +19,7 @@
  * Tiles of 16 rows: with fewer rows (float products: fewer than 64) the AVX-512 kernels are faster,
  * and the callers (fewmult/runtime/network.py) run those. */
 #define _GNU_SOURCE /* syscall() */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,7 +42,7 @@
 
 #ifdef FM_AMX_BUILT
 #define FM_TARGET_AMX \
-    __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-int8,amx-bf16")))
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16,amx-tile,amx-int8,amx-bf16")))
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -278,31 +279,61 @@ FM_TARGET_AMX static void split_bf16(int threads, const float *x, int64_t n, int
         }
 }
 
+/* Where a product's sums go: rows (n, o) of int32 or float32 sums, or, given thresholds (`tau` of the sums'
+ * type and `up` masks: fm_compare_pack's), each unit's bit packed into rows of `words` words. */
 typedef struct {
-    int32_t *out;
-    const int32_t *ones, *w_ones;
-    int64_t o;
-    int32_t k;
-} sign_out;
+    void *sums;
+    const void *tau;
+    const uint16_t *up;
+    uint64_t *bits;
+    int64_t o, words;
+} destination;
 
 /* The outputs of weight block jb that exist (o need not be a multiple of 16). */
 static __mmask16 live_columns(int64_t jb, int64_t o) {
     return o - 16 * jb >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o - 16 * jb)) - 1);
 }
 
+/* Row i's 16 sums of weight block jb: stored, or compared and packed (fm_compare_pack's bits). */
+FM_TARGET_AMX static FM_INLINE void put_ints(const destination *d, int64_t i, int64_t jb, __mmask16 live, __m512i v) {
+    if (!d->bits) {
+        _mm512_mask_storeu_epi32((int32_t *)d->sums + i * d->o + 16 * jb, live, v);
+        return;
+    }
+    __m512i t = _mm512_maskz_loadu_epi32(live, (const int32_t *)d->tau + 16 * jb);
+    __mmask16 up = d->up[jb], ge = _mm512_cmpge_epi32_mask(v, t), le = _mm512_cmple_epi32_mask(v, t);
+    ((uint16_t *)(d->bits + i * d->words))[jb] = (uint16_t)(((ge & up) | (le & ~up)) & live);
+}
+
+FM_TARGET_AMX static FM_INLINE void put_floats(const destination *d, int64_t i, int64_t jb, __mmask16 live, __m512 v) {
+    if (!d->bits) {
+        _mm512_mask_storeu_ps((float *)d->sums + i * d->o + 16 * jb, live, v);
+        return;
+    }
+    __m512 t = _mm512_maskz_loadu_ps(live, (const float *)d->tau + 16 * jb);
+    __mmask16 up = d->up[jb], ge = _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), le = _mm512_cmp_ps_mask(v, t, _CMP_LE_OQ);
+    ((uint16_t *)(d->bits + i * d->words))[jb] = (uint16_t)(((ge & up) | (le & ~up)) & live);
+}
+
+typedef struct {
+    destination to;
+    const int32_t *ones, *w_ones;
+    int32_t k;
+} sign_out;
+
 /* xnor_gemm's integers from the 0/1 sums: k - 2 |a| - 2 |w| + 4 a.w, 16 outputs a vector */
 FM_TARGET_AMX static void finish_sign(const void *ctx, int64_t i0, int64_t i1, int64_t jb0, int64_t jb1,
                                       const int32_t *sums) {
     const sign_out *c = ctx;
     for (int64_t jb = jb0; jb < jb1; jb++) {
-        __mmask16 live = live_columns(jb, c->o);
+        __mmask16 live = live_columns(jb, c->to.o);
         __m512i base = _mm512_sub_epi32(_mm512_set1_epi32(c->k),
                                         _mm512_slli_epi32(_mm512_maskz_loadu_epi32(live, c->w_ones + 16 * jb), 1));
         for (int64_t i = i0; i < i1; i++) {
             __m512i dot = _mm512_load_si512(sums + (jb - jb0) * 1024 + (i - i0) * 16);
             __m512i v = _mm512_add_epi32(_mm512_sub_epi32(base, _mm512_set1_epi32(2 * c->ones[i])),
                                          _mm512_slli_epi32(dot, 2));
-            _mm512_mask_storeu_epi32(c->out + i * c->o + 16 * jb, live, v);
+            put_ints(&c->to, i, jb, live, v);
         }
     }
 }
@@ -325,7 +356,8 @@ FM_TARGET_AMX static void finish_float(const void *ctx, int64_t i0, int64_t i1, 
 
 FM_TARGET_AMX void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, int64_t a_words,
                                    const uint64_t *w, const int32_t *w_ones, int64_t o, int64_t kblocks,
-                                   int32_t k, int32_t *out) {
+                                   int32_t k, int32_t *out, const int32_t *tau, const uint16_t *up,
+                                   uint64_t *bits, int64_t words) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
     int64_t kp = 64 * kblocks + PITCH_PAD, rows = (n + 15) / 16 * 16;
@@ -333,7 +365,9 @@ FM_TARGET_AMX void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, i
     int32_t *ones = malloc(sizeof(int32_t) * (size_t)n);
     expand_bits(threads, a, n, a_words, kblocks, kp, bytes, ones);
     product p = {(const char *)bytes, kp, kblocks, 0, 1, 1, w, NULL};
-    sign_out c = {out, ones, w_ones, o, k};
+    if (bits)
+        memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
+    sign_out c = {{out, tau, up, bits, o, words}, ones, w_ones, k};
     run_tasks(threads, &p, sign_blocks, n, o, finish_sign, &c);
     free(bytes);
     free(ones);
@@ -352,20 +386,269 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
     free(planes);
 }
 
+/* Float products on int8 tiles: fixed point in three byte planes.
+ *
+ * Row i of x is scaled by a power of two, 2^(22 - e_i) with max |x_i| < 2^e_i, and rounded: X = round(x 2^(22
+ * - e_i)), |X| <= 2^22, an error of at most 2^(e_i - 23) a value (float32 rounds the largest ones by about
+ * as much). Y = X + 2^23 is a 24-bit unsigned integer, three bytes: each byte plane times the 0/1 weights is
+ * one int8 tile product (TDPBUUD, 16,384 multiply-adds, twice bf16's 8,192: the three planes cost what 1.5
+ * bf16 parts cost). With the weights' ones U_j and the row's sum of Y, sum_t w_jt X_t is exact in double:
+ * binary (w = 2u - 1): 2 (sum u Y - 2^23 U_j) - (sum Y - 2^23 k); ternary: plus minus minus, each
+ * sum u Y - 2^23 U. Times 2^(e_i - 22), rounded once to float32. A row with an infinite or NaN value is
+ * summed in float32 by a plain loop afterwards (IEEE's infinities and NaN). */
+#define FIXED_SHIFT 22
+#define FIXED_OFFSET (1 << 23)
+#define FIXED_PLANES 3
+#define FIXED_CHUNK 16 /* weight tiles of a block expanded at once (16 KB): k up to 1,024 in one pass */
+#define FIXED_SET (2 * 12288) /* bytes of sums of two weight blocks (plus; then minus for ternary) */
+
+typedef struct {
+    const uint8_t *a; /* three planes of rows kp bytes apart, `plane` bytes apart */
+    int64_t kp, plane, kblocks, n, o, k;
+    const uint64_t *w[2]; /* plus, minus (NULL: binary) masks, amx_layout group 4 */
+    const int32_t *w_ones[2];
+    const double *unit; /* 2^(e_i - 22): a row's fixed-point unit */
+    const double *rest; /* sum_t Y_it - 2^23 k = sum_t X_it */
+    destination to;
+} fixed_product;
+
+/* Bytes of Y (zero past k and past n), each row's exponent, sum of Y, and whether it is finite. */
+FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, int64_t k, int64_t kp, int64_t plane,
+                                      uint8_t *bytes, double *unit, double *rest, uint8_t *finite) {
+    int64_t rows = (n + 15) / 16 * 16, work = rows * kp;
+    (void)threads, (void)work;
+    FM_PARALLEL_FOR
+    for (int64_t i = 0; i < rows; i++) {
+        const float *row = x + (i < n ? i : 0) * k;
+        __m512 most = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int64_t t = 0; i < n && t < k; t += 16) {
+            __mmask16 live = k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(live, row + t);
+            bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ); /* inf, NaN */
+            most = _mm512_max_ps(most, _mm512_abs_ps(v));
+        }
+        int e = 0;
+        frexp((double)_mm512_reduce_max_ps(most), &e); /* max < 2^e; 0 for a row of zeros */
+        const __m512d scale = _mm512_set1_pd(ldexp(1.0, FIXED_SHIFT - e));
+        const __m512i offset = _mm512_set1_epi32(FIXED_OFFSET);
+        int64_t total = 0;
+        for (int64_t t = 0; t < kp; t += 16) {
+            __mmask16 live = i < n && !bad && t < k ? (k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1)) : 0;
+            __m512 v = _mm512_maskz_loadu_ps(live, row + (t < k ? t : 0));
+            __m256i lo = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), scale));
+            __m256i hi = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), scale));
+            __m512i y = _mm512_maskz_add_epi32(live, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), offset);
+            total += _mm512_reduce_add_epi32(y); /* 16 values of 24 bits: no overflow */
+            uint8_t *at = bytes + i * kp + t;
+            _mm_store_si128((__m128i *)at, _mm512_cvtepi32_epi8(y));
+            _mm_store_si128((__m128i *)(at + plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 8)));
+            _mm_store_si128((__m128i *)(at + 2 * plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 16)));
+        }
+        if (i < n) {
+            unit[i] = ldexp(1.0, e - FIXED_SHIFT), rest[i] = (double)(total - (int64_t)FIXED_OFFSET * k);
+            finite[i] = !bad;
+        }
+    }
+}
+
+/* Weight block jb's input blocks [b0, b1) expanded into 0/1 tiles (1 KB each). */
+FM_TARGET_AMX static void expand_tiles(const uint64_t *w, int64_t kblocks, int64_t jb, int64_t b0, int64_t b1,
+                                       char *tile) {
+    const __m512i one = _mm512_set1_epi8(1);
+    const uint64_t *masks = w + jb * kblocks * 16;
+    for (int64_t b = b0; b < b1; b++)
+        for (int r = 0; r < 16; r++)
+            _mm512_store_si512(tile + 1024 * (b - b0) + 64 * r, _mm512_maskz_mov_epi8(masks[16 * b + r], one));
+}
+
+/* Sums of the task's rows (up to 4 row tiles, each in 3 planes: 12 A tiles) times weight blocks jb and
+ * jb + 1 (`pair` of them), 2 x 2 tiles at a time: A tiles m, m + 1 (tiles 4, 5) times the two weight
+ * tiles (6, 7) into tiles 0-3, each A tile load feeding two products and each weight tile load two.
+ * Sums of weight block h, plane q, row tile r at sums + 12288 h + 4096 q + 1024 r (16 x 16 int32). */
+FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w, const uint8_t *a, int64_t jb,
+                                       int pair, int row_tiles, char *tile, char *sums) {
+    const int64_t kp = p->kp, a_tiles = FIXED_PLANES * row_tiles;
+    for (int64_t b0 = 0; b0 < p->kblocks; b0 += FIXED_CHUNK) {
+        int64_t b1 = fm_min64(b0 + FIXED_CHUNK, p->kblocks), span = 1024 * FIXED_CHUNK;
+        for (int h = 0; h < pair; h++)
+            expand_tiles(w, p->kblocks, jb + h, b0, b1, tile + h * span);
+        for (int64_t m = 0; m < a_tiles; m += 2) {
+            int two = m + 1 < a_tiles;
+            const uint8_t *a0 = a + (m / row_tiles) * p->plane + 16 * (m % row_tiles) * kp;
+            const uint8_t *a1 = a + ((m + 1) / row_tiles) * p->plane + 16 * ((m + 1) % row_tiles) * kp;
+            char *c0 = sums + 4096 * (m / row_tiles) + 1024 * (m % row_tiles);
+            char *c1 = sums + 4096 * ((m + 1) / row_tiles) + 1024 * ((m + 1) % row_tiles);
+            if (b0 == 0) {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+            } else {
+                _tile_loadd(0, c0, 64);
+                _tile_loadd(1, c0 + 12288, 64);
+                _tile_loadd(2, c1, 64);
+                _tile_loadd(3, c1 + 12288, 64);
+            }
+            for (int64_t b = b0; b < b1; b++) {
+                _tile_loadd(4, a0 + 64 * b, kp);
+                _tile_loadd(6, tile + 1024 * (b - b0), 64);
+                _tile_dpbuud(0, 4, 6);
+                if (pair == 2) {
+                    _tile_loadd(7, tile + span + 1024 * (b - b0), 64);
+                    _tile_dpbuud(1, 4, 7);
+                }
+                if (two) {
+                    _tile_loadd(5, a1 + 64 * b, kp);
+                    _tile_dpbuud(2, 5, 6);
+                    if (pair == 2)
+                        _tile_dpbuud(3, 5, 7);
+                }
+            }
+            _tile_stored(0, c0, 64);
+            _tile_stored(1, c0 + 12288, 64);
+            if (two) {
+                _tile_stored(2, c1, 64);
+                _tile_stored(3, c1 + 12288, 64);
+            }
+        }
+    }
+}
+
+/* sum_t u_jt Y_it - 2^23 U_j for the 16 outputs of a row (its sums at s, planes 4 KB apart), as two halves
+ * of 8 doubles, with `base` = -2^23 U_j. The two low planes sum exactly in int32 (k 255 257 < 2^31 for
+ * k < 32,768, the callers' limit), then the high one in double: each term and sum below 2^53, exact. */
+FM_TARGET_AMX static FM_INLINE void selected_sums(const int32_t *s, const __m512d base[2], __m512d out[2]) {
+    __m512i low = _mm512_add_epi32(_mm512_loadu_si512(s), _mm512_slli_epi32(_mm512_loadu_si512(s + 1024), 8));
+    __m512i high = _mm512_loadu_si512(s + 2048);
+    const __m512d top = _mm512_set1_pd(65536.0);
+    for (int h = 0; h < 2; h++) {
+        __m512d d = _mm512_add_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(low, h)), base[h]);
+        out[h] = _mm512_add_pd(d, _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(high, h)), top));
+    }
+}
+
+/* -2^23 U_j for the 16 outputs of weight block jb, two halves of 8 doubles. */
+FM_TARGET_AMX static void offset_ones(const int32_t *ones, int64_t jb, __mmask16 live, __m512d base[2]) {
+    __m512i counts = _mm512_maskz_loadu_epi32(live, ones + 16 * jb);
+    for (int h = 0; h < 2; h++)
+        base[h] = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(counts, h)),
+                                _mm512_set1_pd(-(double)FIXED_OFFSET));
+}
+
+FM_TARGET_AMX static void finish_fixed(const fixed_product *p, int64_t i0, int64_t i1, int64_t jb,
+                                       const char *sums) {
+    __mmask16 live = live_columns(jb, p->o);
+    __m512d plus_base[2], minus_base[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+    offset_ones(p->w_ones[0], jb, live, plus_base);
+    if (p->w[1])
+        offset_ones(p->w_ones[1], jb, live, minus_base);
+    for (int64_t i = i0; i < i1; i++) {
+        const int32_t *s = (const int32_t *)sums + 16 * (i - i0);
+        __m512d plus[2], minus[2];
+        selected_sums(s, plus_base, plus);
+        if (p->w[1]) {
+            selected_sums(s + FIXED_SET / 4, minus_base, minus);
+        } else { /* sum (2u - 1) X = 2 sum u X - sum X */
+            __m512d all = _mm512_set1_pd(p->rest[i]);
+            for (int h = 0; h < 2; h++)
+                minus[h] = _mm512_sub_pd(all, plus[h]);
+        }
+        __m512d unit = _mm512_set1_pd(p->unit[i]);
+        __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(plus[0], minus[0]), unit));
+        __m256 hi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(plus[1], minus[1]), unit));
+        put_floats(&p->to, i, jb, live, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+    }
+}
+
+/* The weight (plus or minus) of input t for output j, from its amx_layout masks. */
+static int weight_bit(const uint64_t *w, int64_t kblocks, int64_t j, int64_t t) {
+    uint64_t mask = w[((j / 16) * kblocks + t / 64) * 16 + (t % 64) / 4];
+    return (int)(mask >> (4 * (j % 16) + t % 4) & 1);
+}
+
+FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
+                                    const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones,
+                                    int64_t o, float *out, const float *tau, const uint16_t *up, uint64_t *bits,
+                                    int64_t words) {
+    if (!tiles_granted())
+        abort(); /* callers check fm_best_isa() == FM_AMX first */
+    int64_t kblocks = (k + 63) / 64, kp = 64 * kblocks + PITCH_PAD, rows = (n + 15) / 16 * 16;
+    int64_t plane = rows * kp;
+    uint8_t *bytes = aligned_alloc(64, (size_t)(FIXED_PLANES * plane));
+    double *unit = malloc(sizeof(double) * (size_t)n), *rest = malloc(sizeof(double) * (size_t)n);
+    uint8_t *finite = malloc((size_t)n);
+    split_fixed(threads, x, n, k, kp, plane, bytes, unit, rest, finite);
+    if (bits)
+        memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
+    fixed_product p = {bytes, kp,   plane, kblocks, n, o, k, {plus, minus}, {plus_ones, minus_ones}, unit, rest,
+                       {out, tau, up, bits, o, words}};
+    int64_t cols = (o + 15) / 16, pairs = (cols + 1) / 2;
+    int64_t groups = (n + 16 * ROW_BLOCKS - 1) / (16 * ROW_BLOCKS), tasks = groups * pairs;
+    int sets = minus ? 2 : 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (tasks > 1)
+#endif
+    {
+        char *tile = aligned_alloc(64, 2 * 1024 * FIXED_CHUNK);
+        char *sums = aligned_alloc(64, 2 * FIXED_SET);
+        configure_tiles();
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t t = 0; t < tasks; t++) { /* a thread's tasks: consecutive weight blocks of a row group */
+            int64_t i0 = t / pairs * 16 * ROW_BLOCKS, i1 = fm_min64(n, i0 + 16 * ROW_BLOCKS), jb = 2 * (t % pairs);
+            int pair = jb + 1 < cols ? 2 : 1, row_tiles = (int)((i1 - i0 + 15) / 16);
+            for (int set = 0; set < sets; set++)
+                fixed_blocks(&p, p.w[set], bytes + i0 * kp, jb, pair, row_tiles, tile, sums + set * FIXED_SET);
+            for (int h = 0; h < pair; h++)
+                finish_fixed(&p, i0, i1, jb + h, sums + 12288 * h);
+        }
+        _tile_release();
+        free(tile);
+        free(sums);
+    }
+    for (int64_t i = 0; i < n; i++) { /* rows with an infinity or NaN: float32 sums, IEEE's rules */
+        if (!finite[i] && bits)
+            memset(bits + i * words, 0, sizeof(uint64_t) * (size_t)words);
+        for (int64_t j = 0; !finite[i] && j < o; j++) {
+            float sum = 0;
+            for (int64_t t = 0; t < k; t++) {
+                int up = weight_bit(plus, kblocks, j, t), down = minus ? weight_bit(minus, kblocks, j, t) : !up;
+                sum += up ? x[i * k + t] : down ? -x[i * k + t] : 0.0f;
+            }
+            if (!bits)
+                out[i * o + j] = sum;
+            else if (up[j / 16] >> (j % 16) & 1 ? sum >= tau[j] : sum <= tau[j])
+                bits[i * words + j / 64] |= (uint64_t)1 << (j % 64);
+        }
+    }
+    free(bytes), free(unit), free(rest), free(finite);
+}
+
 #else /* no AMX in this build: fm_amx_available() says so and nothing calls the products */
 
 int fm_amx_available(void) { return 0; }
 
 void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, int64_t a_words, const uint64_t *w,
-                      const int32_t *w_ones, int64_t o, int64_t kblocks, int32_t k, int32_t *out) {
+                      const int32_t *w_ones, int64_t o, int64_t kblocks, int32_t k, int32_t *out, const int32_t *tau,
+                      const uint16_t *up, uint64_t *bits, int64_t words) {
     (void)threads, (void)a, (void)n, (void)a_words, (void)w, (void)w_ones, (void)o, (void)kblocks, (void)k,
-        (void)out;
+        (void)out, (void)tau, (void)up, (void)bits, (void)words;
     abort();
 }
 
 void fm_amx_select_gemm(int threads, const float *x, int64_t n, int64_t k, const uint32_t *plus,
                         const uint32_t *minus, int64_t o, float *out) {
     (void)threads, (void)x, (void)n, (void)k, (void)plus, (void)minus, (void)o, (void)out;
+    abort();
+}
+
+void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
+                       const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones, int64_t o,
+                       float *out, const float *tau, const uint16_t *up, uint64_t *bits, int64_t words) {
+    (void)threads, (void)x, (void)n, (void)k, (void)plus, (void)plus_ones, (void)minus, (void)minus_ones,
+        (void)o, (void)out, (void)tau, (void)up, (void)bits, (void)words;
     abort();
 }
 #endif

@@ -67,11 +67,21 @@ void fm_float_gemm_panels(int isa, int threads, const float *x, int64_t n, int64
  * Sign products (G = 4, uint64 masks, kblocks blocks a row): xnor_gemm's out from a's packed rows
  * (first kblocks words of rows of a_words) and w_ones (each weight row's ones), exactly.
  * Float products (G = 2, uint32 masks): select_gemm's out, +1 where plus, -1 where minus (binary:
- * minus == NULL, -1 wherever not plus), float32 sums of exact products. */
+ * minus == NULL, -1 wherever not plus), float32 sums of exact products.
+ * Given thresholds (tau, up: fm_compare_pack's, non-NULL bits), the sign and fixed-point products
+ * write fm_compare_pack's bits of their sums (rows of `words` words) instead of the sums (out unused). */
 void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, int64_t a_words, const uint64_t *w,
-                      const int32_t *w_ones, int64_t o, int64_t kblocks, int32_t k, int32_t *out);
+                      const int32_t *w_ones, int64_t o, int64_t kblocks, int32_t k, int32_t *out, const int32_t *tau,
+                      const uint16_t *up, uint64_t *bits, int64_t words);
 void fm_amx_select_gemm(int threads, const float *x, int64_t n, int64_t k, const uint32_t *plus,
                         const uint32_t *minus, int64_t o, float *out);
+/* The same product on int8 tiles: each float row as 24-bit fixed point (scaled by a power of two,
+ * rounded: at most 2^-23 of the row's largest magnitude off a value) in three byte planes, the weights
+ * as 0/1 tiles (plus, and minus for ternary weights: NULL for binary) with each row's ones; the sums
+ * exact, then rounded once to float32. amx_layout group 4 (uint64 masks). */
+void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
+                       const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones, int64_t o,
+                       float *out, const float *tau, const uint16_t *up, uint64_t *bits, int64_t words);
 
 /* Batch norm + sign folded into one comparison per unit, written as packed bits for the next
  * product: v = acc[i, j] * scale[j] + bias[j] (in double, as the NumPy reference computes it),
