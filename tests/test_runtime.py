@@ -435,17 +435,19 @@ def test_every_instruction_set_runs_whole_networks(tmp_path, isa):
 @pytest.mark.parametrize("method", ["bnn", "tc"])
 def test_rows_of_many_inputs_run_as_fixed_point_and_signs_are_compared_in_the_kernel(tmp_path, method):
     """On AMX a dense layer of 512 inputs or more runs as fixed point on int8 tiles; before a BN +
-    sign its kernel writes the next layer's bits (bnn), and a float32 product's sums stay sums (tc).
-    Predictions equal the reference's; scores within rounding."""
-    cfg = compose_config("dataset=synthetic", f"method={method}", "model=mlp", "model.arch=64FC-48FC")
+    sign its kernel, and the sign product's after it, write the next layer's bits (bnn); a float32
+    product's sums stay sums (tc). Predictions equal the reference's; scores within rounding."""
+    cfg = compose_config("dataset=synthetic", f"method={method}", "model=mlp", "model.arch=256FC-256FC")
     torch.manual_seed(0)
     shape = (1, 24, 24)  # 576 inputs
     write(tmp_path, trained_looking(build_model(cfg, shape, 10)))
     path = str(tmp_path / "model.npz")
     runtime = CompiledNetwork(path)
-    first = runtime.describe(shape)[1]
-    assert "576->64" in first and "amx_fixed_gemm" in first, first
+    first, second = runtime.describe(shape)[1:3]
+    assert "576->256" in first and "amx_fixed_gemm" in first, first
     assert ("compared in its output" in first) == (method == "bnn"), first
+    if method == "bnn":  # 200 rows x 256 outputs: on tiles
+        assert "amx_sign_gemm" in second and "compared in its output" in second, second
     x = torch.rand(200, *shape).numpy()
     reference, scores = PackedNetwork(path).forward(x), runtime.forward(x)
     assert np.array_equal(scores.argmax(-1), reference.argmax(-1))

@@ -21,6 +21,9 @@ ROW_WORDS = 8  # FM_ROW_WORDS: packed rows are padded to whole 512-bit blocks
 # products 1.18x at 16 rows, 0.21x at 1; float products 0.83x at 16 rows, 1.40x at 64)
 AMX_MIN_ROWS = 16
 AMX_FLOAT_MIN_ROWS = 64
+# and sums (rows x outputs) from which they beat them: a small product pays the tiles' fixed costs
+# (64 x 2048 x 10: xnor_gemm 7 us, amx_sign_gemm 12; x 256 outputs 35 and 37; 256 x 512 x 128: 36, 25)
+AMX_MIN_SUMS = 32768
 # inputs from which float rows run as fixed point on int8 tiles rather than as three bf16 parts
 # (benchmarks/bench_amx_kernels.py: 64 x 784 x 2048 1.5x, 16384 x 27 x 128 0.4x)
 AMX_FIXED_MIN_INPUTS = 512

@@ -418,12 +418,13 @@ class CompiledNetwork:
         tiles, ones = kernels.amx_layout(rows, 4), rows.sum(axis=1, dtype=np.int32)
 
         def tiled(a: np.ndarray, thresholds: kernels.Thresholds | None = None) -> np.ndarray | None:
-            if len(a) < kernels.AMX_MIN_ROWS:
+            if len(a) < kernels.AMX_MIN_ROWS or len(a) * o < kernels.AMX_MIN_SUMS:
                 return None
             return kernels.amx_sign_gemm(a, tiles, ones, k, o, threads, thresholds)
 
         return Product(
-            f"amx_sign_gemm (int8 tiles; below {kernels.AMX_MIN_ROWS} rows xnor_gemm)",
+            f"amx_sign_gemm (int8 tiles; below {kernels.AMX_MIN_ROWS} rows or {kernels.AMX_MIN_SUMS:,} sums "
+            "xnor_gemm)",
             lambda a: out if (out := tiled(a)) is not None else kernels.xnor_gemm(a, packed, k, isa, threads),
             tiled,
         )
