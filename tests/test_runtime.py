@@ -285,7 +285,7 @@ def reference_bits(acc, scale, bias, threshold, negative) -> np.ndarray:
 
 
 @needs_kernels
-@pytest.mark.parametrize("isa", ISAS[::2] if len(ISAS) > 2 else ISAS)  # the scalar loop and a vector one
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
 @pytest.mark.parametrize("dtype", [np.int32, np.float32])
 def test_thresholds_moved_onto_the_sums_give_the_references_bits(dtype, isa):
     """Each unit's ``tau`` found by bisection, compared with its sums, gives the reference's bit for

@@ -95,6 +95,27 @@ FM_TARGET_AVX512 static void compare_row_avx512(const void *acc, int acc_is_floa
         halves[j / 16] = (uint16_t)(((ge & rising) | (le & ~rising)) & live);
     }
 }
+/* Eight units at a time on AVX2 (the last few by compared_bit): a byte of bits a step. */
+FM_TARGET_AVX2 static int64_t compare_row_avx2(const void *acc, int acc_is_float, int64_t row, int64_t o,
+                                               const void *tau, const uint16_t *up, uint8_t *bytes) {
+    int64_t j = 0;
+    for (; j + 8 <= o; j += 8) {
+        int rising = up[j / 16] >> (j % 16) & 0xFF, ge, le;
+        if (acc_is_float) {
+            __m256 a = _mm256_loadu_ps((const float *)acc + row * o + j), t = _mm256_loadu_ps((const float *)tau + j);
+            ge = _mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_GE_OQ));
+            le = _mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_LE_OQ));
+        } else {
+            __m256i a = _mm256_loadu_si256((const __m256i *)((const int32_t *)acc + row * o + j));
+            __m256i t = _mm256_loadu_si256((const __m256i *)((const int32_t *)tau + j));
+            int below = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, a)));
+            int above = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(a, t)));
+            ge = ~below & 0xFF, le = ~above & 0xFF;
+        }
+        bytes[j / 8] = (uint8_t)((ge & rising) | (le & ~rising));
+    }
+    return j;
+}
 #endif
 
 void fm_compare_pack(int isa, int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
@@ -105,13 +126,16 @@ void fm_compare_pack(int isa, int threads, const void *acc, int acc_is_float, in
     for (int64_t i = 0; i < n; i++) {
         uint64_t *row = out + i * out_row_words;
         memset(row, 0, (size_t)out_row_words * sizeof(uint64_t));
+        int64_t j = 0;
 #ifdef FM_X86
         if (isa >= FM_AVX512) { /* 16-bit halves in increasing address order = bits in increasing order */
             compare_row_avx512(acc, acc_is_float, i, o, tau, up, (uint16_t *)row);
             continue;
         }
+        if (isa == FM_AVX2)
+            j = compare_row_avx2(acc, acc_is_float, i, o, tau, up, (uint8_t *)row);
 #endif
-        for (int64_t j = 0; j < o; j++)
+        for (; j < o; j++)
             row[j >> 6] |= (uint64_t)compared_bit(acc, acc_is_float, i * o + j, j, tau, up) << (j & 63);
     }
 }
