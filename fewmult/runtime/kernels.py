@@ -17,15 +17,16 @@ import numpy as np
 
 ISAS = ("portable", "avx2", "avx512", "amx")  # the order of FM_PORTABLE, FM_AVX2, FM_AVX512, FM_AMX
 ROW_WORDS = 8  # FM_ROW_WORDS: packed rows are padded to whole 512-bit blocks
-# rows from which the AMX products beat the AVX-512 kernels (benchmarks/bench_amx_kernels.py: sign
-# products 1.18x at 16 rows, 0.21x at 1; float products 0.83x at 16 rows, 1.40x at 64)
+# When the AMX products beat the AVX-512 kernels (benchmarks/bench_amx_kernels.py, BENCHMARKS.md):
+# sign products and fixed-point float products from 16 rows (1.2x and 1.8x there, 0.2x and 0.4x at
+# one row), bf16 float products from 64 (0.8x at 16, 1.3x at 64);
 AMX_MIN_ROWS = 16
 AMX_FLOAT_MIN_ROWS = 64
-# and sums (rows x outputs) from which they beat them: a small product pays the tiles' fixed costs
-# (64 x 2048 x 10: xnor_gemm 7 us, amx_sign_gemm 12; x 256 outputs 35 and 37; 256 x 512 x 128: 36, 25)
+# sign products from 32,768 sums (rows x outputs): a small product pays the tiles' fixed costs
+# (64 x 2048 x 10: xnor_gemm 8 us, amx_sign_gemm 18; x 256 outputs 36 and 42; 256 x 512 x 128: 40, 29);
 AMX_MIN_SUMS = 32768
-# inputs from which float rows run as fixed point on int8 tiles rather than as three bf16 parts
-# (benchmarks/bench_amx_kernels.py: 64 x 784 x 2048 1.5x, 16384 x 27 x 128 0.4x)
+# float rows as fixed point on int8 tiles rather than three bf16 parts from 512 inputs (64 x 784 x
+# 2048: 1.6x; the 27 inputs of a 3x3 RGB convolution: 0.5x).
 AMX_FIXED_MIN_INPUTS = 512
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64

@@ -369,17 +369,18 @@ class CompiledNetwork:
     def _amx_float_product(
         self, plus: np.ndarray, minus: np.ndarray | None, encoding: str, below: Product
     ) -> Product:
-        """Float rows times binary or ternary weights on AMX tiles, ``below`` for fewer rows than
-        ``kernels.AMX_FLOAT_MIN_ROWS``: rows of many inputs as 24-bit fixed point on int8 tiles
-        (``amx_fixed_gemm``, which can compare its sums itself), short ones as three bf16 parts."""
+        """Float rows times binary or ternary weights on AMX tiles, ``below`` for fewer rows: rows of
+        many inputs as 24-bit fixed point on int8 tiles (``amx_fixed_gemm``, which can compare its
+        sums itself), short ones as three bf16 parts (``kernels.AMX_*``: where each beats ``below``)."""
         threads, (o, k) = self.threads, plus.shape
-        least = kernels.AMX_FLOAT_MIN_ROWS
         if k < kernels.AMX_FIXED_MIN_INPUTS:
+            least = kernels.AMX_FLOAT_MIN_ROWS
             tiles = [None if p is None else kernels.amx_layout(p, 2) for p in (plus, minus)]
             return Product(
                 f"amx_select_gemm (bf16 tiles, {encoding} weights; below {least} rows {below.how})",
                 lambda x: kernels.amx_select_gemm(x, *tiles, o, threads) if len(x) >= least else below.run(x),
             )
+        least = kernels.AMX_MIN_ROWS
         planes = [
             (None, None) if p is None else (kernels.amx_layout(p, 4), p.sum(axis=1, dtype=np.int32))
             for p in (plus, minus)
