@@ -49,7 +49,7 @@ class Value:
     kind: str  # bits | acc | float
     data: np.ndarray
     features: int = 0  # bits: values a row (dense) or channels (images)
-    scale: np.ndarray | None = None  # acc: per unit
+    scale: np.ndarray | None = None  # acc: per unit, float64 (the product's, from _sums_scale)
     bias: np.ndarray | None = None  # acc: per unit, or None
 
     def as_float(self) -> np.ndarray:
@@ -121,7 +121,8 @@ def _sums_scale(network: PackedNetwork, op: dict[str, Any]) -> tuple[np.ndarray,
         scale = network.arrays[scale].astype(np.float64)
     else:
         scale = np.full(spec["shape"][0], float(scale))
-    return scale, None if op["bias"] is None else network.arrays[op["bias"]].astype(np.float64)
+    bias = None if op["bias"] is None else kernels.pinned(network.arrays[op["bias"]].astype(np.float64))
+    return kernels.pinned(scale), bias
 
 
 def _pixel_order(values: np.ndarray, pixels: tuple[int, int, int]) -> np.ndarray:
@@ -297,7 +298,7 @@ class CompiledNetwork:
             plus, _ = _planes(self.reference, spec)
             plus = _pixel_order(plus.reshape(o, k), s.pixels) if s.pixels else plus.reshape(o, k)
             product = self._sign_product(
-                plus, kernels.pack_rows(plus) if not s.pixels else _pack_words(plus), k
+                plus, kernels.pinned(kernels.pack_rows(plus) if not s.pixels else _pack_words(plus)), k
             )
             return product, lambda v: v.data, f"{k}->{o}, packed +-1 x binary: {product.how}"
 
@@ -322,7 +323,7 @@ class CompiledNetwork:
         if product.thresholded is None or found is None:
             return None
         units = summed.shape[0]
-        thresholds = (found[0], kernels.unit_masks(found[1]), kernels.row_words(units))
+        thresholds = (kernels.pinned(found[0]), kernels.unit_masks(found[1]), kernels.row_words(units))
         apart = self._threshold(sign, summed)  # where the product's kernel for this many rows cannot
         scale, bias = summed.sums_scale
 
@@ -360,7 +361,7 @@ class CompiledNetwork:
                 f"lut_gemm ({kernels.LUT_SHAPES[isa][1]}-input tables, {spec['encoding']} weights)",
                 lambda x: kernels.lut_gemm(x, tables[0], tables[1], o, isa, threads),
             )
-        packed = [None if p is None else kernels.pack_rows(p) for p in (plus, minus)]
+        packed = [None if p is None else kernels.pinned(kernels.pack_rows(p)) for p in (plus, minus)]
         return Product(
             f"select_gemm ({spec['encoding']} weights)",
             lambda x: kernels.select_gemm(x, packed[0], packed[1], isa, threads),
@@ -382,7 +383,9 @@ class CompiledNetwork:
             )
         least = kernels.AMX_MIN_ROWS
         planes = [
-            (None, None) if p is None else (kernels.amx_layout(p, 4), p.sum(axis=1, dtype=np.int32))
+            (None, None)
+            if p is None
+            else (kernels.amx_layout(p, 4), kernels.pinned(p.sum(axis=1, dtype=np.int32)))
             for p in (plus, minus)
         ]
 
@@ -416,7 +419,7 @@ class CompiledNetwork:
             return Product(
                 "xnor_gemm (XNOR + popcount)", lambda a: kernels.xnor_gemm(a, packed, k, isa, threads)
             )
-        tiles, ones = kernels.amx_layout(rows, 4), rows.sum(axis=1, dtype=np.int32)
+        tiles, ones = kernels.amx_layout(rows, 4), kernels.pinned(rows.sum(axis=1, dtype=np.int32))
 
         def tiled(a: np.ndarray, thresholds: kernels.Thresholds | None = None) -> np.ndarray | None:
             if len(a) < kernels.AMX_MIN_ROWS or len(a) * o < kernels.AMX_MIN_SUMS:
@@ -459,7 +462,7 @@ class CompiledNetwork:
         padded = np.zeros((o, g["kh"], g["kw"], cw * 64), dtype=bool)
         padded[..., : g["c"]] = taps
         rows = padded.reshape(o, -1)
-        product = self._sign_product(rows, _pack_words(rows), g["c"] * g["kh"] * g["kw"])
+        product = self._sign_product(rows, kernels.pinned(_pack_words(rows)), g["c"] * g["kh"] * g["kw"])
         # the sum over channels of each tap's +-1 weights, for the zero-padding correction
         tap_sums = np.ascontiguousarray(
             (2 * taps.astype(np.int32) - 1).sum(axis=3).reshape(o, -1).T, dtype=np.int32
@@ -523,7 +526,7 @@ class CompiledNetwork:
         stride, padding = pool.get("stride", k), pool.get("padding", 0)
 
         def run(v: Value) -> Value:
-            scale, bias = _scale_and_bias(v)
+            scale, bias = v.scale, v.bias
             falls = (scale < 0) ^ (a < 0)  # signs, not their product: that can round to zero
             pooled = kernels.pool_sums(v.data, k, stride, padding, falls, threads)
             return Value("float", kernels.sums_affine(pooled, scale, bias, a, b, threads))
@@ -574,7 +577,7 @@ class CompiledNetwork:
 
         def run(v: Value) -> Value:
             sums, addend = _run(head, v), _run(shortcut, v).as_float()
-            scale, bias = _scale_and_bias(sums)
+            scale, bias = sums.scale, sums.bias
             out = kernels.sums_affine(sums.data, scale, bias, a, b, threads, addend=addend, rprelu=act)
             return Value("float", out)
 
@@ -597,7 +600,7 @@ class CompiledNetwork:
         return Step("residual", how, run), State("float", after.shape)
 
     def _per_channel(self, op: dict[str, Any], *names: str, dtype: type = np.float64) -> list[np.ndarray]:
-        return [np.ascontiguousarray(self.reference.arrays[op[name]], dtype=dtype) for name in names]
+        return [kernels.pinned(self.reference.arrays[op[name]].astype(dtype)) for name in names]
 
     def _sign_bits(self, op: dict[str, Any], s: State) -> Step:
         """sign(x - t) of float images (a ResNet block's input) as NHWC packed bits, compared in float64."""
@@ -619,7 +622,7 @@ class CompiledNetwork:
         threads = self.threads
 
         def run(v: Value) -> Value:
-            return Value("float", kernels.sums_affine(v.data, *_scale_and_bias(v), a, b, threads))
+            return Value("float", kernels.sums_affine(v.data, v.scale, v.bias, a, b, threads))
 
         return Step("affine", "sums_affine (scale, bias and batch norm of the sums, float64)", run)
 
@@ -637,14 +640,14 @@ class CompiledNetwork:
         """BN + sign of a product's sums as packed bits: each unit's comparison moved onto its sums
         (:mod:`fewmult.runtime.thresholds`, ``compare_pack``) where the parameters allow, else
         ``threshold_pack``'s float64 affine of every value. Both give the reference's bits."""
-        threshold = np.ascontiguousarray(self.reference.arrays[op["threshold"]], dtype=np.float64)
-        negative = np.ascontiguousarray(self.reference.arrays[op["negative"]], dtype=np.uint8)
+        threshold = kernels.pinned(self.reference.arrays[op["threshold"]].astype(np.float64))
+        negative = kernels.pinned(self.reference.arrays[op["negative"]].astype(np.uint8))
         isa, threads, units = self.isa, self.threads, s.shape[0]
         words = -(-units // 64) if len(s.shape) == 3 else kernels.row_words(units)
         compared = {}  # per dtype of the sums: (tau, up masks)
         for dtype in (np.int32, np.float32):
             if (found := sums_thresholds(*s.sums_scale, threshold, negative, dtype)) is not None:
-                compared[np.dtype(dtype)] = (found[0], kernels.unit_masks(found[1]))
+                compared[np.dtype(dtype)] = (kernels.pinned(found[0]), kernels.unit_masks(found[1]))
 
         def run(v: Value) -> Value:
             rows = v.data.reshape(-1, units)
@@ -707,12 +710,6 @@ def _largest_output(ops: list[dict[str, Any]], shape: tuple[int, ...]) -> int:
             return 0
         largest = max(largest, int(np.prod(shape)))
     return largest
-
-
-def _scale_and_bias(sums: Value) -> tuple[np.ndarray, np.ndarray | None]:
-    """A product's per-unit scale and bias (or None) as the float64 arrays ``sums_affine`` reads."""
-    bias = None if sums.bias is None else np.ascontiguousarray(sums.bias, dtype=np.float64)
-    return np.ascontiguousarray(sums.scale, dtype=np.float64), bias
 
 
 def _listed(steps: list[Step]) -> str:
