@@ -184,7 +184,7 @@ class CompiledNetwork:
             batch_size = min(batch_size, max(1, CHUNK_BYTES // (8 * largest)))
         for start in range(0, len(x), batch_size):
             outputs.append(_run(steps, Value("float", np.asarray(x[start : start + batch_size]))).as_float())
-        return np.concatenate(outputs)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The predicted class of every input."""
@@ -724,7 +724,7 @@ def _run(steps: list[Step], v: Value) -> Value:
 
 def _flatten(v: Value) -> Value:
     """Dense rows of a batch: NHWC bits or sums keep their pixel order; floats are the reference's."""
-    return replace(v, data=v.data.reshape(len(v.data), -1))
+    return Value(v.kind, v.data.reshape(len(v.data), -1), v.features, v.scale, v.bias)  # replace() costs 3 us
 
 
 def _pack_words(bits: np.ndarray) -> np.ndarray:
