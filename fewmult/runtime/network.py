@@ -184,7 +184,9 @@ class CompiledNetwork:
             batch_size = min(batch_size, max(1, CHUNK_BYTES // (8 * largest)))
         for start in range(0, len(x), batch_size):
             outputs.append(_run(steps, Value("float", np.asarray(x[start : start + batch_size]))).as_float())
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        if len(outputs) == 1 and not np.may_share_memory(outputs[0], x):
+            return outputs[0]
+        return np.concatenate(outputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The predicted class of every input."""
