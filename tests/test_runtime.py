@@ -278,6 +278,17 @@ def test_threshold_pack_folds_scale_bias_and_the_threshold_as_the_reference(acc_
     assert not kernels.unpack_rows(out, out.shape[1] * 64)[:, o:].any()  # padding stays zero
 
 
+def test_pinned_arrays_keep_their_address_and_their_views_read_their_own():
+    """A plan's arrays pass the address read when pinned; a view or copy of one (another address) is
+    read again, never given its parent's."""
+    base = kernels.pinned(np.arange(10, dtype=np.float64))
+    assert kernels._ptr(base) == base.ctypes.data == base.address
+    for other in (base[2:], base.copy(), base * 2):
+        assert kernels._ptr(other) == other.ctypes.data != base.address
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels._ptr(base[::2])
+
+
 def reference_bits(acc, scale, bias, threshold, negative) -> np.ndarray:
     """The reference's BN + sign of sums: ``acc * scale + bias`` in float64, compared with the threshold."""
     v = acc.astype(np.float64) * scale + bias

@@ -162,10 +162,7 @@ class Pinned(np.ndarray):
     weights, thresholds, per-unit parameters). Reading ``array.ctypes.data`` costs about 1 us, some 30
     reads a forward of an MLP; views and copies read theirs again."""
 
-    address: int | None = None
-
-    def __array_finalize__(self, obj: object) -> None:
-        self.address = None
+    address: int | None = None  # set by pinned(); a view or copy made from one starts without it
 
 
 def pinned(array: np.ndarray) -> Pinned:
