@@ -201,13 +201,8 @@ class CompiledNetwork:
             if op["op"] == "residual" and follower is not None and follower["op"] == "rprelu":
                 step, s = self._residual(op, s, rprelu=follower)  # the RPReLU after the sum, in its pass
                 i += 2
-            elif (
-                (op["op"], len(s.shape)) == ("linear", 1)
-                and follower
-                and follower["op"] == "sign_threshold"
-                and (fused := self._linear_sign(op, follower, s)) is not None
-            ):
-                step, s = fused  # the product's kernel compares its own sums
+            elif op["op"] == "linear" and follower and follower["op"] == "sign_threshold" and _dense(op, s):
+                step, s = self._linear_sign(op, follower, s)  # its kernel may compare its own sums
                 i += 2
             elif (
                 (op["op"], s.kind, len(s.shape)) == ("affine", "acc", 3)
@@ -286,8 +281,7 @@ class CompiledNetwork:
                     bias=bias,
                 ),
             )
-        product, rows, how = self._dense_product(op, s)
-        return Step("linear", how, lambda v: Value("acc", product.run(rows(v)), scale=scale, bias=bias))
+        return _summing(*self._dense_product(op, s), scale, bias)
 
     def _dense_product(
         self, op: dict[str, Any], s: State
@@ -311,23 +305,23 @@ class CompiledNetwork:
         product = self._float_product(spec, lambda p: p.reshape(o, k))
         return product, rows, f"{k}->{o}, float x {spec['encoding']}: {product.how}"
 
-    def _linear_sign(self, op: dict[str, Any], sign: dict[str, Any], s: State) -> tuple[Step, State] | None:
-        """A dense product and the BN + sign after it as one step where its kernel compares its own sums
-        (the AMX products): no sums written and read again. None where it cannot (another kernel, or
-        thresholds that stay float64): the two ops are planned one by one."""
-        if s.kind == "bits" and op["weight"]["encoding"] != "binary":
-            return None
+    def _linear_sign(self, op: dict[str, Any], sign: dict[str, Any], s: State) -> tuple[Step, State]:
+        """A dense product and the BN + sign after it: one step where the product's kernel compares its
+        own sums (the AMX products: no sums written and read again), else the product's sums, then
+        ``compare_pack`` (or ``threshold_pack``) of them, in one step."""
         summed = State("acc", _output_shape(op, s.shape), sums_scale=_sums_scale(self.reference, op))
+        scale, bias = summed.sums_scale
         product, rows, how = self._dense_product(op, s)
+        apart = self._threshold(sign, summed)  # the BN + sign of the sums, where the kernel does not
         dtype = np.int32 if s.kind == "bits" else np.float32
         threshold = self.reference.arrays[sign["threshold"]], self.reference.arrays[sign["negative"]]
-        found = sums_thresholds(*summed.sums_scale, *threshold, dtype)
-        if product.thresholded is None or found is None:
-            return None
+        found = sums_thresholds(scale, bias, *threshold, dtype)
         units = summed.shape[0]
+        if product.thresholded is None or found is None:
+            linear = _summing(product, rows, how, scale, bias)
+            step = Step("linear, sign_threshold", f"{how}; {apart.how}", lambda v: apart.run(linear.run(v)))
+            return step, State("bits", summed.shape)
         thresholds = (kernels.pinned(found[0]), kernels.unit_masks(found[1]), kernels.row_words(units))
-        apart = self._threshold(sign, summed)  # where the product's kernel for this many rows cannot
-        scale, bias = summed.sums_scale
 
         def run(v: Value) -> Value:
             x = rows(v)
@@ -665,6 +659,23 @@ class CompiledNetwork:
                 f"; {how} for {', '.join(map(str, compared))} sums" if compared else ""
             )
         return Step("sign_threshold", how, run)
+
+
+def _dense(op: dict[str, Any], s: State) -> bool:
+    """Whether a linear op's product is a dense one of binary or ternary weights (or float32 weights
+    on float rows): not ternary or float32 weights on packed bits."""
+    return len(s.shape) == 1 and (s.kind != "bits" or op["weight"]["encoding"] == "binary")
+
+
+def _summing(
+    product: Product,
+    rows: Callable[[Value], np.ndarray],
+    how: str,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+) -> Step:
+    """A dense product's step: its sums, with the product's scale and bias."""
+    return Step("linear", how, lambda v: Value("acc", product.run(rows(v)), scale=scale, bias=bias))
 
 
 def _output_shape(op: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -11,6 +11,8 @@ reference gives, and skips the float64 affine of every value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 INT_DOMAIN = (np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1)  # sums never reach int32's ends
@@ -23,12 +25,19 @@ def _float_key_values(keys: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def _float_keys(values: np.ndarray) -> np.ndarray:
+def _float_keys(values: list[float]) -> np.ndarray:
+    """The order keys of float32 values (the inverse of :func:`_float_key_values`)."""
     bits = np.asarray(values, dtype=np.float32).view(np.int32).astype(np.int64)
     return np.where(bits < 0, bits ^ _FLOAT_SIGN, bits)
 
 
-def _bits(values: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, threshold, negative) -> np.ndarray:
+def _bits(
+    values: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    threshold: np.ndarray,
+    negative: np.ndarray,
+) -> np.ndarray:
     """The reference's bit of each unit (columns) for sums ``values``: its arithmetic, in its order."""
     v = values.astype(np.float64) * scale
     if bias is not None:
@@ -36,7 +45,7 @@ def _bits(values: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, thresh
     return np.where(negative, v <= threshold, v >= threshold)
 
 
-def _first_true(pred, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _first_true(pred: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Per unit, the least key in [lo, hi] where the non-decreasing ``pred`` holds (hi + 1: nowhere)."""
     lo, hi = lo.copy(), hi + 1
     while (open_ := lo < hi).any():
@@ -75,9 +84,11 @@ def sums_thresholds(
 
     # a unit's bit rises with its sums where scale >= 0 and the unit compares >=, or both flip
     rising = (scale < 0) == negative
-    bit = lambda keys: _bits(as_values(keys), scale, bias, threshold, negative)  # noqa: E731
-    # the least key where the bit is on (rising units) or off (falling ones)
-    edge = _first_true(lambda keys: bit(keys) == rising, lo, hi)
+
+    def settled(keys: np.ndarray) -> np.ndarray:  # on (rising units) or off (falling ones) from here on
+        return _bits(as_values(keys), scale, bias, threshold, negative) == rising
+
+    edge = _first_true(settled, lo, hi)
     always = np.where(rising, edge == lo, edge > hi)
     never = np.where(rising, edge > hi, edge == lo)
     tau = np.where(rising, edge, edge - 1)
