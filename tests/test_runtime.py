@@ -4,6 +4,7 @@ and the runtime imports no torch, says so when it has no kernels, and is timed b
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -257,27 +258,6 @@ def test_lut_layout_holds_the_rows_selections_per_group(isa, lanes, group):
     assert not layout[-1, :, 21 % lanes :].any()  # rows past 21 do not exist
 
 
-@needs_kernels
-@pytest.mark.parametrize("acc_dtype", [np.int32, np.float32])
-def test_threshold_pack_folds_scale_bias_and_the_threshold_as_the_reference(acc_dtype):
-    """Each unit's bit is the reference's comparison of ``acc * scale + bias`` (float64) with its
-    threshold, the other way round for negative BN scales; values on the threshold included."""
-    rng = np.random.default_rng(0)
-    n, o = 5, 130
-    acc = rng.integers(-20, 21, (n, o)).astype(acc_dtype)
-    scale, bias = rng.uniform(0.1, 2, o), rng.normal(0, 1, o)
-    threshold = acc[0] * scale + bias  # row 0 lies exactly on every threshold
-    moved = np.arange(o) % 3 == 1
-    threshold[moved] += rng.normal(0, 5, moved.sum())
-    negative = (rng.random(o) < 0.5).astype(np.uint8)
-    out = kernels.threshold_pack(acc, scale, bias, threshold, negative, threads=2)
-    v = acc.astype(np.float64) * scale + bias
-    expected = np.where(negative.astype(bool), v <= threshold, v >= threshold)
-    assert expected[0, ~moved].all() and not expected.all()
-    assert np.array_equal(kernels.unpack_rows(out, o), expected)
-    assert not kernels.unpack_rows(out, out.shape[1] * 64)[:, o:].any()  # padding stays zero
-
-
 def test_pinned_arrays_keep_their_address_and_their_views_read_their_own():
     """A plan's arrays pass the address read when pinned; a view or copy of one (another address) is
     read again, never given its parent's."""
@@ -491,6 +471,27 @@ def test_sign_networks_run_xnor_popcount_and_answer_exactly(tmp_path, method, ne
     assert all("xnor_gemm" in line for line in products[1:]), steps  # all but the first layer
     assert "NumPy reference" not in " ".join(steps[:-1]), steps  # only the last affine
     assert sum("compare_pack" in line for line in steps) == len(products) - 1, steps
+
+
+@needs_kernels
+@pytest.mark.parametrize("net", list(NETS))
+def test_a_threshold_that_is_not_finite_is_compared_in_float64_as_the_reference(tmp_path, net):
+    """A BN + sign with an infinite threshold (a unit always off) cannot move onto its sums: its
+    layer compares the sums' float64 values as the reference does; the scores stay identical."""
+    overrides, shape = NETS[net]
+    cfg = compose_config("dataset=synthetic", "method=bnn", *overrides)
+    torch.manual_seed(0)
+    network = write(tmp_path, trained_looking(build_model(cfg, shape, 10)))
+    arrays = dict(network.arrays)
+    for op in network.layers:  # every BN + sign: one unit's threshold infinite
+        if op["op"] == "sign_threshold":
+            arrays[op["threshold"]] = arrays[op["threshold"]].astype(np.float64)
+            arrays[op["threshold"]][1] = np.inf
+    np.savez(tmp_path / "model.npz", manifest=np.array(json.dumps(network.manifest)), **arrays)
+    runtime = CompiledNetwork(str(tmp_path / "model.npz"))
+    assert any("float64 (a parameter not finite)" in line for line in runtime.describe(shape))
+    x = np.where(np.random.default_rng(1).random((40, *shape)) < 0.5, 1.0, -1.0).astype(np.float32)
+    assert np.array_equal(runtime.forward(x), PackedNetwork(str(tmp_path / "model.npz")).forward(x))
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ _SIGNATURES = {
     "fm_amx_fixed_gemm": ([_I, _P, _L, _L, _P, _P, _P, _P, _L, _P, _P, _P, _P, _L], None),
     "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx2": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
-    "fm_threshold_pack": ([_I, _P, _I, _L, _L, _P, _P, _P, _P, _P, _L], None),
     "fm_compare_pack": ([_I, _I, _P, _I, _L, _L, _P, _P, _P, _L], None),
     "fm_im2col_bits": ([_I, _P, *[_L] * 12, _P, _L], None),
     "fm_im2col_f32": ([_I, _P, *[_L] * 12, _P, _L], None),
@@ -333,36 +332,6 @@ def lut_gemm(
     out = np.empty((n, o), dtype=np.float32)
     kernel = load().fm_lut_gemm_avx512 if isa == "avx512" else load().fm_lut_gemm_avx2
     kernel(threads, _ptr(x), n, k, _ptr(plus), _ptr(minus), o, _ptr(out))
-    return out
-
-
-def threshold_pack(
-    acc: np.ndarray,
-    scale: np.ndarray,
-    bias: np.ndarray | None,
-    threshold: np.ndarray,
-    negative: np.ndarray,
-    threads: int,
-    words: int | None = None,
-) -> np.ndarray:
-    """Bit (i, j) of packed rows: ``v <= threshold[j]`` where ``negative[j]``, else ``v >= threshold[j]``,
-    with ``v = acc[i, j] * scale[j] + bias[j]`` in float64; ``acc`` int32 or float32 (n, o); rows of
-    ``words`` words (default: a dense row's, :func:`row_words`)."""
-    n, o = acc.shape
-    out = np.empty((n, words or row_words(o)), dtype=np.uint64)
-    load().fm_threshold_pack(
-        threads,
-        _ptr(acc),
-        int(acc.dtype == np.float32),
-        n,
-        o,
-        _ptr(scale),
-        _ptr(bias),
-        _ptr(threshold),
-        _ptr(negative),
-        _ptr(out),
-        out.shape[1],
-    )
     return out
 
 

@@ -308,7 +308,7 @@ class CompiledNetwork:
     def _linear_sign(self, op: dict[str, Any], sign: dict[str, Any], s: State) -> tuple[Step, State]:
         """A dense product and the BN + sign after it: one step where the product's kernel compares its
         own sums (the AMX products: no sums written and read again), else the product's sums, then
-        ``compare_pack`` (or ``threshold_pack``) of them, in one step."""
+        the BN + sign of them (:meth:`_threshold`), in one step."""
         summed = State("acc", _output_shape(op, s.shape), sums_scale=_sums_scale(self.reference, op))
         scale, bias = summed.sums_scale
         product, rows, how = self._dense_product(op, s)
@@ -634,28 +634,34 @@ class CompiledNetwork:
 
     def _threshold(self, op: dict[str, Any], s: State) -> Step:
         """BN + sign of a product's sums as packed bits: each unit's comparison moved onto its sums
-        (:mod:`fewmult.runtime.thresholds`, ``compare_pack``) where the parameters allow, else
-        ``threshold_pack``'s float64 affine of every value. Both give the reference's bits."""
+        (:mod:`fewmult.runtime.thresholds`, ``compare_pack``). Where a parameter is not finite (or a
+        float32 product's scale is zero), the reference's float64 values of the sums are compared
+        (``sign_pack`` for images). Both give the reference's bits."""
         threshold = kernels.pinned(self.reference.arrays[op["threshold"]].astype(np.float64))
         negative = kernels.pinned(self.reference.arrays[op["negative"]].astype(np.uint8))
-        isa, threads, units = self.isa, self.threads, s.shape[0]
-        words = -(-units // 64) if len(s.shape) == 3 else kernels.row_words(units)
+        isa, threads, units, image = self.isa, self.threads, s.shape[0], len(s.shape) == 3
+        words = -(-units // 64) if image else kernels.row_words(units)
         compared = {}  # per dtype of the sums: (tau, up masks)
         for dtype in (np.int32, np.float32):
             if (found := sums_thresholds(*s.sums_scale, threshold, negative, dtype)) is not None:
                 compared[np.dtype(dtype)] = (kernels.pinned(found[0]), kernels.unit_masks(found[1]))
 
+        def in_float64(v: Value) -> np.ndarray:
+            h = v.as_float()
+            if image:
+                return kernels.sign_pack(np.ascontiguousarray(h), threshold, negative, threads)
+            return kernels.pack_rows(np.where(negative.astype(bool), h <= threshold, h >= threshold))
+
         def run(v: Value) -> Value:
             rows = v.data.reshape(-1, units)
-            if (on_sums := compared.get(rows.dtype)) is not None:
-                bits = kernels.compare_pack(rows, *on_sums, isa, threads, words)
-            else:
-                bits = kernels.threshold_pack(rows, v.scale, v.bias, threshold, negative, threads, words)
+            if (on_sums := compared.get(rows.dtype)) is None:
+                return Value("bits", in_float64(v), features=units)
+            bits = kernels.compare_pack(rows, *on_sums, isa, threads, words)
             return Value("bits", bits.reshape(*v.data.shape[:-1], words), features=units)
 
         how = "compare_pack (BN + sign as thresholds on the sums -> packed bits)"
         if len(compared) < 2:
-            how = "threshold_pack (BN + sign in float64 -> packed bits)" + (
+            how = "BN + sign of the sums in float64 (a parameter not finite), packed" + (
                 f"; {how} for {', '.join(map(str, compared))} sums" if compared else ""
             )
         return Step("sign_threshold", how, run)

@@ -1,69 +1,12 @@
-/* The output transform: batch norm + sign as one comparison per unit, written as packed bits.
+/* The output transform: batch norm + sign as one comparison per sum, written as packed bits.
  *
- * v = acc * scale + bias is computed in double as the NumPy reference computes it (a product, then
- * a sum: no fused multiply-add, which would round once instead of twice), so every bit equals the
- * reference's comparison. */
+ * The reference computes v = acc * scale + bias in double and compares it with the unit's threshold;
+ * fewmult/runtime/thresholds.py moves that comparison onto the sums once per unit (the bit is a
+ * monotone function of the sum), so a sum's comparison with its unit's tau gives the same bit. */
 #include <string.h>
 
 #include "fewmult_kernels.h"
 #include "simd.h"
-
-static int unit_bit(const void *acc, int acc_is_float, int64_t at, int64_t j, const double *scale,
-                    const double *bias, const double *threshold, const uint8_t *negative) {
-    double a = acc_is_float ? (double)((const float *)acc)[at] : (double)((const int32_t *)acc)[at];
-    double v = a * scale[j];
-    if (bias)
-        v += bias[j];
-    return negative[j] ? v <= threshold[j] : v >= threshold[j];
-}
-
-#ifdef FM_X86
-/* Eight units at a time; the caller finishes the row's last o % 8 units with unit_bit. */
-FM_TARGET_AVX512 static int64_t row_avx512(const void *acc, int acc_is_float, int64_t row, int64_t o,
-                                           const double *scale, const double *bias, const double *threshold,
-                                           const uint8_t *negative, uint8_t *bytes) {
-    int64_t j = 0;
-    for (; j + 8 <= o; j += 8) {
-        const void *at = acc_is_float ? (const void *)((const float *)acc + row * o + j)
-                                      : (const void *)((const int32_t *)acc + row * o + j);
-        __m512d a = acc_is_float ? _mm512_cvtps_pd(_mm256_loadu_ps(at))
-                                 : _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)at));
-        __m512d v = _mm512_mul_pd(a, _mm512_loadu_pd(scale + j));
-        if (bias)
-            v = _mm512_add_pd(v, _mm512_loadu_pd(bias + j));
-        __m512d t = _mm512_loadu_pd(threshold + j);
-        __mmask8 ge = _mm512_cmp_pd_mask(v, t, _CMP_GE_OQ), le = _mm512_cmp_pd_mask(v, t, _CMP_LE_OQ);
-        __m512i flags = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(negative + j)));
-        __mmask8 neg = _mm512_test_epi64_mask(flags, flags);
-        bytes[j / 8] = (uint8_t)((ge & ~neg) | (le & neg));
-    }
-    return j;
-}
-#endif
-
-void fm_threshold_pack(int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
-                       const double *scale, const double *bias, const double *threshold,
-                       const uint8_t *negative, uint64_t *out, int64_t out_row_words) {
-    int64_t work = n * o;
-    int vector = 0;
-#ifdef FM_X86
-    vector = fm_best_isa() >= FM_AVX512;
-#endif
-    (void)threads, (void)work, (void)vector;
-    FM_PARALLEL_FOR
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t *row = out + i * out_row_words;
-        memset(row, 0, (size_t)out_row_words * sizeof(uint64_t));
-        int64_t j = 0;
-#ifdef FM_X86
-        if (vector) /* bytes in increasing address order = bits in increasing order (little-endian) */
-            j = row_avx512(acc, acc_is_float, i, o, scale, bias, threshold, negative, (uint8_t *)row);
-#endif
-        for (; j < o; j++)
-            row[j >> 6] |= (uint64_t)unit_bit(acc, acc_is_float, i * o + j, j, scale, bias, threshold, negative)
-                           << (j & 63);
-    }
-}
 
 static int compared_bit(const void *acc, int acc_is_float, int64_t at, int64_t j, const void *tau,
                         const uint16_t *up) {

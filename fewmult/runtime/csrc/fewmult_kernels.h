@@ -83,17 +83,12 @@ void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const 
                        const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones, int64_t o,
                        float *out, const float *tau, const uint16_t *up, uint64_t *bits, int64_t words);
 
-/* Batch norm + sign folded into one comparison per unit, written as packed bits for the next
- * product: v = acc[i, j] * scale[j] + bias[j] (in double, as the NumPy reference computes it),
- * bit (i, j) = negative[j] ? v <= threshold[j] : v >= threshold[j]. acc is int32 (acc_is_float
- * = 0) or float32 (n rows of o); bias may be NULL; out: n rows of out_row_words words. */
-void fm_threshold_pack(int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
-                       const double *scale, const double *bias, const double *threshold,
-                       const uint8_t *negative, uint64_t *out, int64_t out_row_words);
-
-/* fm_threshold_pack with each unit's comparison moved onto its sums (fewmult/runtime/thresholds.py):
+/* Batch norm + sign as one comparison per sum, written as packed bits for the next product: with each
+ * unit's comparison moved onto its sums (fewmult/runtime/thresholds.py: the reference's
+ * acc * scale + bias in double, compared with the unit's threshold, gives the same bits),
  * bit (i, j) = up_j ? acc[i, j] >= tau[j] : acc[i, j] <= tau[j], acc and tau both int32
- * (acc_is_float = 0) or both float32 (a NaN compares false); up_j is bit j % 16 of up[j / 16]. */
+ * (acc_is_float = 0) or both float32 (a NaN compares false); up_j is bit j % 16 of up[j / 16];
+ * acc: n rows of o; out: n rows of out_row_words words. */
 void fm_compare_pack(int isa, int threads, const void *acc, int acc_is_float, int64_t n, int64_t o,
                      const void *tau, const uint16_t *up, uint64_t *out, int64_t out_row_words);
 
