@@ -213,7 +213,7 @@ void fm_xnor_gemm_lanes(int isa, int threads, const uint64_t *a, int64_t n, cons
 #endif
         for (int r = 0; r < rows; r++) /* portable: one 64-bit popcount at a time */
             for (int64_t j = g0 * LANES; j < fm_min64(o, (g0 + count) * LANES); j++) {
-                const uint64_t *group = w_lanes + j / LANES * row_words * LANES;
+                const uint64_t *group = wt + (j / LANES - g0) * row_words * LANES;
                 int64_t ones = 0;
                 for (int64_t t = 0; t < row_words; t++)
                     ones += FM_POPCOUNT64(at[r * row_words + t] ^ group[t * LANES + j % LANES]);
