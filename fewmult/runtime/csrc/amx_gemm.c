@@ -135,17 +135,23 @@ typedef struct {
     const void *plus, *minus; /* masks: sign products use plus only */
 } product;
 
+/* Weight block jb's input blocks [b0, b1) expanded into 0/1 tiles (1 KB each). */
+FM_TARGET_AMX static void expand_tiles(const uint64_t *w, int64_t kblocks, int64_t jb, int64_t b0, int64_t b1,
+                                       char *tile) {
+    const __m512i one = _mm512_set1_epi8(1);
+    const uint64_t *masks = w + jb * kblocks * 16;
+    for (int64_t b = b0; b < b1; b++)
+        for (int r = 0; r < 16; r++)
+            _mm512_store_si512(tile + 1024 * (b - b0) + 64 * r, _mm512_maskz_mov_epi8(masks[16 * b + r], one));
+}
+
 /* Tiles 0..blocks-1 += input blocks [b0, b1) of the row tiles at a (of product p) times those of the
  * 16 weight rows of block jb. The chunk's weight tiles are expanded from their masks first (into
  * `tile`, 1 KB each), then read: a tile load right after the stores that wrote it waited for them,
  * and expanding ahead made the sign product at 64 x 2048 x 2048 1.16x faster. */
 FM_TARGET_AMX static void sign_blocks(const product *p, const char *a, int64_t jb, int64_t b0, int64_t b1,
                                       int blocks, char *tile) {
-    const __m512i one = _mm512_set1_epi8(1);
-    const uint64_t *w = (const uint64_t *)p->plus + jb * p->kblocks * 16;
-    for (int64_t b = b0; b < b1; b++)
-        for (int r = 0; r < 16; r++)
-            _mm512_store_si512(tile + 1024 * (b - b0) + 64 * r, _mm512_maskz_mov_epi8(w[16 * b + r], one));
+    expand_tiles(p->plus, p->kblocks, jb, b0, b1, tile);
     for (int64_t b = b0; b < b1; b++) {
         _tile_loadd(6, tile + 1024 * (b - b0), 64);
         ROW_TILES(_tile_dpbuud, a + 64 * b, p->kp, blocks)
@@ -301,8 +307,8 @@ FM_TARGET_AMX static FM_INLINE void put_ints(const destination *d, int64_t i, in
         return;
     }
     __m512i t = _mm512_maskz_loadu_epi32(live, (const int32_t *)d->tau + 16 * jb);
-    __mmask16 up = d->up[jb], ge = _mm512_cmpge_epi32_mask(v, t), le = _mm512_cmple_epi32_mask(v, t);
-    ((uint16_t *)(d->bits + i * d->words))[jb] = (uint16_t)(((ge & up) | (le & ~up)) & live);
+    __mmask16 ge = _mm512_cmpge_epi32_mask(v, t), le = _mm512_cmple_epi32_mask(v, t);
+    ((uint16_t *)(d->bits + i * d->words))[jb] = (uint16_t)(fm_signs(ge, le, d->up[jb]) & live);
 }
 
 FM_TARGET_AMX static FM_INLINE void put_floats(const destination *d, int64_t i, int64_t jb, __mmask16 live, __m512 v) {
@@ -311,8 +317,8 @@ FM_TARGET_AMX static FM_INLINE void put_floats(const destination *d, int64_t i, 
         return;
     }
     __m512 t = _mm512_maskz_loadu_ps(live, (const float *)d->tau + 16 * jb);
-    __mmask16 up = d->up[jb], ge = _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), le = _mm512_cmp_ps_mask(v, t, _CMP_LE_OQ);
-    ((uint16_t *)(d->bits + i * d->words))[jb] = (uint16_t)(((ge & up) | (le & ~up)) & live);
+    __mmask16 ge = _mm512_cmp_ps_mask(v, t, _CMP_GE_OQ), le = _mm512_cmp_ps_mask(v, t, _CMP_LE_OQ);
+    ((uint16_t *)(d->bits + i * d->words))[jb] = (uint16_t)(fm_signs(ge, le, d->up[jb]) & live);
 }
 
 typedef struct {
@@ -400,11 +406,12 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
 #define FIXED_OFFSET (1 << 23)
 #define FIXED_PLANES 3
 #define FIXED_CHUNK 16 /* weight tiles of a block expanded at once (16 KB): k up to 1,024 in one pass */
-#define FIXED_SET (2 * 12288) /* bytes of sums of two weight blocks (plus; then minus for ternary) */
+#define FIXED_BLOCK (FIXED_PLANES * 4096) /* bytes of a weight block's sums: 3 planes of 4 row tiles */
+#define FIXED_SET (2 * FIXED_BLOCK) /* of a pair of weight blocks (plus; then minus for ternary) */
 
 typedef struct {
     const uint8_t *a; /* three planes of rows kp bytes apart, `plane` bytes apart */
-    int64_t kp, plane, kblocks, n, o, k;
+    int64_t kp, plane, kblocks, k;
     const uint64_t *w[2]; /* plus, minus (NULL: binary) masks, amx_layout group 4 */
     const int32_t *w_ones[2];
     const double *unit; /* 2^(e_i - 22): a row's fixed-point unit */
@@ -452,20 +459,10 @@ FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, in
     }
 }
 
-/* Weight block jb's input blocks [b0, b1) expanded into 0/1 tiles (1 KB each). */
-FM_TARGET_AMX static void expand_tiles(const uint64_t *w, int64_t kblocks, int64_t jb, int64_t b0, int64_t b1,
-                                       char *tile) {
-    const __m512i one = _mm512_set1_epi8(1);
-    const uint64_t *masks = w + jb * kblocks * 16;
-    for (int64_t b = b0; b < b1; b++)
-        for (int r = 0; r < 16; r++)
-            _mm512_store_si512(tile + 1024 * (b - b0) + 64 * r, _mm512_maskz_mov_epi8(masks[16 * b + r], one));
-}
-
 /* Sums of the task's rows (up to 4 row tiles, each in 3 planes: 12 A tiles) times weight blocks jb and
  * jb + 1 (`pair` of them), 2 x 2 tiles at a time: A tiles m, m + 1 (tiles 4, 5) times the two weight
  * tiles (6, 7) into tiles 0-3, each A tile load feeding two products and each weight tile load two.
- * Sums of weight block h, plane q, row tile r at sums + 12288 h + 4096 q + 1024 r (16 x 16 int32). */
+ * Sums of weight block h, plane q, row tile r at sums + FIXED_BLOCK h + 4096 q + 1024 r (16 x 16 int32). */
 FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w, const uint8_t *a, int64_t jb,
                                        int pair, int row_tiles, char *tile, char *sums) {
     const int64_t kp = p->kp, a_tiles = FIXED_PLANES * row_tiles;
@@ -486,9 +483,9 @@ FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w
                 _tile_zero(3);
             } else {
                 _tile_loadd(0, c0, 64);
-                _tile_loadd(1, c0 + 12288, 64);
+                _tile_loadd(1, c0 + FIXED_BLOCK, 64);
                 _tile_loadd(2, c1, 64);
-                _tile_loadd(3, c1 + 12288, 64);
+                _tile_loadd(3, c1 + FIXED_BLOCK, 64);
             }
             for (int64_t b = b0; b < b1; b++) {
                 _tile_loadd(4, a0 + 64 * b, kp);
@@ -506,10 +503,10 @@ FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w
                 }
             }
             _tile_stored(0, c0, 64);
-            _tile_stored(1, c0 + 12288, 64);
+            _tile_stored(1, c0 + FIXED_BLOCK, 64);
             if (two) {
                 _tile_stored(2, c1, 64);
-                _tile_stored(3, c1 + 12288, 64);
+                _tile_stored(3, c1 + FIXED_BLOCK, 64);
             }
         }
     }
@@ -538,7 +535,7 @@ FM_TARGET_AMX static void offset_ones(const int32_t *ones, int64_t jb, __mmask16
 
 FM_TARGET_AMX static void finish_fixed(const fixed_product *p, int64_t i0, int64_t i1, int64_t jb,
                                        const char *sums) {
-    __mmask16 live = live_columns(jb, p->o);
+    __mmask16 live = live_columns(jb, p->to.o);
     __m512d plus_base[2], minus_base[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
     offset_ones(p->w_ones[0], jb, live, plus_base);
     if (p->w[1])
@@ -581,7 +578,7 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
     split_fixed(threads, x, n, k, kp, plane, bytes, unit, rest, finite);
     if (bits)
         memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
-    fixed_product p = {bytes, kp,   plane, kblocks, n, o, k, {plus, minus}, {plus_ones, minus_ones}, unit, rest,
+    fixed_product p = {bytes, kp, plane, kblocks, k, {plus, minus}, {plus_ones, minus_ones}, unit, rest,
                        {out, tau, up, bits, o, words}};
     int64_t cols = (o + 15) / 16, pairs = (cols + 1) / 2;
     int64_t groups = (n + 16 * ROW_BLOCKS - 1) / (16 * ROW_BLOCKS), tasks = groups * pairs;
@@ -602,28 +599,30 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
             for (int set = 0; set < sets; set++)
                 fixed_blocks(&p, p.w[set], bytes + i0 * kp, jb, pair, row_tiles, tile, sums + set * FIXED_SET);
             for (int h = 0; h < pair; h++)
-                finish_fixed(&p, i0, i1, jb + h, sums + 12288 * h);
+                finish_fixed(&p, i0, i1, jb + h, sums + FIXED_BLOCK * h);
         }
         _tile_release();
         free(tile);
         free(sums);
     }
+    float *row = bits ? malloc(sizeof(float) * (size_t)o) : NULL;
     for (int64_t i = 0; i < n; i++) { /* rows with an infinity or NaN: float32 sums, IEEE's rules */
-        if (!finite[i] && bits)
-            memset(bits + i * words, 0, sizeof(uint64_t) * (size_t)words);
-        for (int64_t j = 0; !finite[i] && j < o; j++) {
+        if (finite[i])
+            continue;
+        float *sums = bits ? row : out + i * o;
+        for (int64_t j = 0; j < o; j++) {
             float sum = 0;
             for (int64_t t = 0; t < k; t++) {
-                int up = weight_bit(plus, kblocks, j, t), down = minus ? weight_bit(minus, kblocks, j, t) : !up;
-                sum += up ? x[i * k + t] : down ? -x[i * k + t] : 0.0f;
+                int plus_t = weight_bit(plus, kblocks, j, t);
+                int minus_t = minus ? weight_bit(minus, kblocks, j, t) : !plus_t;
+                sum += plus_t ? x[i * k + t] : minus_t ? -x[i * k + t] : 0.0f;
             }
-            if (!bits)
-                out[i * o + j] = sum;
-            else if (up[j / 16] >> (j % 16) & 1 ? sum >= tau[j] : sum <= tau[j])
-                bits[i * words + j / 64] |= (uint64_t)1 << (j % 64);
+            sums[j] = sum;
         }
+        if (bits)
+            fm_compare_pack(FM_PORTABLE, 1, row, 1, 1, o, tau, up, bits + i * words, words);
     }
-    free(bytes), free(unit), free(rest), free(finite);
+    free(row), free(bytes), free(unit), free(rest), free(finite);
 }
 
 #else /* no AMX in this build: fm_amx_available() says so and nothing calls the products */

@@ -35,7 +35,7 @@ FM_TARGET_AVX512 static void compare_row_avx512(const void *acc, int acc_is_floa
             __m512i t = _mm512_maskz_loadu_epi32(live, (const int32_t *)tau + j);
             ge = _mm512_cmpge_epi32_mask(a, t), le = _mm512_cmple_epi32_mask(a, t);
         }
-        halves[j / 16] = (uint16_t)(((ge & rising) | (le & ~rising)) & live);
+        halves[j / 16] = (uint16_t)(fm_signs(ge, le, rising) & live);
     }
 }
 /* Eight units at a time on AVX2 (the last few by compared_bit): a byte of bits a step. */
@@ -55,7 +55,7 @@ FM_TARGET_AVX2 static int64_t compare_row_avx2(const void *acc, int acc_is_float
             int above = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(a, t)));
             ge = ~below & 0xFF, le = ~above & 0xFF;
         }
-        bytes[j / 8] = (uint8_t)((ge & rising) | (le & ~rising));
+        bytes[j / 8] = (uint8_t)fm_signs((unsigned)ge, (unsigned)le, (unsigned)rising);
     }
     return j;
 }

@@ -30,6 +30,10 @@
 
 static inline int64_t fm_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* The bits of a BN + sign moved onto its sums (fm_compare_pack): each unit's `ge` (sum >= tau) where
+ * it rises with its sums, `le` (sum <= tau) where it falls; masks of as many units as a vector holds. */
+static inline unsigned fm_signs(unsigned ge, unsigned le, unsigned rising) { return (ge & rising) | (le & ~rising); }
+
 /* x where `take_x`, else y, chosen by a mask rather than a branch. GCC compiles a plain `?:` of
  * doubles to a branch, and where the condition is a coin flip (the sign of a sum, which of two
  * values is larger) half the branches are mispredicted: RPReLU cost 4x its value's other work. */
