@@ -70,12 +70,14 @@ class Value:
 class State:
     """What the planner knows of a step's output: its kind and per-example shape (C, H, W) or (K,);
     ``pixels``: dense bits flattened from NHWC bits of (H, W, C) (their order, channels padded);
-    ``sums_scale``: sums' per-unit scale and bias (or None), as their Value will carry them."""
+    ``sums_scale``: sums' per-unit scale and bias (or None), as their Value will carry them;
+    ``sums_dtype``: int32 (+-1 x binary products) or float32."""
 
     kind: str
     shape: tuple[int, ...]
     pixels: tuple[int, int, int] | None = None
     sums_scale: tuple[np.ndarray, np.ndarray | None] | None = None  # acc: the product's scale, bias
+    sums_dtype: type | None = None  # acc
 
 
 @dataclass
@@ -221,7 +223,7 @@ class CompiledNetwork:
         kind, image = op["op"], len(s.shape) == 3
         out = _output_shape(op, s.shape)
         if kind in ("linear", "conv2d"):
-            summed = State("acc", out, sums_scale=_sums_scale(self.reference, op))
+            summed = self._summed(op, s)
             encoding = op["weight"]["encoding"]
         if kind == "linear" and len(s.shape) == 1 and (s.kind, encoding) != ("bits", "ternary"):
             return self._linear(op, s), summed
@@ -235,7 +237,7 @@ class CompiledNetwork:
         if kind in ("maxpool2d", "avgpool2d") and s.kind == "float" and image:
             return self._pool_planes(op), State("float", out)
         if kind == "sign_threshold" and s.kind == "acc":
-            return self._threshold(op, s), State("bits", s.shape)
+            return self._threshold(op, s, self._on_sums(op, s)), State("bits", s.shape)
         if kind == "sign_threshold" and s.kind == "float" and image:
             return self._sign_bits(op, s), State("bits", s.shape)
         if kind == "affine" and s.kind == "acc":
@@ -309,19 +311,17 @@ class CompiledNetwork:
         """A dense product and the BN + sign after it: one step where the product's kernel compares its
         own sums (the AMX products: no sums written and read again), else the product's sums, then
         the BN + sign of them (:meth:`_threshold`), in one step."""
-        summed = State("acc", _output_shape(op, s.shape), sums_scale=_sums_scale(self.reference, op))
+        summed = self._summed(op, s)
         scale, bias = summed.sums_scale
         product, rows, how = self._dense_product(op, s)
-        apart = self._threshold(sign, summed)  # the BN + sign of the sums, where the kernel does not
-        dtype = np.int32 if s.kind == "bits" else np.float32
-        threshold = self.reference.arrays[sign["threshold"]], self.reference.arrays[sign["negative"]]
-        found = sums_thresholds(scale, bias, *threshold, dtype)
+        on_sums = self._on_sums(sign, summed)
+        apart = self._threshold(sign, summed, on_sums)  # the BN + sign of the sums, where the kernel does not
         units = summed.shape[0]
-        if product.thresholded is None or found is None:
+        if product.thresholded is None or on_sums is None:
             linear = _summing(product, rows, how, scale, bias)
             step = Step("linear, sign_threshold", f"{how}; {apart.how}", lambda v: apart.run(linear.run(v)))
             return step, State("bits", summed.shape)
-        thresholds = (kernels.pinned(found[0]), kernels.unit_masks(found[1]), kernels.row_words(units))
+        thresholds = (*on_sums, kernels.row_words(units))
 
         def run(v: Value) -> Value:
             x = rows(v)
@@ -632,19 +632,34 @@ class CompiledNetwork:
 
         return Step("rprelu", "rprelu (float64)", run)
 
-    def _threshold(self, op: dict[str, Any], s: State) -> Step:
+    def _summed(self, op: dict[str, Any], s: State) -> State:
+        """What a linear or conv2d op's product leaves from inputs ``s``: its sums."""
+        exact = s.kind == "bits" and op["weight"]["encoding"] == "binary"
+        return State(
+            "acc",
+            _output_shape(op, s.shape),
+            sums_scale=_sums_scale(self.reference, op),
+            sums_dtype=np.int32 if exact else np.float32,
+        )
+
+    def _on_sums(self, op: dict[str, Any], s: State) -> tuple[kernels.Pinned, kernels.Pinned] | None:
+        """A BN + sign's comparison moved onto the sums ``s`` (:mod:`fewmult.runtime.thresholds`):
+        ``compare_pack``'s ``tau`` and ``up`` masks, or None where it cannot move."""
+        threshold, negative = self.reference.arrays[op["threshold"]], self.reference.arrays[op["negative"]]
+        found = sums_thresholds(*s.sums_scale, threshold, negative, s.sums_dtype)
+        return None if found is None else (kernels.pinned(found[0]), kernels.unit_masks(found[1]))
+
+    def _threshold(
+        self, op: dict[str, Any], s: State, on_sums: tuple[kernels.Pinned, kernels.Pinned] | None
+    ) -> Step:
         """BN + sign of a product's sums as packed bits: each unit's comparison moved onto its sums
-        (:mod:`fewmult.runtime.thresholds`, ``compare_pack``). Where a parameter is not finite (or a
-        float32 product's scale is zero), the reference's float64 values of the sums are compared
-        (``sign_pack`` for images). Both give the reference's bits."""
+        (``on_sums``, :meth:`_on_sums`; ``compare_pack``). Where it cannot move (None: a parameter
+        not finite, or a float32 product's scale zero), the reference's float64 values of the sums
+        are compared (``sign_pack`` for images). Both give the reference's bits."""
         threshold = kernels.pinned(self.reference.arrays[op["threshold"]].astype(np.float64))
         negative = kernels.pinned(self.reference.arrays[op["negative"]].astype(np.uint8))
         isa, threads, units, image = self.isa, self.threads, s.shape[0], len(s.shape) == 3
         words = -(-units // 64) if image else kernels.row_words(units)
-        compared = {}  # per dtype of the sums: (tau, up masks)
-        for dtype in (np.int32, np.float32):
-            if (found := sums_thresholds(*s.sums_scale, threshold, negative, dtype)) is not None:
-                compared[np.dtype(dtype)] = (kernels.pinned(found[0]), kernels.unit_masks(found[1]))
 
         def in_float64(v: Value) -> np.ndarray:
             h = v.as_float()
@@ -652,19 +667,20 @@ class CompiledNetwork:
                 return kernels.sign_pack(np.ascontiguousarray(h), threshold, negative, threads)
             return kernels.pack_rows(np.where(negative.astype(bool), h <= threshold, h >= threshold))
 
+        if on_sums is None:
+            return Step(
+                "sign_threshold",
+                "BN + sign of the sums in float64 (a parameter not finite), packed",
+                lambda v: Value("bits", in_float64(v), features=units),
+            )
+
         def run(v: Value) -> Value:
-            rows = v.data.reshape(-1, units)
-            if (on_sums := compared.get(rows.dtype)) is None:
-                return Value("bits", in_float64(v), features=units)
-            bits = kernels.compare_pack(rows, *on_sums, isa, threads, words)
+            bits = kernels.compare_pack(v.data.reshape(-1, units), *on_sums, isa, threads, words)
             return Value("bits", bits.reshape(*v.data.shape[:-1], words), features=units)
 
-        how = "compare_pack (BN + sign as thresholds on the sums -> packed bits)"
-        if len(compared) < 2:
-            how = "BN + sign of the sums in float64 (a parameter not finite), packed" + (
-                f"; {how} for {', '.join(map(str, compared))} sums" if compared else ""
-            )
-        return Step("sign_threshold", how, run)
+        return Step(
+            "sign_threshold", "compare_pack (BN + sign as thresholds on the sums -> packed bits)", run
+        )
 
 
 def _dense(op: dict[str, Any], s: State) -> bool:
