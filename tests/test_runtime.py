@@ -229,6 +229,26 @@ def test_amx_products_compare_their_own_sums_as_compare_pack(product):
     assert bits.any() and not bits.all()
 
 
+@needs_amx
+@pytest.mark.parametrize("encoding", ["binary", "ternary"])
+def test_fixed_point_bits_at_their_thresholds_are_those_of_its_sums(encoding):
+    """Before a BN + sign the fixed-point product skips the low byte plane wherever that cannot move a
+    sum across its threshold: with thresholds at the sums themselves and one float32 step either side
+    (every unit of those rows needs its low plane), the bits are still those of its own sums."""
+    rng = np.random.default_rng(11)
+    n, k, o = 40, 700, 50
+    plus = random_bits(rng, o, k)
+    minus = None if encoding == "binary" else random_bits(rng, o, k) & ~plus
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    sums = fixed_gemm(x, plus, minus)
+    on = np.concatenate([sums[0], np.nextafter(sums[1], np.inf), np.nextafter(sums[2], -np.inf)])
+    for tau in np.split(on, 3):
+        up = rng.random(o) < 0.5
+        thresholds = (kernels.pinned(tau), kernels.unit_masks(up), kernels.row_words(o))
+        bits = fixed_gemm(x, plus, minus, thresholds)
+        assert np.array_equal(bits, kernels.compare_pack(sums, tau, thresholds[1], "avx512", 2))
+
+
 @needs_kernels
 @pytest.mark.parametrize("isa", VECTOR_ISAS)
 @pytest.mark.parametrize(("n", "k", "o"), [*SHAPES, (200, 147, 70)])  # and threaded: a 7x7 RGB stem

@@ -270,7 +270,8 @@ def amx_fixed_gemm(
 ) -> np.ndarray:
     """:func:`select_gemm` on int8 AMX tiles, each float32 row as 24-bit fixed point (csrc/amx_gemm.c),
     the selections in :func:`amx_layout` (group 4) with each weight row's selected count (int32, o);
-    given ``thresholds``, the bits :func:`compare_pack` makes of the float32 sums."""
+    given ``thresholds``, the bits :func:`compare_pack` makes of those float32 sums (the tiles then run
+    two of the three byte planes, and the third only for units whose sums are near their threshold)."""
     (n, k) = x.shape
     out, rest = _outputs(n, o, np.float32, thresholds)
     load().fm_amx_fixed_gemm(

@@ -401,27 +401,41 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
  * bf16 parts cost). With the weights' ones U_j and the row's sum of Y, sum_t w_jt X_t is exact in double:
  * binary (w = 2u - 1): 2 (sum u Y - 2^23 U_j) - (sum Y - 2^23 k); ternary: plus minus minus, each
  * sum u Y - 2^23 U. Times 2^(e_i - 22), rounded once to float32. A row with an infinite or NaN value is
- * summed in float32 by a plain loop afterwards (IEEE's infinities and NaN). */
+ * summed in float32 by a plain loop afterwards (IEEE's infinities and NaN).
+ *
+ * Before a BN + sign only each sum's side of its threshold is kept, and the tiles run the two high planes
+ * (two thirds of the tile products). With each low byte L of Y taken as 128, each X is off by L - 128, so a
+ * sum of w_t X_t (|w_t| <= 1) lies within sum_t |L_t - 128| (the row's `low_spread`) of what the high planes
+ * give. Rounding to float32 is monotone: where both ends of that interval round to the same side of the
+ * threshold, so does the sum. Elsewhere (units whose sums are that close to their threshold) the low
+ * plane's sum_t u_t L_t is added for that unit alone, so every bit is the one the three-plane sum gives:
+ * the bits of comparing amx_fixed_gemm's own float32 sums. */
 #define FIXED_SHIFT 22
 #define FIXED_OFFSET (1 << 23)
 #define FIXED_PLANES 3
 #define FIXED_CHUNK 16 /* weight tiles of a block expanded at once (16 KB): k up to 1,024 in one pass */
 #define FIXED_BLOCK (FIXED_PLANES * 4096) /* bytes of a weight block's sums: 3 planes of 4 row tiles */
 #define FIXED_SET (2 * FIXED_BLOCK) /* of a pair of weight blocks (plus; then minus for ternary) */
+#define LOW_MIDDLE 128 /* what a low byte is taken to be where the tiles skip the low plane */
 
 typedef struct {
     const uint8_t *a; /* three planes of rows kp bytes apart, `plane` bytes apart */
     int64_t kp, plane, kblocks, k;
+    int first;            /* the tiles' first plane: 0, or 1 before a BN + sign (see above) */
     const uint64_t *w[2]; /* plus, minus (NULL: binary) masks, amx_layout group 4 */
     const int32_t *w_ones[2];
-    const double *unit; /* 2^(e_i - 22): a row's fixed-point unit */
-    const double *rest; /* sum_t Y_it - 2^23 k = sum_t X_it */
+    const double *unit;       /* 2^(e_i - 22): a row's fixed-point unit */
+    const double *rest;       /* sum_t Y_it - 2^23 k = sum_t X_it */
+    const double *low;        /* sum_t (L_it - 128), L_it the low byte of Y_it */
+    const double *low_spread; /* sum_t |L_it - 128| */
     destination to;
 } fixed_product;
 
-/* Bytes of Y (zero past k and past n), each row's exponent, sum of Y, and whether it is finite. */
+/* Bytes of Y (zero past k and past n), each row's exponent, sum of Y, sum and spread of its low bytes about
+ * 128, and whether it is finite. */
 FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, int64_t k, int64_t kp, int64_t plane,
-                                      uint8_t *bytes, double *unit, double *rest, uint8_t *finite) {
+                                      uint8_t *bytes, double *unit, double *rest, double *low, double *low_spread,
+                                      uint8_t *finite) {
     int64_t rows = (n + 15) / 16 * 16, work = rows * kp;
     (void)threads, (void)work;
     FM_PARALLEL_FOR
@@ -438,22 +452,31 @@ FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, in
         int e = 0;
         frexp((double)_mm512_reduce_max_ps(most), &e); /* max < 2^e; 0 for a row of zeros */
         const __m512d scale = _mm512_set1_pd(ldexp(1.0, FIXED_SHIFT - e));
-        const __m512i offset = _mm512_set1_epi32(FIXED_OFFSET);
-        int64_t total = 0;
+        const __m512i offset = _mm512_set1_epi32(FIXED_OFFSET), byte = _mm512_set1_epi32(255);
+        const __m512i middle = _mm512_set1_epi32(LOW_MIDDLE);
+        /* sums a lane of Y's high 16 bits, its low bytes and their distances from 128: int32 holds them
+         * (k / 16 values below 2^16 each, k < 32,768) */
+        __m512i high = _mm512_setzero_si512(), low_bytes = _mm512_setzero_si512(), spread = _mm512_setzero_si512();
         for (int64_t t = 0; t < kp; t += 16) {
             __mmask16 live = i < n && !bad && t < k ? (k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1)) : 0;
             __m512 v = _mm512_maskz_loadu_ps(live, row + (t < k ? t : 0));
             __m256i lo = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), scale));
             __m256i hi = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), scale));
             __m512i y = _mm512_maskz_add_epi32(live, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), offset);
-            total += _mm512_reduce_add_epi32(y); /* 16 values of 24 bits: no overflow */
+            __m512i l = _mm512_and_si512(y, byte);
+            high = _mm512_add_epi32(high, _mm512_srli_epi32(y, 8));
+            low_bytes = _mm512_add_epi32(low_bytes, l);
+            spread = _mm512_add_epi32(spread, _mm512_abs_epi32(_mm512_maskz_sub_epi32(live, l, middle)));
             uint8_t *at = bytes + i * kp + t;
             _mm_store_si128((__m128i *)at, _mm512_cvtepi32_epi8(y));
             _mm_store_si128((__m128i *)(at + plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 8)));
             _mm_store_si128((__m128i *)(at + 2 * plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 16)));
         }
+        int64_t lows = _mm512_reduce_add_epi32(low_bytes);
+        int64_t total = 256 * (int64_t)_mm512_reduce_add_epi32(high) + lows;
         if (i < n) {
             unit[i] = ldexp(1.0, e - FIXED_SHIFT), rest[i] = (double)(total - (int64_t)FIXED_OFFSET * k);
+            low[i] = (double)(lows - LOW_MIDDLE * k), low_spread[i] = (double)_mm512_reduce_add_epi32(spread);
             finite[i] = !bad;
         }
     }
@@ -470,7 +493,7 @@ FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w
         int64_t b1 = fm_min64(b0 + FIXED_CHUNK, p->kblocks), span = 1024 * FIXED_CHUNK;
         for (int h = 0; h < pair; h++)
             expand_tiles(w, p->kblocks, jb + h, b0, b1, tile + h * span);
-        for (int64_t m = 0; m < a_tiles; m += 2) {
+        for (int64_t m = p->first * row_tiles; m < a_tiles; m += 2) {
             int two = m + 1 < a_tiles;
             const uint8_t *a0 = a + (m / row_tiles) * p->plane + 16 * (m % row_tiles) * kp;
             const uint8_t *a1 = a + ((m + 1) / row_tiles) * p->plane + 16 * ((m + 1) % row_tiles) * kp;
@@ -481,11 +504,13 @@ FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w
                 _tile_zero(1);
                 _tile_zero(2);
                 _tile_zero(3);
-            } else {
+            } else { /* c1 is past the sums where there is no second A tile (`two`: a last odd one) */
                 _tile_loadd(0, c0, 64);
                 _tile_loadd(1, c0 + FIXED_BLOCK, 64);
-                _tile_loadd(2, c1, 64);
-                _tile_loadd(3, c1 + FIXED_BLOCK, 64);
+                if (two) {
+                    _tile_loadd(2, c1, 64);
+                    _tile_loadd(3, c1 + FIXED_BLOCK, 64);
+                }
             }
             for (int64_t b = b0; b < b1; b++) {
                 _tile_loadd(4, a0 + 64 * b, kp);
@@ -512,11 +537,13 @@ FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w
     }
 }
 
-/* sum_t u_jt Y_it - 2^23 U_j for the 16 outputs of a row (its sums at s, planes 4 KB apart), as two halves
- * of 8 doubles, with `base` = -2^23 U_j. The two low planes sum exactly in int32 (k 255 257 < 2^31 for
- * k < 32,768, the callers' limit), then the high one in double: each term and sum below 2^53, exact. */
-FM_TARGET_AMX static FM_INLINE void selected_sums(const int32_t *s, const __m512d base[2], __m512d out[2]) {
-    __m512i low = _mm512_add_epi32(_mm512_loadu_si512(s), _mm512_slli_epi32(_mm512_loadu_si512(s + 1024), 8));
+/* sum_t u_jt Y_it - 2^23 U_j for the 16 outputs of a row (its tiles' sums at s, planes 4 KB apart; the low
+ * plane's in `low_plane`), as two halves of 8 doubles, with `base` = -2^23 U_j. The two low planes sum
+ * exactly in int32 (k 255 257 < 2^31 for k < 32,768, the callers' limit), then the high one in double: each
+ * term and sum below 2^53, exact. */
+FM_TARGET_AMX static FM_INLINE void selected_sums(__m512i low_plane, const int32_t *s, const __m512d base[2],
+                                                  __m512d out[2]) {
+    __m512i low = _mm512_add_epi32(low_plane, _mm512_slli_epi32(_mm512_loadu_si512(s + 1024), 8));
     __m512i high = _mm512_loadu_si512(s + 2048);
     const __m512d top = _mm512_set1_pd(65536.0);
     for (int h = 0; h < 2; h++) {
@@ -533,28 +560,144 @@ FM_TARGET_AMX static void offset_ones(const int32_t *ones, int64_t jb, __mmask16
                                 _mm512_set1_pd(-(double)FIXED_OFFSET));
 }
 
+/* A row's 16 float32 sums from plus and minus (sum_t u Y - 2^23 U of each weight set; binary: none, minus is
+ * the row's sum less plus): (plus - minus) times the row's unit, rounded once. */
+FM_TARGET_AMX static FM_INLINE __m512 fixed_value(const fixed_product *p, int64_t i, const __m512d plus[2],
+                                                 const __m512d minus[2]) {
+    __m512d unit = _mm512_set1_pd(p->unit[i]), all = _mm512_set1_pd(p->rest[i]), v[2];
+    for (int h = 0; h < 2; h++)
+        v[h] = _mm512_mul_pd(_mm512_sub_pd(plus[h], p->w[1] ? minus[h] : _mm512_sub_pd(all, plus[h])), unit);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(v[0])), _mm512_cvtpd_ps(v[1]), 1);
+}
+
+/* fm_compare_pack's bits of 16 float32 sums. */
+FM_TARGET_AMX static FM_INLINE __mmask16 compared(__m512 v, __m512 tau, uint16_t up) {
+    __mmask16 ge = _mm512_cmp_ps_mask(v, tau, _CMP_GE_OQ), le = _mm512_cmp_ps_mask(v, tau, _CMP_LE_OQ);
+    return (__mmask16)fm_signs(ge, le, up);
+}
+
+/* sum_t u_jt L_it: output j of weight set w times the low plane of a row (at `row`). */
+FM_TARGET_AMX static int32_t low_selected(const uint64_t *w, int64_t kblocks, int64_t j, const uint8_t *row) {
+    const uint64_t *masks = w + (j / 16) * kblocks * 16;
+    const __m128i lane = _mm_set1_epi64x(4 * (j % 16));
+    const __m512i nibble = _mm512_set1_epi64(15), first = _mm512_set_epi64(28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i second = _mm512_add_epi64(first, _mm512_set1_epi64(32));
+    __m512i total = _mm512_setzero_si512();
+    for (int64_t b = 0; b < kblocks; b++, masks += 16) { /* input 4 r + q of the block: bit 4 (j % 16) + q of mask r */
+        __m512i low = _mm512_sllv_epi64(_mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(masks), lane), nibble), first);
+        __m512i high =
+            _mm512_sllv_epi64(_mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(masks + 8), lane), nibble), second);
+        uint64_t mine = (uint64_t)_mm512_reduce_or_epi64(_mm512_or_si512(low, high));
+        __m512i bytes = _mm512_maskz_mov_epi8(mine, _mm512_loadu_si512(row + 64 * b));
+        total = _mm512_add_epi64(total, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
+    }
+    return (int32_t)_mm512_reduce_add_epi64(total);
+}
+
+/* plus and minus of a row's 16 outputs (minus only for ternary weights), the low planes' sums given. */
+FM_TARGET_AMX static FM_INLINE void set_sums(const fixed_product *p, const __m512i low[2], const int32_t *s,
+                                             __m512d base[2][2], __m512d plus[2], __m512d minus[2]) {
+    selected_sums(low[0], s, base[0], plus);
+    if (p->w[1])
+        selected_sums(low[1], s + FIXED_SET / 4, base[1], minus);
+}
+
+/* What the bounded bits of weight block jb's 16 units compare with, as halves of 8 doubles: each threshold,
+ * the float32 spacing above it (at least the one below; infinite for an infinite threshold), a little
+ * widened, and the constant part of the units' sums with the low bytes taken as 128: binary
+ * 2 (128 - 2^23) U, ternary (128 - 2^23) (U+ - U-). */
+typedef struct {
+    __m512d tau[2], gap[2], constant[2];
+} unit_terms;
+
+#define WIDENED (1.0 + 0x1p-40) /* covers the one rounding of the distance to the threshold */
+
+FM_TARGET_AMX static void terms_of(const fixed_product *p, int64_t jb, __mmask16 live, unit_terms *u) {
+    __m512 tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
+    __m512 gap = _mm512_max_ps(_mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_sub_ps(_mm512_getexp_ps(tau), _mm512_set1_ps(23))),
+                               _mm512_set1_ps(0x1p-149f));
+    __m512i ones = _mm512_maskz_loadu_epi32(live, p->w_ones[0] + 16 * jb);
+    if (p->w[1])
+        ones = _mm512_sub_epi32(ones, _mm512_maskz_loadu_epi32(live, p->w_ones[1] + 16 * jb));
+    const double per_one = (p->w[1] ? 1.0 : 2.0) * (LOW_MIDDLE - (double)FIXED_OFFSET);
+    for (int h = 0; h < 2; h++) {
+        u->tau[h] = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(tau, 1) : _mm512_castps512_ps256(tau));
+        u->gap[h] = _mm512_mul_pd(_mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(gap, 1) : _mm512_castps512_ps256(gap)),
+                                  _mm512_set1_pd(WIDENED));
+        u->constant[h] = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ones, h)), _mm512_set1_pd(per_one));
+    }
+}
+
+/* 2^16 s2 + 2^8 s1 of the tiles' two high planes (at s), half h of a row's 16 outputs: exact. */
+FM_TARGET_AMX static FM_INLINE __m512d high_planes(const int32_t *s, int h) {
+    __m512d middle = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(s + 1024 + 8 * h)));
+    __m512d top = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(s + 2048 + 8 * h)));
+    return _mm512_fmadd_pd(top, _mm512_set1_pd(65536.0), _mm512_mul_pd(middle, _mm512_set1_pd(256.0)));
+}
+
+/* The bits of a row's 16 outputs (weight block jb) with the low plane skipped (see above). Each value lies
+ * within the row's spread of its center V; d = V unit - tau. Where d >= spread unit + gap every value in
+ * reach rounds above tau, where d <= -(spread unit + gap) below; the units in between get their low planes'
+ * sums and the three-plane value. */
+FM_TARGET_AMX static __mmask16 bounded_bits(const fixed_product *p, int64_t i, int64_t jb, __mmask16 live,
+                                            const unit_terms *u, const __m512i assumed[2], const int32_t *s,
+                                            __m512d base[2][2]) {
+    const __m512d unit = _mm512_set1_pd(p->unit[i]), reach = _mm512_set1_pd(p->low_spread[i] * p->unit[i] * WIDENED);
+    const __m512d row = _mm512_set1_pd(p->w[1] ? 0.0 : p->low[i] - p->rest[i]); /* binary: 2 plus - rest */
+    __mmask16 above = 0, below = 0;
+    for (int h = 0; h < 2; h++) {
+        __m512d v = p->w[1] ? _mm512_add_pd(_mm512_sub_pd(high_planes(s, h), high_planes(s + FIXED_SET / 4, h)), u->constant[h])
+                            : _mm512_fmadd_pd(high_planes(s, h), _mm512_set1_pd(2.0), _mm512_add_pd(u->constant[h], row));
+        __m512d d = _mm512_fmsub_pd(v, unit, u->tau[h]), margin = _mm512_add_pd(reach, u->gap[h]);
+        above |= (__mmask16)(_mm512_cmp_pd_mask(d, margin, _CMP_GE_OQ) << 8 * h);
+        below |= (__mmask16)(_mm512_cmp_pd_mask(d, _mm512_sub_pd(_mm512_setzero_pd(), margin), _CMP_LE_OQ) << 8 * h);
+    }
+    const uint16_t up = p->to.up[jb];
+    __mmask16 bits = (__mmask16)fm_signs(above, below, up), unsure = (__mmask16)(~(above | below) & live);
+    if (!unsure)
+        return bits;
+    __m512i exact[2];
+    for (int set = 0; set < 1 + (p->w[1] != NULL); set++) {
+        int32_t sums[16];
+        _mm512_storeu_si512(sums, assumed[set]);
+        for (unsigned left = unsure; left; left &= left - 1)
+            sums[FM_CTZ64(left)] = low_selected(p->w[set], p->kblocks, 16 * jb + FM_CTZ64(left), p->a + i * p->kp);
+        exact[set] = _mm512_loadu_si512(sums);
+    }
+    __m512d plus[2], minus[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()}; /* binary: no minus */
+    set_sums(p, exact, s, base, plus, minus);
+    __m512 tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
+    return (__mmask16)((bits & ~unsure) | (compared(fixed_value(p, i, plus, minus), tau, up) & unsure));
+}
+
+/* Rows [i0, i1) of weight block jb from its tiles' sums: float32 sums, or their bits (the low plane
+ * skipped where p->first is 1). */
 FM_TARGET_AMX static void finish_fixed(const fixed_product *p, int64_t i0, int64_t i1, int64_t jb,
                                        const char *sums) {
     __mmask16 live = live_columns(jb, p->to.o);
-    __m512d plus_base[2], minus_base[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
-    offset_ones(p->w_ones[0], jb, live, plus_base);
-    if (p->w[1])
-        offset_ones(p->w_ones[1], jb, live, minus_base);
+    __m512d base[2][2];
+    __m512i assumed[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int set = 0; set < 1 + (p->w[1] != NULL); set++) {
+        offset_ones(p->w_ones[set], jb, live, base[set]);
+        assumed[set] = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(live, p->w_ones[set] + 16 * jb),
+                                          _mm512_set1_epi32(LOW_MIDDLE));
+    }
+    if (p->first) {
+        unit_terms u;
+        terms_of(p, jb, live, &u);
+        for (int64_t i = i0; i < i1; i++) {
+            __mmask16 bits = bounded_bits(p, i, jb, live, &u, assumed, (const int32_t *)sums + 16 * (i - i0), base);
+            ((uint16_t *)(p->to.bits + i * p->to.words))[jb] = (uint16_t)(bits & live);
+        }
+        return;
+    }
     for (int64_t i = i0; i < i1; i++) {
         const int32_t *s = (const int32_t *)sums + 16 * (i - i0);
-        __m512d plus[2], minus[2];
-        selected_sums(s, plus_base, plus);
-        if (p->w[1]) {
-            selected_sums(s + FIXED_SET / 4, minus_base, minus);
-        } else { /* sum (2u - 1) X = 2 sum u X - sum X */
-            __m512d all = _mm512_set1_pd(p->rest[i]);
-            for (int h = 0; h < 2; h++)
-                minus[h] = _mm512_sub_pd(all, plus[h]);
-        }
-        __m512d unit = _mm512_set1_pd(p->unit[i]);
-        __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(plus[0], minus[0]), unit));
-        __m256 hi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(plus[1], minus[1]), unit));
-        put_floats(&p->to, i, jb, live, _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1));
+        const __m512i tiles_low[2] = {_mm512_loadu_si512(s),
+                                      p->w[1] ? _mm512_loadu_si512(s + FIXED_SET / 4) : _mm512_setzero_si512()};
+        __m512d plus[2], minus[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+        set_sums(p, tiles_low, s, base, plus, minus);
+        put_floats(&p->to, i, jb, live, fixed_value(p, i, plus, minus));
     }
 }
 
@@ -573,13 +716,13 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
     int64_t kblocks = (k + 63) / 64, kp = 64 * kblocks + PITCH_PAD, rows = (n + 15) / 16 * 16;
     int64_t plane = rows * kp;
     uint8_t *bytes = aligned_alloc(64, (size_t)(FIXED_PLANES * plane));
-    double *unit = malloc(sizeof(double) * (size_t)n), *rest = malloc(sizeof(double) * (size_t)n);
+    double *unit = malloc(sizeof(double) * (size_t)n * 4), *rest = unit + n, *low = rest + n, *spread = low + n;
     uint8_t *finite = malloc((size_t)n);
-    split_fixed(threads, x, n, k, kp, plane, bytes, unit, rest, finite);
+    split_fixed(threads, x, n, k, kp, plane, bytes, unit, rest, low, spread, finite);
     if (bits)
         memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
-    fixed_product p = {bytes, kp, plane, kblocks, k, {plus, minus}, {plus_ones, minus_ones}, unit, rest,
-                       {out, tau, up, bits, o, words}};
+    fixed_product p = {bytes, kp, plane, kblocks, k, bits != NULL, {plus, minus}, {plus_ones, minus_ones}, unit,
+                       rest, low, spread, {out, tau, up, bits, o, words}};
     int64_t cols = (o + 15) / 16, pairs = (cols + 1) / 2;
     int64_t groups = (n + 16 * ROW_BLOCKS - 1) / (16 * ROW_BLOCKS), tasks = groups * pairs;
     int sets = minus ? 2 : 1;
@@ -622,7 +765,7 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
         if (bits)
             fm_compare_pack(FM_PORTABLE, 1, row, 1, 1, o, tau, up, bits + i * words, words);
     }
-    free(row), free(bytes), free(unit), free(rest), free(finite);
+    free(row), free(bytes), free(unit), free(finite);
 }
 
 #else /* no AMX in this build: fm_amx_available() says so and nothing calls the products */
