@@ -126,10 +126,17 @@ FM_TARGET_AMX static void zero_sums(void) {
     _tile_zero(3);
 }
 
-/* What a product's tasks share: the expanded activations (rows kp elements apart, each of `part`
- * bytes, `parts` planes `plane` bytes apart) and the weight masks. */
+/* Rows [i0, i1) of a product's activations as its tiles read them, into a thread's own buffer: rows kp
+ * elements of `part` bytes apart, zero rows up to whole tiles, `parts` planes `plane` bytes apart. */
+typedef void (*rows_fn)(const void *source, int64_t i0, int64_t i1, int64_t kp, int64_t plane, void *rows);
+
+/* What a product's tasks share: how to lay out a row group's activations (ROW_BLOCKS row tiles, at most;
+ * each thread lays out the groups of its tasks itself: where one thread laid out all rows for both,
+ * rewriting them at the next call waited for the other core to give up its copies, and laying out 64
+ * rows of 2,048 bits took 20 us instead of 3.5), and the weight masks. */
 typedef struct {
-    const char *a;
+    rows_fn rows;
+    const void *source;
     int64_t kp, kblocks, plane;
     int parts, part;
     const void *plus, *minus; /* masks: sign products use plus only */
@@ -192,12 +199,12 @@ static int64_t chunk_blocks(const product *p) {
     return chunk < 1 ? 1 : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
 }
 
-/* One task: rows [i0, i0 + 16 blocks) times the weight blocks [jb0, jb1), input chunk by input chunk
+/* One task: a row group (`blocks` row tiles, laid out at a) times the weight blocks [jb0, jb1), input chunk
+ * by input chunk
  * so that the chunk's activations stay in L1 while every weight block reads them; each block's sums
  * wait in `sums` (4 KB a block) between chunks. */
-FM_TARGET_AMX static void task(const product *p, blocks_fn run, int64_t i0, int blocks, int64_t jb0,
+FM_TARGET_AMX static void task(const product *p, blocks_fn run, const char *a, int blocks, int64_t jb0,
                                int64_t jb1, char *tile, char *sums) {
-    const char *a = p->a + i0 * p->kp * p->part;
     const int64_t chunk = chunk_blocks(p);
     for (int64_t b0 = 0; b0 < p->kblocks; b0 += chunk) {
         for (int64_t jb = jb0; jb < jb1; jb++) {
@@ -228,7 +235,8 @@ FM_TARGET_AMX static void run_tasks(int threads, const product *p, blocks_fn run
 #endif
     {
         char tile[1024 * MAX_CHUNK] __attribute__((aligned(64)));
-        char *sums = aligned_alloc(64, 4096 * (size_t)per);
+        char *sums = aligned_alloc(64, 4096 * (size_t)per), *rows = aligned_alloc(64, (size_t)(p->parts * p->plane));
+        int64_t laid = -1; /* the row group in `rows` */
         configure_tiles();
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -236,50 +244,55 @@ FM_TARGET_AMX static void run_tasks(int threads, const product *p, blocks_fn run
         for (int64_t t = 0; t < tasks; t++) {
             int64_t i0 = t / slices * 16 * ROW_BLOCKS, i1 = fm_min64(n, i0 + 16 * ROW_BLOCKS);
             int64_t jb0 = t % slices * per, jb1 = fm_min64(cols, jb0 + per);
-            task(p, run, i0, (int)((i1 - i0 + 15) / 16), jb0, jb1, tile, sums);
+            if (laid != i0)
+                p->rows(p->source, i0, i1, p->kp, p->plane, rows), laid = i0;
+            task(p, run, rows, (int)((i1 - i0 + 15) / 16), jb0, jb1, tile, sums);
             finish(ctx, i0, i1, jb0, jb1, (const int32_t *)sums);
         }
         _tile_release();
         free(sums);
+        free(rows);
     }
 }
 
-/* 0/1 bytes of packed rows, kp bytes apart (n padded to whole tiles with zero rows), and each row's ones. */
-FM_TARGET_AMX static void expand_bits(int threads, const uint64_t *a, int64_t n, int64_t a_words,
-                                      int64_t kblocks, int64_t kp, uint8_t *bytes, int32_t *ones) {
+typedef struct {
+    const uint64_t *a;
+    int64_t words, kblocks;
+} packed_rows;
+
+/* rows_fn of sign products: packed rows (packed_rows) as 0/1 bytes. */
+FM_TARGET_AMX static void sign_rows(const void *source, int64_t i0, int64_t i1, int64_t kp, int64_t plane, void *rows) {
+    const packed_rows *r = source;
     const __m512i one = _mm512_set1_epi8(1);
-    int64_t rows = (n + 15) / 16 * 16, work = rows * kblocks;
-    (void)threads, (void)work;
-    FM_PARALLEL_FOR
-    for (int64_t i = 0; i < rows; i++) {
-        int32_t count = 0;
-        for (int64_t b = 0; b < kblocks; b++) {
-            uint64_t word = i < n ? a[i * a_words + b] : 0;
-            count += (int32_t)FM_POPCOUNT64(word);
-            _mm512_store_si512(bytes + i * kp + b * 64, _mm512_maskz_mov_epi8(word, one));
+    (void)plane;
+    for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++)
+        for (int64_t b = 0; b < r->kblocks; b++) {
+            uint64_t word = i < i1 ? r->a[i * r->words + b] : 0;
+            _mm512_store_si512((char *)rows + (i - i0) * kp + b * 64, _mm512_maskz_mov_epi8(word, one));
         }
-        if (i < n)
-            ones[i] = count;
-    }
 }
 
 FM_TARGET_AMX static FM_INLINE __m512 bf16_as_float(__m256bh h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
 }
 
-/* x = h1 + h2 + h3, bf16 rows kp values apart (zero-padded) in three planes of `parts` values. */
-FM_TARGET_AMX static void split_bf16(int threads, const float *x, int64_t n, int64_t k, int64_t kp,
-                                     int64_t parts, uint16_t *planes) {
-    int64_t rows = (n + 15) / 16 * 16, work = rows * kp;
-    (void)threads, (void)work;
-    FM_PARALLEL_FOR
-    for (int64_t i = 0; i < rows; i++)
+typedef struct {
+    const float *x;
+    int64_t k;
+} float_rows;
+
+/* rows_fn of bf16 products: float rows (float_rows) as x = h1 + h2 + h3, three planes of bf16 rows. */
+FM_TARGET_AMX static void split_bf16(const void *source, int64_t i0, int64_t i1, int64_t kp, int64_t plane,
+                                     void *rows) {
+    const float_rows *r = source;
+    const int64_t k = r->k;
+    for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++)
         for (int64_t t = 0; t < kp; t += 16) {
-            __mmask16 live = i < n && t < k ? (__mmask16)(k - t >= 16 ? 0xFFFF : (1u << (k - t)) - 1) : 0;
-            __m512 rest = _mm512_maskz_loadu_ps(live, i < n ? x + i * k + t : x);
+            __mmask16 live = i < i1 && t < k ? (__mmask16)(k - t >= 16 ? 0xFFFF : (1u << (k - t)) - 1) : 0;
+            __m512 rest = _mm512_maskz_loadu_ps(live, i < i1 ? r->x + i * k + t : r->x);
             for (int p = 0; p < 3; p++) {
                 __m256bh h = _mm512_cvtneps_pbh(rest);
-                _mm256_store_si256((__m256i *)(planes + p * parts + i * kp + t), (__m256i)h);
+                _mm256_store_si256((__m256i *)((char *)rows + p * plane + 2 * ((i - i0) * kp + t)), (__m256i)h);
                 rest = _mm512_sub_ps(rest, bf16_as_float(h));
             }
         }
@@ -366,16 +379,20 @@ FM_TARGET_AMX void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, i
                                    uint64_t *bits, int64_t words) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
-    int64_t kp = 64 * kblocks + PITCH_PAD, rows = (n + 15) / 16 * 16;
-    uint8_t *bytes = aligned_alloc(64, (size_t)(rows * kp));
+    int64_t kp = 64 * kblocks + PITCH_PAD;
     int32_t *ones = malloc(sizeof(int32_t) * (size_t)n);
-    expand_bits(threads, a, n, a_words, kblocks, kp, bytes, ones);
-    product p = {(const char *)bytes, kp, kblocks, 0, 1, 1, w, NULL};
+    for (int64_t i = 0; i < n; i++) {
+        int32_t count = 0;
+        for (int64_t b = 0; b < kblocks; b++)
+            count += (int32_t)FM_POPCOUNT64(a[i * a_words + b]);
+        ones[i] = count;
+    }
+    packed_rows rows = {a, a_words, kblocks};
+    product p = {sign_rows, &rows, kp, kblocks, 16 * ROW_BLOCKS * kp, 1, 1, w, NULL};
     if (bits)
         memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
     sign_out c = {{out, tau, up, bits, o, words}, ones, w_ones, k};
     run_tasks(threads, &p, sign_blocks, n, o, finish_sign, &c);
-    free(bytes);
     free(ones);
 }
 
@@ -383,13 +400,11 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
                                      const uint32_t *minus, int64_t o, float *out) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
-    int64_t kblocks = (k + 31) / 32, kp = 32 * kblocks + PITCH_PAD / 2, rows = (n + 15) / 16 * 16, parts = rows * kp;
-    uint16_t *planes = aligned_alloc(64, sizeof(uint16_t) * (size_t)(3 * parts));
-    split_bf16(threads, x, n, k, kp, parts, planes);
-    product p = {(const char *)planes, kp, kblocks, 2 * parts, 3, 2, plus, minus};
+    int64_t kblocks = (k + 31) / 32, kp = 32 * kblocks + PITCH_PAD / 2;
+    float_rows rows = {x, k};
+    product p = {split_bf16, &rows, kp, kblocks, 2 * 16 * ROW_BLOCKS * kp, 3, 2, plus, minus};
     float_out c = {out, o};
     run_tasks(threads, &p, float_blocks, n, o, finish_float, &c);
-    free(planes);
 }
 
 /* Float products on int8 tiles: fixed point in three byte planes.
@@ -419,27 +434,25 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
 #define LOW_MIDDLE 128 /* what a low byte is taken to be where the tiles skip the low plane */
 
 typedef struct {
-    const uint8_t *a; /* three planes of rows kp bytes apart, `plane` bytes apart */
+    const uint8_t *a; /* a row group's three planes of rows kp bytes apart, `plane` bytes apart (a thread's own) */
     int64_t kp, plane, kblocks, k;
     int first;            /* the tiles' first plane: 0, or 1 before a BN + sign (see above) */
     const uint64_t *w[2]; /* plus, minus (NULL: binary) masks, amx_layout group 4 */
     const int32_t *w_ones[2];
-    const double *unit;       /* 2^(e_i - 22): a row's fixed-point unit */
-    const double *rest;       /* sum_t Y_it - 2^23 k = sum_t X_it */
-    const double *low;        /* sum_t (L_it - 128), L_it the low byte of Y_it */
-    const double *low_spread; /* sum_t |L_it - 128| */
+    /* of each row of the group (a thread's own) */
+    double *unit;       /* 2^(e_i - 22): a row's fixed-point unit */
+    double *rest;       /* sum_t Y_it - 2^23 k = sum_t X_it */
+    double *low;        /* sum_t (L_it - 128), L_it the low byte of Y_it */
+    double *low_spread; /* sum_t |L_it - 128| */
     destination to;
 } fixed_product;
 
-/* Bytes of Y (zero past k and past n), each row's exponent, sum of Y, sum and spread of its low bytes about
- * 128, and whether it is finite. */
-FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, int64_t k, int64_t kp, int64_t plane,
-                                      uint8_t *bytes, double *unit, double *rest, double *low, double *low_spread,
-                                      uint8_t *finite) {
-    int64_t rows = (n + 15) / 16 * 16, work = rows * kp;
-    (void)threads, (void)work;
-    FM_PARALLEL_FOR
-    for (int64_t i = 0; i < rows; i++) {
+/* Rows [i0, n) of x, up to a row group, into p's planes and per-row values (at i - i0): bytes of Y (zero past k
+ * and past n), each row's unit, sum of X, sum and spread of its low bytes about 128, and whether it is finite. */
+FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, int64_t i0, int64_t n, uint8_t *finite) {
+    const int64_t k = p->k, kp = p->kp, plane = p->plane;
+    uint8_t *bytes = (uint8_t *)p->a;
+    for (int64_t i = i0; i < i0 + (n - i0 + 15) / 16 * 16; i++) {
         const float *row = x + (i < n ? i : 0) * k;
         __m512 most = _mm512_setzero_ps();
         __mmask16 bad = 0;
@@ -467,7 +480,7 @@ FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, in
             high = _mm512_add_epi32(high, _mm512_srli_epi32(y, 8));
             low_bytes = _mm512_add_epi32(low_bytes, l);
             spread = _mm512_add_epi32(spread, _mm512_abs_epi32(_mm512_maskz_sub_epi32(live, l, middle)));
-            uint8_t *at = bytes + i * kp + t;
+            uint8_t *at = bytes + (i - i0) * kp + t;
             _mm_store_si128((__m128i *)at, _mm512_cvtepi32_epi8(y));
             _mm_store_si128((__m128i *)(at + plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 8)));
             _mm_store_si128((__m128i *)(at + 2 * plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 16)));
@@ -475,9 +488,10 @@ FM_TARGET_AMX static void split_fixed(int threads, const float *x, int64_t n, in
         int64_t lows = _mm512_reduce_add_epi32(low_bytes);
         int64_t total = 256 * (int64_t)_mm512_reduce_add_epi32(high) + lows;
         if (i < n) {
-            unit[i] = ldexp(1.0, e - FIXED_SHIFT), rest[i] = (double)(total - (int64_t)FIXED_OFFSET * k);
-            low[i] = (double)(lows - LOW_MIDDLE * k), low_spread[i] = (double)_mm512_reduce_add_epi32(spread);
-            finite[i] = !bad;
+            int64_t r = i - i0;
+            p->unit[r] = ldexp(1.0, e - FIXED_SHIFT), p->rest[r] = (double)(total - (int64_t)FIXED_OFFSET * k);
+            p->low[r] = (double)(lows - LOW_MIDDLE * k), p->low_spread[r] = (double)_mm512_reduce_add_epi32(spread);
+            finite[r] = !bad;
         }
     }
 }
@@ -560,11 +574,11 @@ FM_TARGET_AMX static void offset_ones(const int32_t *ones, int64_t jb, __mmask16
                                 _mm512_set1_pd(-(double)FIXED_OFFSET));
 }
 
-/* A row's 16 float32 sums from plus and minus (sum_t u Y - 2^23 U of each weight set; binary: none, minus is
- * the row's sum less plus): (plus - minus) times the row's unit, rounded once. */
-FM_TARGET_AMX static FM_INLINE __m512 fixed_value(const fixed_product *p, int64_t i, const __m512d plus[2],
+/* Row r (of the group) of 16 float32 sums from plus and minus (sum_t u Y - 2^23 U of each weight set;
+ * binary: none, minus is the row's sum less plus): (plus - minus) times the row's unit, rounded once. */
+FM_TARGET_AMX static FM_INLINE __m512 fixed_value(const fixed_product *p, int64_t r, const __m512d plus[2],
                                                  const __m512d minus[2]) {
-    __m512d unit = _mm512_set1_pd(p->unit[i]), all = _mm512_set1_pd(p->rest[i]), v[2];
+    __m512d unit = _mm512_set1_pd(p->unit[r]), all = _mm512_set1_pd(p->rest[r]), v[2];
     for (int h = 0; h < 2; h++)
         v[h] = _mm512_mul_pd(_mm512_sub_pd(plus[h], p->w[1] ? minus[h] : _mm512_sub_pd(all, plus[h])), unit);
     return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(v[0])), _mm512_cvtpd_ps(v[1]), 1);
@@ -584,9 +598,9 @@ FM_TARGET_AMX static int32_t low_selected(const uint64_t *w, int64_t kblocks, in
     const __m512i second = _mm512_add_epi64(first, _mm512_set1_epi64(32));
     __m512i total = _mm512_setzero_si512();
     for (int64_t b = 0; b < kblocks; b++, masks += 16) { /* input 4 r + q of the block: bit 4 (j % 16) + q of mask r */
-        __m512i low = _mm512_sllv_epi64(_mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(masks), lane), nibble), first);
-        __m512i high =
-            _mm512_sllv_epi64(_mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(masks + 8), lane), nibble), second);
+        __m512i low = _mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(masks), lane), nibble);
+        __m512i high = _mm512_and_si512(_mm512_srl_epi64(_mm512_loadu_si512(masks + 8), lane), nibble);
+        low = _mm512_sllv_epi64(low, first), high = _mm512_sllv_epi64(high, second);
         uint64_t mine = (uint64_t)_mm512_reduce_or_epi64(_mm512_or_si512(low, high));
         __m512i bytes = _mm512_maskz_mov_epi8(mine, _mm512_loadu_si512(row + 64 * b));
         total = _mm512_add_epi64(total, _mm512_sad_epu8(bytes, _mm512_setzero_si512()));
@@ -614,8 +628,8 @@ typedef struct {
 
 FM_TARGET_AMX static void terms_of(const fixed_product *p, int64_t jb, __mmask16 live, unit_terms *u) {
     __m512 tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
-    __m512 gap = _mm512_max_ps(_mm512_scalef_ps(_mm512_set1_ps(1.0f), _mm512_sub_ps(_mm512_getexp_ps(tau), _mm512_set1_ps(23))),
-                               _mm512_set1_ps(0x1p-149f));
+    __m512 exponent = _mm512_sub_ps(_mm512_getexp_ps(tau), _mm512_set1_ps(23));
+    __m512 gap = _mm512_max_ps(_mm512_scalef_ps(_mm512_set1_ps(1.0f), exponent), _mm512_set1_ps(0x1p-149f));
     __m512i ones = _mm512_maskz_loadu_epi32(live, p->w_ones[0] + 16 * jb);
     if (p->w[1])
         ones = _mm512_sub_epi32(ones, _mm512_maskz_loadu_epi32(live, p->w_ones[1] + 16 * jb));
@@ -635,19 +649,22 @@ FM_TARGET_AMX static FM_INLINE __m512d high_planes(const int32_t *s, int h) {
     return _mm512_fmadd_pd(top, _mm512_set1_pd(65536.0), _mm512_mul_pd(middle, _mm512_set1_pd(256.0)));
 }
 
-/* The bits of a row's 16 outputs (weight block jb) with the low plane skipped (see above). Each value lies
- * within the row's spread of its center V; d = V unit - tau. Where d >= spread unit + gap every value in
- * reach rounds above tau, where d <= -(spread unit + gap) below; the units in between get their low planes'
- * sums and the three-plane value. */
-FM_TARGET_AMX static __mmask16 bounded_bits(const fixed_product *p, int64_t i, int64_t jb, __mmask16 live,
+/* The bits of row r (of the group) of 16 outputs (weight block jb) with the low plane skipped (see above).
+ * Each value lies within the row's spread of its center V; d = V unit - tau. Where d >= spread unit + gap
+ * every value in reach rounds above tau, where d <= -(spread unit + gap) below; the units in between get
+ * their low planes' sums and the three-plane value. */
+FM_TARGET_AMX static __mmask16 bounded_bits(const fixed_product *p, int64_t r, int64_t jb, __mmask16 live,
                                             const unit_terms *u, const __m512i assumed[2], const int32_t *s,
                                             __m512d base[2][2]) {
-    const __m512d unit = _mm512_set1_pd(p->unit[i]), reach = _mm512_set1_pd(p->low_spread[i] * p->unit[i] * WIDENED);
-    const __m512d row = _mm512_set1_pd(p->w[1] ? 0.0 : p->low[i] - p->rest[i]); /* binary: 2 plus - rest */
+    const __m512d unit = _mm512_set1_pd(p->unit[r]), reach = _mm512_set1_pd(p->low_spread[r] * p->unit[r] * WIDENED);
+    const __m512d row = _mm512_set1_pd(p->w[1] ? 0.0 : p->low[r] - p->rest[r]); /* binary: 2 plus - rest */
     __mmask16 above = 0, below = 0;
     for (int h = 0; h < 2; h++) {
-        __m512d v = p->w[1] ? _mm512_add_pd(_mm512_sub_pd(high_planes(s, h), high_planes(s + FIXED_SET / 4, h)), u->constant[h])
-                            : _mm512_fmadd_pd(high_planes(s, h), _mm512_set1_pd(2.0), _mm512_add_pd(u->constant[h], row));
+        __m512d plus = high_planes(s, h), v;
+        if (p->w[1])
+            v = _mm512_add_pd(_mm512_sub_pd(plus, high_planes(s + FIXED_SET / 4, h)), u->constant[h]);
+        else
+            v = _mm512_fmadd_pd(plus, _mm512_set1_pd(2.0), _mm512_add_pd(u->constant[h], row));
         __m512d d = _mm512_fmsub_pd(v, unit, u->tau[h]), margin = _mm512_add_pd(reach, u->gap[h]);
         above |= (__mmask16)(_mm512_cmp_pd_mask(d, margin, _CMP_GE_OQ) << 8 * h);
         below |= (__mmask16)(_mm512_cmp_pd_mask(d, _mm512_sub_pd(_mm512_setzero_pd(), margin), _CMP_LE_OQ) << 8 * h);
@@ -661,17 +678,17 @@ FM_TARGET_AMX static __mmask16 bounded_bits(const fixed_product *p, int64_t i, i
         int32_t sums[16];
         _mm512_storeu_si512(sums, assumed[set]);
         for (unsigned left = unsure; left; left &= left - 1)
-            sums[FM_CTZ64(left)] = low_selected(p->w[set], p->kblocks, 16 * jb + FM_CTZ64(left), p->a + i * p->kp);
+            sums[FM_CTZ64(left)] = low_selected(p->w[set], p->kblocks, 16 * jb + FM_CTZ64(left), p->a + r * p->kp);
         exact[set] = _mm512_loadu_si512(sums);
     }
     __m512d plus[2], minus[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()}; /* binary: no minus */
     set_sums(p, exact, s, base, plus, minus);
     __m512 tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
-    return (__mmask16)((bits & ~unsure) | (compared(fixed_value(p, i, plus, minus), tau, up) & unsure));
+    return (__mmask16)((bits & ~unsure) | (compared(fixed_value(p, r, plus, minus), tau, up) & unsure));
 }
 
-/* Rows [i0, i1) of weight block jb from its tiles' sums: float32 sums, or their bits (the low plane
- * skipped where p->first is 1). */
+/* Rows [i0, i1) (the thread's row group) of weight block jb from its tiles' sums: float32 sums, or their bits
+ * (the low plane skipped where p->first is 1). */
 FM_TARGET_AMX static void finish_fixed(const fixed_product *p, int64_t i0, int64_t i1, int64_t jb,
                                        const char *sums) {
     __mmask16 live = live_columns(jb, p->to.o);
@@ -686,7 +703,8 @@ FM_TARGET_AMX static void finish_fixed(const fixed_product *p, int64_t i0, int64
         unit_terms u;
         terms_of(p, jb, live, &u);
         for (int64_t i = i0; i < i1; i++) {
-            __mmask16 bits = bounded_bits(p, i, jb, live, &u, assumed, (const int32_t *)sums + 16 * (i - i0), base);
+            const int32_t *s = (const int32_t *)sums + 16 * (i - i0);
+            __mmask16 bits = bounded_bits(p, i - i0, jb, live, &u, assumed, s, base);
             ((uint16_t *)(p->to.bits + i * p->to.words))[jb] = (uint16_t)(bits & live);
         }
         return;
@@ -697,7 +715,7 @@ FM_TARGET_AMX static void finish_fixed(const fixed_product *p, int64_t i0, int64
                                       p->w[1] ? _mm512_loadu_si512(s + FIXED_SET / 4) : _mm512_setzero_si512()};
         __m512d plus[2], minus[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
         set_sums(p, tiles_low, s, base, plus, minus);
-        put_floats(&p->to, i, jb, live, fixed_value(p, i, plus, minus));
+        put_floats(&p->to, i, jb, live, fixed_value(p, i - i0, plus, minus));
     }
 }
 
@@ -713,40 +731,50 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
                                     int64_t words) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
-    int64_t kblocks = (k + 63) / 64, kp = 64 * kblocks + PITCH_PAD, rows = (n + 15) / 16 * 16;
-    int64_t plane = rows * kp;
-    uint8_t *bytes = aligned_alloc(64, (size_t)(FIXED_PLANES * plane));
-    double *unit = malloc(sizeof(double) * (size_t)n * 4), *rest = unit + n, *low = rest + n, *spread = low + n;
+    int64_t kblocks = (k + 63) / 64, kp = 64 * kblocks + PITCH_PAD, group = 16 * ROW_BLOCKS;
     uint8_t *finite = malloc((size_t)n);
-    split_fixed(threads, x, n, k, kp, plane, bytes, unit, rest, low, spread, finite);
     if (bits)
         memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
-    fixed_product p = {bytes, kp, plane, kblocks, k, bits != NULL, {plus, minus}, {plus_ones, minus_ones}, unit,
-                       rest, low, spread, {out, tau, up, bits, o, words}};
+    const fixed_product shared = {.kp = kp, .plane = group * kp, .kblocks = kblocks, .k = k, .first = bits != NULL,
+                                  .w = {plus, minus}, .w_ones = {plus_ones, minus_ones},
+                                  .to = {out, tau, up, bits, o, words}};
     int64_t cols = (o + 15) / 16, pairs = (cols + 1) / 2;
     int64_t groups = (n + 16 * ROW_BLOCKS - 1) / (16 * ROW_BLOCKS), tasks = groups * pairs;
     int sets = minus ? 2 : 1;
+    (void)threads; /* without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (tasks > 1)
 #endif
-    {
+    { /* each thread lays out the row groups of its tasks itself (see `product`) */
         char *tile = aligned_alloc(64, 2 * 1024 * FIXED_CHUNK);
         char *sums = aligned_alloc(64, 2 * FIXED_SET);
+        fixed_product p = shared;
+        p.a = aligned_alloc(64, (size_t)(FIXED_PLANES * p.plane));
+        p.unit = malloc(sizeof(double) * (size_t)(4 * group));
+        p.rest = p.unit + group, p.low = p.rest + group, p.low_spread = p.low + group;
+        uint8_t finite_rows[16 * ROW_BLOCKS];
+        int64_t laid = -1;
         configure_tiles();
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t t = 0; t < tasks; t++) { /* a thread's tasks: consecutive weight blocks of a row group */
-            int64_t i0 = t / pairs * 16 * ROW_BLOCKS, i1 = fm_min64(n, i0 + 16 * ROW_BLOCKS), jb = 2 * (t % pairs);
+            int64_t i0 = t / pairs * group, i1 = fm_min64(n, i0 + group), jb = 2 * (t % pairs);
             int pair = jb + 1 < cols ? 2 : 1, row_tiles = (int)((i1 - i0 + 15) / 16);
+            if (laid != i0)
+                split_fixed(&p, x, i0, i1, finite_rows), laid = i0;
+            if (jb == 0) /* the group's one task with the first weight blocks says which rows are finite */
+                memcpy(finite + i0, finite_rows, (size_t)(i1 - i0));
             for (int set = 0; set < sets; set++)
-                fixed_blocks(&p, p.w[set], bytes + i0 * kp, jb, pair, row_tiles, tile, sums + set * FIXED_SET);
+                fixed_blocks(&p, p.w[set], p.a, jb, pair, row_tiles, tile, sums + set * FIXED_SET);
             for (int h = 0; h < pair; h++)
                 finish_fixed(&p, i0, i1, jb + h, sums + FIXED_BLOCK * h);
         }
         _tile_release();
         free(tile);
         free(sums);
+        free((void *)p.a);
+        free(p.unit);
     }
     float *row = bits ? malloc(sizeof(float) * (size_t)o) : NULL;
     for (int64_t i = 0; i < n; i++) { /* rows with an infinity or NaN: float32 sums, IEEE's rules */
@@ -765,7 +793,7 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
         if (bits)
             fm_compare_pack(FM_PORTABLE, 1, row, 1, 1, o, tau, up, bits + i * words, words);
     }
-    free(row), free(bytes), free(unit), free(finite);
+    free(row), free(finite);
 }
 
 #else /* no AMX in this build: fm_amx_available() says so and nothing calls the products */
