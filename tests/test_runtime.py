@@ -234,14 +234,17 @@ def test_amx_products_compare_their_own_sums_as_compare_pack(product):
 def test_fixed_point_bits_at_their_thresholds_are_those_of_its_sums(encoding):
     """Before a BN + sign the fixed-point product skips the low byte plane wherever that cannot move a
     sum across its threshold: with thresholds at the sums themselves and one float32 step either side
-    (every unit of those rows needs its low plane), the bits are still those of its own sums."""
+    (every unit of those rows needs its low plane), the bits are still those of its own sums; so they
+    are for rows and thresholds of magnitudes its float32 comparison leaves to the exact path."""
     rng = np.random.default_rng(11)
     n, k, o = 40, 700, 50
     plus = random_bits(rng, o, k)
     minus = None if encoding == "binary" else random_bits(rng, o, k) & ~plus
     x = rng.standard_normal((n, k)).astype(np.float32)
+    x[3:6] *= np.array([[1e-20], [1e30], [2.0**-36]], dtype=np.float32)  # 2^-36: the last row scaled
     sums = fixed_gemm(x, plus, minus)
     on = np.concatenate([sums[0], np.nextafter(sums[1], np.inf), np.nextafter(sums[2], -np.inf)])
+    on[[7, 60, 120]] = [1e-25, sums[3, 10], sums[5, 20]]
     for tau in np.split(on, 3):
         up = rng.random(o) < 0.5
         thresholds = (kernels.pinned(tau), kernels.unit_masks(up), kernels.row_words(o))

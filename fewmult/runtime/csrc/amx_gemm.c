@@ -42,7 +42,7 @@
 
 #ifdef FM_AMX_BUILT
 #define FM_TARGET_AMX \
-    __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16,amx-tile,amx-int8,amx-bf16")))
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16,avx512vbmi,amx-tile,amx-int8,amx-bf16")))
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -59,7 +59,7 @@ int fm_amx_available(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
         return 0;
-    int tiles = (d >> 24 & 1) && (d >> 25 & 1) && (d >> 22 & 1); /* AMX-TILE, AMX-INT8, AMX-BF16 */
+    int tiles = (d >> 24 & 1) && (d >> 25 & 1) && (d >> 22 & 1) && (c >> 1 & 1); /* AMX-TILE, -INT8, -BF16, VBMI */
     if (!tiles || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1)) /* AVX512-BF16 */
         return 0;
     return tiles_granted();
@@ -288,7 +288,7 @@ FM_TARGET_AMX static void split_bf16(const void *source, int64_t i0, int64_t i1,
     const int64_t k = r->k;
     for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++)
         for (int64_t t = 0; t < kp; t += 16) {
-            __mmask16 live = i < i1 && t < k ? (__mmask16)(k - t >= 16 ? 0xFFFF : (1u << (k - t)) - 1) : 0;
+            __mmask16 live = i < i1 && t < k ? fm_first16(k - t) : 0;
             __m512 rest = _mm512_maskz_loadu_ps(live, i < i1 ? r->x + i * k + t : r->x);
             for (int p = 0; p < 3; p++) {
                 __m256bh h = _mm512_cvtneps_pbh(rest);
@@ -309,9 +309,7 @@ typedef struct {
 } destination;
 
 /* The outputs of weight block jb that exist (o need not be a multiple of 16). */
-static __mmask16 live_columns(int64_t jb, int64_t o) {
-    return o - 16 * jb >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o - 16 * jb)) - 1);
-}
+static __mmask16 live_columns(int64_t jb, int64_t o) { return fm_first16(o - 16 * jb); }
 
 /* Row i's 16 sums of weight block jb: stored, or compared and packed (fm_compare_pack's bits). */
 FM_TARGET_AMX static FM_INLINE void put_ints(const destination *d, int64_t i, int64_t jb, __mmask16 live, __m512i v) {
@@ -433,6 +431,13 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
 #define FIXED_SET (2 * FIXED_BLOCK) /* of a pair of weight blocks (plus; then minus for ternary) */
 #define LOW_MIDDLE 128 /* what a low byte is taken to be where the tiles skip the low plane */
 
+/* A row's terms of the bounded comparisons (bounded_bits), in float32: 2^(22 - e) (0 where e is outside
+ * [-38, 82]: the scaled threshold could leave float32's normal range, and the row takes the exact path), its
+ * spread plus 32 k, and (binary) its low - rest. */
+typedef struct {
+    float scale, margin, shift;
+} row_terms;
+
 typedef struct {
     const uint8_t *a; /* a row group's three planes of rows kp bytes apart, `plane` bytes apart (a thread's own) */
     int64_t kp, plane, kblocks, k;
@@ -444,6 +449,7 @@ typedef struct {
     double *rest;       /* sum_t Y_it - 2^23 k = sum_t X_it */
     double *low;        /* sum_t (L_it - 128), L_it the low byte of Y_it */
     double *low_spread; /* sum_t |L_it - 128| */
+    row_terms *terms;
     destination to;
 } fixed_product;
 
@@ -452,46 +458,62 @@ typedef struct {
 FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, int64_t i0, int64_t n, uint8_t *finite) {
     const int64_t k = p->k, kp = p->kp, plane = p->plane;
     uint8_t *bytes = (uint8_t *)p->a;
+    /* byte b of int32 j of two vectors (32 values): bytes 0 and 1 in the halves of gather_low, byte 2 in the
+     * low half of gather_high */
+    uint8_t low_index[64], high_index[64];
+    for (int j = 0; j < 32; j++)
+        low_index[j] = (uint8_t)(4 * j), low_index[32 + j] = (uint8_t)(4 * j + 1),
+        high_index[j] = high_index[32 + j] = (uint8_t)(4 * j + 2);
+    const __m512i gather_low = _mm512_loadu_si512(low_index), gather_high = _mm512_loadu_si512(high_index);
     for (int64_t i = i0; i < i0 + (n - i0 + 15) / 16 * 16; i++) {
         const float *row = x + (i < n ? i : 0) * k;
         __m512 most = _mm512_setzero_ps();
         __mmask16 bad = 0;
         for (int64_t t = 0; i < n && t < k; t += 16) {
-            __mmask16 live = k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1);
+            __mmask16 live = fm_first16(k - t);
             __m512 v = _mm512_maskz_loadu_ps(live, row + t);
             bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ); /* inf, NaN */
             most = _mm512_max_ps(most, _mm512_abs_ps(v));
         }
         int e = 0;
         frexp((double)_mm512_reduce_max_ps(most), &e); /* max < 2^e; 0 for a row of zeros */
-        const __m512d scale = _mm512_set1_pd(ldexp(1.0, FIXED_SHIFT - e));
-        const __m512i offset = _mm512_set1_epi32(FIXED_OFFSET), byte = _mm512_set1_epi32(255);
-        const __m512i middle = _mm512_set1_epi32(LOW_MIDDLE);
-        /* sums a lane of Y's high 16 bits, its low bytes and their distances from 128: int32 holds them
-         * (k / 16 values below 2^16 each, k < 32,768) */
-        __m512i high = _mm512_setzero_si512(), low_bytes = _mm512_setzero_si512(), spread = _mm512_setzero_si512();
-        for (int64_t t = 0; t < kp; t += 16) {
-            __mmask16 live = i < n && !bad && t < k ? (k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1)) : 0;
-            __m512 v = _mm512_maskz_loadu_ps(live, row + (t < k ? t : 0));
-            __m256i lo = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), scale));
-            __m256i hi = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), scale));
-            __m512i y = _mm512_maskz_add_epi32(live, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), offset);
-            __m512i l = _mm512_and_si512(y, byte);
-            high = _mm512_add_epi32(high, _mm512_srli_epi32(y, 8));
-            low_bytes = _mm512_add_epi32(low_bytes, l);
-            spread = _mm512_add_epi32(spread, _mm512_abs_epi32(_mm512_maskz_sub_epi32(live, l, middle)));
-            uint8_t *at = bytes + (i - i0) * kp + t;
-            _mm_store_si128((__m128i *)at, _mm512_cvtepi32_epi8(y));
-            _mm_store_si128((__m128i *)(at + plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 8)));
-            _mm_store_si128((__m128i *)(at + 2 * plane), _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 16)));
+        /* x 2^(22 - e) is exact in float32 (or below 2^-126, rounding to 0 either way), and rounds to the
+         * nearest integer as the double product did; 64 values at a time, their bytes gathered into planes */
+        const __m512 scale = _mm512_set1_ps((float)(FIXED_SHIFT - e));
+        const __m512i offset = _mm512_set1_epi32(FIXED_OFFSET), middle = _mm512_set1_epi8((char)LOW_MIDDLE);
+        __m512i sums[FIXED_PLANES] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        __m512i spread = _mm512_setzero_si512();
+        for (int64_t t = 0; t < kp; t += 64) {
+            __m512i y[4];
+            for (int q = 0; q < 4; q++) {
+                int64_t at = t + 16 * q;
+                __mmask16 live = i < n && !bad && at < k ? fm_first16(k - at) : 0;
+                __m512 v = _mm512_scalef_ps(_mm512_maskz_loadu_ps(live, row + (at < k ? at : 0)), scale);
+                y[q] = _mm512_maskz_add_epi32(live, _mm512_cvtps_epi32(v), offset);
+            }
+            const __m512i first = _mm512_permutex2var_epi8(y[0], gather_low, y[1]);
+            const __m512i second = _mm512_permutex2var_epi8(y[2], gather_low, y[3]);
+            const __m512i top = _mm512_shuffle_i64x2(_mm512_permutex2var_epi8(y[0], gather_high, y[1]),
+                                                     _mm512_permutex2var_epi8(y[2], gather_high, y[3]), 0x44);
+            const __m512i planes[FIXED_PLANES] = {_mm512_shuffle_i64x2(first, second, 0x44),
+                                                  _mm512_shuffle_i64x2(first, second, 0xEE), top};
+            uint8_t *to = bytes + (i - i0) * kp + t;
+            for (int q = 0; q < FIXED_PLANES; q++) {
+                _mm512_store_si512(to + q * plane, planes[q]);
+                sums[q] = _mm512_add_epi64(sums[q], _mm512_sad_epu8(planes[q], _mm512_setzero_si512()));
+            }
+            spread = _mm512_add_epi64(spread, _mm512_sad_epu8(planes[0], middle)); /* past k: 128 each */
         }
-        int64_t lows = _mm512_reduce_add_epi32(low_bytes);
-        int64_t total = 256 * (int64_t)_mm512_reduce_add_epi32(high) + lows;
+        int64_t lows = _mm512_reduce_add_epi64(sums[0]);
+        int64_t total = 65536 * _mm512_reduce_add_epi64(sums[2]) + 256 * _mm512_reduce_add_epi64(sums[1]) + lows;
+        int64_t spread_k = _mm512_reduce_add_epi64(spread) - LOW_MIDDLE * (kp - k);
         if (i < n) {
             int64_t r = i - i0;
             p->unit[r] = ldexp(1.0, e - FIXED_SHIFT), p->rest[r] = (double)(total - (int64_t)FIXED_OFFSET * k);
-            p->low[r] = (double)(lows - LOW_MIDDLE * k), p->low_spread[r] = (double)_mm512_reduce_add_epi32(spread);
+            p->low[r] = (double)(lows - LOW_MIDDLE * k), p->low_spread[r] = (double)spread_k;
             finite[r] = !bad;
+            p->terms[r] = (row_terms){e >= -38 && e <= 82 ? ldexpf(1.0f, FIXED_SHIFT - e) : 0.0f,
+                                      (float)(p->low_spread[r] + 32.0 * (double)k), (float)(p->low[r] - p->rest[r])};
         }
     }
 }
@@ -616,61 +638,63 @@ FM_TARGET_AMX static FM_INLINE void set_sums(const fixed_product *p, const __m51
         selected_sums(low[1], s + FIXED_SET / 4, base[1], minus);
 }
 
-/* What the bounded bits of weight block jb's 16 units compare with, as halves of 8 doubles: each threshold,
- * the float32 spacing above it (at least the one below; infinite for an infinite threshold), a little
- * widened, and the constant part of the units' sums with the low bytes taken as 128: binary
- * 2 (128 - 2^23) U, ternary (128 - 2^23) (U+ - U-). */
+/* What the bounded bits of weight block jb's 16 units compare with, in float32: each threshold, the float32
+ * spacing above it (at least the one below; infinite for an infinite threshold), the constant part of the
+ * units' values from the raw high-plane sums (binary 2 plus - rest = 2 (2^16 s2 + 2^8 s1) + (256 - 2^24) U +
+ * 2 (s0 - 128 U) - rest; ternary plus - minus with (128 - 2^23) (U+ - U-)), and the units whose threshold is
+ * too close to zero for the scaled comparison (below 2^-60; they take the exact path). */
 typedef struct {
-    __m512d tau[2], gap[2], constant[2];
+    __m512 tau, gap, constant;
+    __mmask16 tiny;
 } unit_terms;
 
-#define WIDENED (1.0 + 0x1p-40) /* covers the one rounding of the distance to the threshold */
-
 FM_TARGET_AMX static void terms_of(const fixed_product *p, int64_t jb, __mmask16 live, unit_terms *u) {
-    __m512 tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
-    __m512 exponent = _mm512_sub_ps(_mm512_getexp_ps(tau), _mm512_set1_ps(23));
-    __m512 gap = _mm512_max_ps(_mm512_scalef_ps(_mm512_set1_ps(1.0f), exponent), _mm512_set1_ps(0x1p-149f));
+    u->tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
+    __m512 exponent = _mm512_sub_ps(_mm512_getexp_ps(u->tau), _mm512_set1_ps(23));
+    u->gap = _mm512_max_ps(_mm512_scalef_ps(_mm512_set1_ps(1.0f), exponent), _mm512_set1_ps(0x1p-149f));
+    __m512 size = _mm512_abs_ps(u->tau);
+    u->tiny = _mm512_cmp_ps_mask(size, _mm512_set1_ps(0x1p-60f), _CMP_LT_OQ) &
+              _mm512_cmp_ps_mask(size, _mm512_setzero_ps(), _CMP_NEQ_OQ);
     __m512i ones = _mm512_maskz_loadu_epi32(live, p->w_ones[0] + 16 * jb);
     if (p->w[1])
         ones = _mm512_sub_epi32(ones, _mm512_maskz_loadu_epi32(live, p->w_ones[1] + 16 * jb));
-    const double per_one = (p->w[1] ? 1.0 : 2.0) * (LOW_MIDDLE - (double)FIXED_OFFSET);
-    for (int h = 0; h < 2; h++) {
-        u->tau[h] = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(tau, 1) : _mm512_castps512_ps256(tau));
-        u->gap[h] = _mm512_mul_pd(_mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(gap, 1) : _mm512_castps512_ps256(gap)),
-                                  _mm512_set1_pd(WIDENED));
-        u->constant[h] = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ones, h)), _mm512_set1_pd(per_one));
-    }
+    const float per_one = p->w[1] ? LOW_MIDDLE - (float)FIXED_OFFSET : 256.0f - 2.0f * FIXED_OFFSET;
+    u->constant = _mm512_mul_ps(_mm512_cvtepi32_ps(ones), _mm512_set1_ps(per_one));
 }
 
-/* 2^16 s2 + 2^8 s1 of the tiles' two high planes (at s), half h of a row's 16 outputs: exact. */
-FM_TARGET_AMX static FM_INLINE __m512d high_planes(const int32_t *s, int h) {
-    __m512d middle = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(s + 1024 + 8 * h)));
-    __m512d top = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(s + 2048 + 8 * h)));
-    return _mm512_fmadd_pd(top, _mm512_set1_pd(65536.0), _mm512_mul_pd(middle, _mm512_set1_pd(256.0)));
+/* 2^16 s2 + 2^8 s1 of the tiles' two high planes (at s) of a row's 16 outputs, in float32. */
+FM_TARGET_AMX static FM_INLINE __m512 high_planes(const int32_t *s) {
+    __m512 middle = _mm512_cvtepi32_ps(_mm512_loadu_si512(s + 1024));
+    __m512 top = _mm512_cvtepi32_ps(_mm512_loadu_si512(s + 2048));
+    return _mm512_fmadd_ps(top, _mm512_set1_ps(65536.0f), _mm512_mul_ps(middle, _mm512_set1_ps(256.0f)));
 }
 
 /* The bits of row r (of the group) of 16 outputs (weight block jb) with the low plane skipped (see above).
- * Each value lies within the row's spread of its center V; d = V unit - tau. Where d >= spread unit + gap
- * every value in reach rounds above tau, where d <= -(spread unit + gap) below; the units in between get
- * their low planes' sums and the three-plane value. */
+ * Each value lies within the row's spread of its center V, in fixed-point units; T is the threshold in those
+ * units (tau 2^(22 - e): exact for the rows of `row_terms.scale`). Where V - T >= spread + gap + E every
+ * value in reach rounds above tau, where V - T <= -(spread + gap + E) below; E = 32 k + 2^-22 |T| bounds
+ * twice over the float32 roundings of V and V - T (each below 2^-24 of magnitudes under 2^26 k, and |T|).
+ * The units in between get their low planes' sums and the exact three-plane value. */
 FM_TARGET_AMX static __mmask16 bounded_bits(const fixed_product *p, int64_t r, int64_t jb, __mmask16 live,
                                             const unit_terms *u, const __m512i assumed[2], const int32_t *s,
                                             __m512d base[2][2]) {
-    const __m512d unit = _mm512_set1_pd(p->unit[r]), reach = _mm512_set1_pd(p->low_spread[r] * p->unit[r] * WIDENED);
-    const __m512d row = _mm512_set1_pd(p->w[1] ? 0.0 : p->low[r] - p->rest[r]); /* binary: 2 plus - rest */
-    __mmask16 above = 0, below = 0;
-    for (int h = 0; h < 2; h++) {
-        __m512d plus = high_planes(s, h), v;
-        if (p->w[1])
-            v = _mm512_add_pd(_mm512_sub_pd(plus, high_planes(s + FIXED_SET / 4, h)), u->constant[h]);
-        else
-            v = _mm512_fmadd_pd(plus, _mm512_set1_pd(2.0), _mm512_add_pd(u->constant[h], row));
-        __m512d d = _mm512_fmsub_pd(v, unit, u->tau[h]), margin = _mm512_add_pd(reach, u->gap[h]);
-        above |= (__mmask16)(_mm512_cmp_pd_mask(d, margin, _CMP_GE_OQ) << 8 * h);
-        below |= (__mmask16)(_mm512_cmp_pd_mask(d, _mm512_sub_pd(_mm512_setzero_pd(), margin), _CMP_LE_OQ) << 8 * h);
-    }
+    const row_terms *t = p->terms + r;
+    __mmask16 bits = 0, unsure = live;
     const uint16_t up = p->to.up[jb];
-    __mmask16 bits = (__mmask16)fm_signs(above, below, up), unsure = (__mmask16)(~(above | below) & live);
+    if (t->scale != 0.0f) {
+        __m512 v = high_planes(s), scale = _mm512_set1_ps(t->scale);
+        if (p->w[1])
+            v = _mm512_add_ps(_mm512_sub_ps(v, high_planes(s + FIXED_SET / 4)), u->constant);
+        else
+            v = _mm512_fmadd_ps(v, _mm512_set1_ps(2.0f), _mm512_add_ps(u->constant, _mm512_set1_ps(t->shift)));
+        __m512 threshold = _mm512_mul_ps(u->tau, scale), d = _mm512_sub_ps(v, threshold);
+        __m512 margin = _mm512_fmadd_ps(u->gap, scale, _mm512_set1_ps(t->margin));
+        margin = _mm512_fmadd_ps(_mm512_abs_ps(threshold), _mm512_set1_ps(0x1p-22f), margin);
+        __mmask16 above = _mm512_cmp_ps_mask(d, margin, _CMP_GE_OQ);
+        __mmask16 below = _mm512_cmp_ps_mask(d, _mm512_sub_ps(_mm512_setzero_ps(), margin), _CMP_LE_OQ);
+        bits = (__mmask16)fm_signs(above, below, up);
+        unsure = (__mmask16)((~(above | below) | u->tiny) & live);
+    }
     if (!unsure)
         return bits;
     __m512i exact[2];
@@ -683,8 +707,7 @@ FM_TARGET_AMX static __mmask16 bounded_bits(const fixed_product *p, int64_t r, i
     }
     __m512d plus[2], minus[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()}; /* binary: no minus */
     set_sums(p, exact, s, base, plus, minus);
-    __m512 tau = _mm512_maskz_loadu_ps(live, (const float *)p->to.tau + 16 * jb);
-    return (__mmask16)((bits & ~unsure) | (compared(fixed_value(p, r, plus, minus), tau, up) & unsure));
+    return (__mmask16)((bits & ~unsure) | (compared(fixed_value(p, r, plus, minus), u->tau, up) & unsure));
 }
 
 /* Rows [i0, i1) (the thread's row group) of weight block jb from its tiles' sums: float32 sums, or their bits
@@ -752,6 +775,7 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
         p.a = aligned_alloc(64, (size_t)(FIXED_PLANES * p.plane));
         p.unit = malloc(sizeof(double) * (size_t)(4 * group));
         p.rest = p.unit + group, p.low = p.rest + group, p.low_spread = p.low + group;
+        p.terms = malloc(sizeof(row_terms) * (size_t)group);
         uint8_t finite_rows[16 * ROW_BLOCKS];
         int64_t laid = -1;
         configure_tiles();
@@ -775,6 +799,7 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
         free(sums);
         free((void *)p.a);
         free(p.unit);
+        free(p.terms);
     }
     float *row = bits ? malloc(sizeof(float) * (size_t)o) : NULL;
     for (int64_t i = 0; i < n; i++) { /* rows with an infinity or NaN: float32 sums, IEEE's rules */

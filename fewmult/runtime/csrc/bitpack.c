@@ -24,7 +24,7 @@ static int compared_bit(const void *acc, int acc_is_float, int64_t at, int64_t j
 FM_TARGET_AVX512 static void compare_row_avx512(const void *acc, int acc_is_float, int64_t row, int64_t o,
                                                 const void *tau, const uint16_t *up, uint16_t *halves) {
     for (int64_t j = 0; j < o; j += 16) {
-        __mmask16 live = o - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (o - j)) - 1);
+        __mmask16 live = fm_first16(o - j);
         __mmask16 rising = up[j / 16], ge, le;
         if (acc_is_float) {
             __m512 a = _mm512_maskz_loadu_ps(live, (const float *)acc + row * o + j);

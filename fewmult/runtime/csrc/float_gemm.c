@@ -36,7 +36,7 @@ FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const float *x, const float *
         for (int c = 0; c < cols; c++)
             acc[r][c] = _mm512_setzero_ps();
     for (int64_t t = 0; t < k; t += 16) {
-        __mmask16 valid = k - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - t)) - 1);
+        __mmask16 valid = fm_first16(k - t);
         __m512 b[TILE_O];
         for (int c = 0; c < cols; c++)
             b[c] = _mm512_maskz_loadu_ps(valid, w + c * k + t);

@@ -39,7 +39,7 @@ FM_TARGET_AVX512 static FM_INLINE void tile_avx512(const float *x, int64_t k, co
             acc[r][c] = _mm512_setzero_ps();
     for (int64_t ch = 0; ch * 16 < k; ch++) {
         int64_t left = k - ch * 16;
-        __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 valid = fm_first16(left);
         __m512 xv[TILE_N];
         for (int r = 0; r < rows; r++)
             xv[r] = _mm512_maskz_loadu_ps(valid, x + r * k + ch * 16);

@@ -76,7 +76,7 @@ FM_TARGET_AVX512 static void lut_task(const __m512 *table, const float *total, i
     }
     for (int64_t b = b0; b < b1; b++) {
         int64_t left = o - b * 16;
-        __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 valid = fm_first16(left);
         for (int64_t r = 0; r < rows; r++) {
             __m512 a = acc[b - b0][r];
             /* binary weights: the selected minus the rest = 2 (selected) - (all) */

@@ -30,6 +30,11 @@
 
 static inline int64_t fm_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* The mask of the first `count` of 16 lanes (all 16 from 16 on). */
+static inline uint16_t fm_first16(int64_t count) {
+    return count >= 16 ? (uint16_t)0xFFFF : (uint16_t)((1u << count) - 1);
+}
+
 /* The bits of a BN + sign moved onto its sums (fm_compare_pack): each unit's `ge` (sum >= tau) where
  * it rises with its sums, `le` (sum <= tau) where it falls; masks of as many units as a vector holds. */
 static inline unsigned fm_signs(unsigned ge, unsigned le, unsigned rising) { return (ge & rising) | (le & ~rising); }
