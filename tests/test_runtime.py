@@ -286,8 +286,11 @@ def test_pinned_arrays_keep_their_address_and_their_views_read_their_own():
     read again, never given its parent's."""
     base = kernels.pinned(np.arange(10, dtype=np.float64))
     assert kernels._ptr(base) == base.ctypes.data == base.address
-    for other in (base[2:], base.copy(), base * 2):
-        assert kernels._ptr(other) == other.ctypes.data != base.address
+    read_only = np.arange(4.0)
+    read_only.flags.writeable = False
+    for other in (base[2:], base.copy(), base * 2, read_only, np.empty((0, 3))):
+        assert kernels._ptr(other) == other.ctypes.data
+        assert other.size == 0 or kernels._ptr(other) != base.address
     with pytest.raises(ValueError, match="C-contiguous"):
         kernels._ptr(base[::2])
 

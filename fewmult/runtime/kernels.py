@@ -172,14 +172,18 @@ def pinned(array: np.ndarray) -> Pinned:
 
 
 def _ptr(array: np.ndarray | None) -> int | None:
-    """A C-contiguous array's data pointer for ctypes (None stays NULL)."""
+    """A C-contiguous array's data pointer for ctypes (None stays NULL). A writable one's through
+    ``ctypes.c_char.from_buffer``: 0.3 us against ``array.ctypes.data``'s 0.8, read ten times a forward."""
     if array is None:
         return None
     if type(array) is Pinned and array.address is not None:
         return array.address
     if not array.flags.c_contiguous:
         raise ValueError("the kernels take C-contiguous arrays")
-    return array.ctypes.data
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError):  # read-only, or empty
+        return array.ctypes.data
 
 
 # Typed calls of the kernels (csrc/fewmult_kernels.h states each formula): arrays in, arrays out.
