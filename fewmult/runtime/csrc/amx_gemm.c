@@ -34,11 +34,18 @@
 #include <unistd.h>
 #endif
 
-/* Rows of the expanded activations are one cache line longer than their values: a power-of-two
- * length would put a tile's 16 rows into the same few L1 sets (2 of 64 for 2,048 bytes a row), and
- * the tile loads missed L1 (the sign product at 64 x 2048 x 2048 ran 1.17x slower). */
-#define PITCH_PAD 64
 #define ROW_BLOCKS 4 /* row tiles (16 rows each, a row group) sharing each expanded weight tile */
+
+/* The activations a tile product reads are laid out tile by tile: each tile (16 rows x 64 bytes) 1 KB of
+ * consecutive cache lines, a row tile's input blocks one after another. A tile load reads whole lines in
+ * order, as L2 streams them, and no two rows of a tile share an L1 set. (Rows 2,048 bytes apart put a
+ * tile's rows into 2 of L1's 64 sets: the sign product at 64 x 2048 x 2048 ran 1.17x slower; rows one
+ * line longer than that were the layout before this one, and the fixed-point tile loop at 64 x 784 x
+ * 2048, whose activations stream from L2, took 84 us a thread with them, 74 tile by tile.) Row r's first
+ * block, in a plane of `kblocks` blocks a row: */
+static inline char *tile_row(char *plane, int64_t kblocks, int64_t r) {
+    return plane + r / 16 * kblocks * 1024 + r % 16 * 64;
+}
 
 #ifdef FM_AMX_BUILT
 #define FM_TARGET_AMX \
@@ -83,25 +90,25 @@ FM_TARGET_AMX static void configure_tiles(void) {
     _tile_loadconfig(&cfg);
 }
 
-/* Tiles 0..blocks-1 += row tile r of A (at a, rows `stride` bytes apart) times weight tile 6,
- * A read through tiles 4 and 5 in turn. TDP is the tile product (int8 or bf16). */
-#define ROW_TILES(TDP, a, stride, blocks)                  \
-    switch (blocks) {                                      \
-    case 4:                                                \
-        _tile_loadd(5, (a) + 48 * (stride), (stride));     \
-        TDP(3, 5, 6);                                      \
-        /* fall through */                                 \
-    case 3:                                                \
-        _tile_loadd(4, (a) + 32 * (stride), (stride));     \
-        TDP(2, 4, 6);                                      \
-        /* fall through */                                 \
-    case 2:                                                \
-        _tile_loadd(5, (a) + 16 * (stride), (stride));     \
-        TDP(1, 5, 6);                                      \
-        /* fall through */                                 \
-    default:                                               \
-        _tile_loadd(4, (a), (stride));                     \
-        TDP(0, 4, 6);                                      \
+/* Tiles 0..blocks-1 += row tile r of A (at a + r step: tile_row's layout) times weight tile 6, A read
+ * through tiles 4 and 5 in turn. TDP is the tile product (int8 or bf16). */
+#define ROW_TILES(TDP, a, step, blocks)            \
+    switch (blocks) {                              \
+    case 4:                                        \
+        _tile_loadd(5, (a) + 3 * (step), 64);      \
+        TDP(3, 5, 6);                              \
+        /* fall through */                         \
+    case 3:                                        \
+        _tile_loadd(4, (a) + 2 * (step), 64);      \
+        TDP(2, 4, 6);                              \
+        /* fall through */                         \
+    case 2:                                        \
+        _tile_loadd(5, (a) + (step), 64);          \
+        TDP(1, 5, 6);                              \
+        /* fall through */                         \
+    default:                                       \
+        _tile_loadd(4, (a), 64);                   \
+        TDP(0, 4, 6);                              \
     }
 
 /* Tiles 0..3 to and from 4 blocks of 16 x 16 sums (int32 or float32, 4 bytes each). */
@@ -126,9 +133,9 @@ FM_TARGET_AMX static void zero_sums(void) {
     _tile_zero(3);
 }
 
-/* Rows [i0, i1) of a product's activations as its tiles read them, into a thread's own buffer: rows kp
- * elements of `part` bytes apart, zero rows up to whole tiles, `parts` planes `plane` bytes apart. */
-typedef void (*rows_fn)(const void *source, int64_t i0, int64_t i1, int64_t kp, int64_t plane, void *rows);
+/* Rows [i0, i1) of a product's activations as its tiles read them, into a thread's own buffer: tile_row's
+ * layout of `kblocks` blocks a row, zero rows up to whole tiles, `parts` planes `plane` bytes apart. */
+typedef void (*rows_fn)(const void *source, int64_t i0, int64_t i1, int64_t kblocks, int64_t plane, char *rows);
 
 /* What a product's tasks share: how to lay out a row group's activations (ROW_BLOCKS row tiles, at most;
  * each thread lays out the groups of its tasks itself: where one thread laid out all rows for both,
@@ -137,8 +144,8 @@ typedef void (*rows_fn)(const void *source, int64_t i0, int64_t i1, int64_t kp, 
 typedef struct {
     rows_fn rows;
     const void *source;
-    int64_t kp, kblocks, plane;
-    int parts, part;
+    int64_t kblocks, plane;
+    int parts;
     const void *plus, *minus; /* masks: sign products use plus only */
 } product;
 
@@ -161,7 +168,7 @@ FM_TARGET_AMX static void sign_blocks(const product *p, const char *a, int64_t j
     expand_tiles(p->plus, p->kblocks, jb, b0, b1, tile);
     for (int64_t b = b0; b < b1; b++) {
         _tile_loadd(6, tile + 1024 * (b - b0), 64);
-        ROW_TILES(_tile_dpbuud, a + 64 * b, p->kp, blocks)
+        ROW_TILES(_tile_dpbuud, a + 1024 * b, p->kblocks * 1024, blocks)
     }
 }
 
@@ -172,7 +179,6 @@ FM_TARGET_AMX static void float_blocks(const product *p, const char *a, int64_t 
     const __m512i up = _mm512_set1_epi16(0x3F80), down = _mm512_set1_epi16((short)0xBF80);
     const uint32_t *plus = (const uint32_t *)p->plus + jb * p->kblocks * 16;
     const uint32_t *minus = p->minus ? (const uint32_t *)p->minus + jb * p->kblocks * 16 : NULL;
-    const int64_t stride = 2 * p->kp;
     for (int64_t b = b0; b < b1; b++)
         for (int r = 0; r < 16; r++) {
             __m512i rest = minus ? _mm512_maskz_mov_epi16(minus[16 * b + r], down) : down;
@@ -181,8 +187,8 @@ FM_TARGET_AMX static void float_blocks(const product *p, const char *a, int64_t 
     for (int64_t b = b0; b < b1; b++) {
         _tile_loadd(6, tile + 1024 * (b - b0), 64);
         for (int q = 0; q < 3; q++) {
-            const char *part = a + q * p->plane + 64 * b;
-            ROW_TILES(_tile_dpbf16ps, part, stride, blocks)
+            const char *part = a + q * p->plane + 1024 * b;
+            ROW_TILES(_tile_dpbf16ps, part, p->kblocks * 1024, blocks)
         }
     }
 }
@@ -245,7 +251,7 @@ FM_TARGET_AMX static void run_tasks(int threads, const product *p, blocks_fn run
             int64_t i0 = t / slices * 16 * ROW_BLOCKS, i1 = fm_min64(n, i0 + 16 * ROW_BLOCKS);
             int64_t jb0 = t % slices * per, jb1 = fm_min64(cols, jb0 + per);
             if (laid != i0)
-                p->rows(p->source, i0, i1, p->kp, p->plane, rows), laid = i0;
+                p->rows(p->source, i0, i1, p->kblocks, p->plane, rows), laid = i0;
             task(p, run, rows, (int)((i1 - i0 + 15) / 16), jb0, jb1, tile, sums);
             finish(ctx, i0, i1, jb0, jb1, (const int32_t *)sums);
         }
@@ -257,19 +263,20 @@ FM_TARGET_AMX static void run_tasks(int threads, const product *p, blocks_fn run
 
 typedef struct {
     const uint64_t *a;
-    int64_t words, kblocks;
+    int64_t words;
 } packed_rows;
 
 /* rows_fn of sign products: packed rows (packed_rows) as 0/1 bytes. */
-FM_TARGET_AMX static void sign_rows(const void *source, int64_t i0, int64_t i1, int64_t kp, int64_t plane, void *rows) {
+FM_TARGET_AMX static void sign_rows(const void *source, int64_t i0, int64_t i1, int64_t kblocks, int64_t plane,
+                                    char *rows) {
     const packed_rows *r = source;
     const __m512i one = _mm512_set1_epi8(1);
     (void)plane;
-    for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++)
-        for (int64_t b = 0; b < r->kblocks; b++) {
-            uint64_t word = i < i1 ? r->a[i * r->words + b] : 0;
-            _mm512_store_si512((char *)rows + (i - i0) * kp + b * 64, _mm512_maskz_mov_epi8(word, one));
-        }
+    for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++) {
+        char *to = tile_row(rows, kblocks, i - i0);
+        for (int64_t b = 0; b < kblocks; b++)
+            _mm512_store_si512(to + 1024 * b, _mm512_maskz_mov_epi8(i < i1 ? r->a[i * r->words + b] : 0, one));
+    }
 }
 
 FM_TARGET_AMX static FM_INLINE __m512 bf16_as_float(__m256bh h) {
@@ -282,20 +289,22 @@ typedef struct {
 } float_rows;
 
 /* rows_fn of bf16 products: float rows (float_rows) as x = h1 + h2 + h3, three planes of bf16 rows. */
-FM_TARGET_AMX static void split_bf16(const void *source, int64_t i0, int64_t i1, int64_t kp, int64_t plane,
-                                     void *rows) {
+FM_TARGET_AMX static void split_bf16(const void *source, int64_t i0, int64_t i1, int64_t kblocks, int64_t plane,
+                                     char *rows) {
     const float_rows *r = source;
     const int64_t k = r->k;
-    for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++)
-        for (int64_t t = 0; t < kp; t += 16) {
+    for (int64_t i = i0; i < i0 + (i1 - i0 + 15) / 16 * 16; i++) {
+        char *to = tile_row(rows, kblocks, i - i0);
+        for (int64_t t = 0; t < 32 * kblocks; t += 16) { /* 32 values a block */
             __mmask16 live = i < i1 && t < k ? fm_first16(k - t) : 0;
             __m512 rest = _mm512_maskz_loadu_ps(live, i < i1 ? r->x + i * k + t : r->x);
             for (int p = 0; p < 3; p++) {
                 __m256bh h = _mm512_cvtneps_pbh(rest);
-                _mm256_store_si256((__m256i *)((char *)rows + p * plane + 2 * ((i - i0) * kp + t)), (__m256i)h);
+                _mm256_store_si256((__m256i *)(to + p * plane + t / 32 * 1024 + 2 * (t % 32)), (__m256i)h);
                 rest = _mm512_sub_ps(rest, bf16_as_float(h));
             }
         }
+    }
 }
 
 /* Where a product's sums go: rows (n, o) of int32 or float32 sums, or, given thresholds (`tau` of the sums'
@@ -377,7 +386,6 @@ FM_TARGET_AMX void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, i
                                    uint64_t *bits, int64_t words) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
-    int64_t kp = 64 * kblocks + PITCH_PAD;
     int32_t *ones = malloc(sizeof(int32_t) * (size_t)n);
     for (int64_t i = 0; i < n; i++) {
         int32_t count = 0;
@@ -385,8 +393,8 @@ FM_TARGET_AMX void fm_amx_sign_gemm(int threads, const uint64_t *a, int64_t n, i
             count += (int32_t)FM_POPCOUNT64(a[i * a_words + b]);
         ones[i] = count;
     }
-    packed_rows rows = {a, a_words, kblocks};
-    product p = {sign_rows, &rows, kp, kblocks, 16 * ROW_BLOCKS * kp, 1, 1, w, NULL};
+    packed_rows rows = {a, a_words};
+    product p = {sign_rows, &rows, kblocks, ROW_BLOCKS * kblocks * 1024, 1, w, NULL};
     if (bits)
         memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
     sign_out c = {{out, tau, up, bits, o, words}, ones, w_ones, k};
@@ -398,9 +406,9 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
                                      const uint32_t *minus, int64_t o, float *out) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
-    int64_t kblocks = (k + 31) / 32, kp = 32 * kblocks + PITCH_PAD / 2;
+    int64_t kblocks = (k + 31) / 32;
     float_rows rows = {x, k};
-    product p = {split_bf16, &rows, kp, kblocks, 2 * 16 * ROW_BLOCKS * kp, 3, 2, plus, minus};
+    product p = {split_bf16, &rows, kblocks, ROW_BLOCKS * kblocks * 1024, 3, plus, minus};
     float_out c = {out, o};
     run_tasks(threads, &p, float_blocks, n, o, finish_float, &c);
 }
@@ -453,12 +461,9 @@ typedef struct {
     destination to;
 } fixed_product;
 
-/* Row r's first input block in plane q of p's row group. The planes are laid out tile by tile, each tile
- * (16 rows x 64 inputs) 1 KB of consecutive cache lines, a row tile's blocks one after another: the tile
- * products stream them from L2 in order (a group's planes outgrow L1). With rows a padded length apart, as
- * the other products lay theirs out, the tile loop at 64 x 784 x 2048 took 84 us a thread, now 74. */
+/* Row r's first input block in plane q of p's row group (tile_row's layout). */
 static FM_INLINE const uint8_t *row_bytes(const fixed_product *p, int q, int64_t r) {
-    return p->a + q * p->plane + r / 16 * p->kblocks * 1024 + r % 16 * 64;
+    return (const uint8_t *)tile_row((char *)p->a + q * p->plane, p->kblocks, r);
 }
 
 /* Rows [i0, n) of x, up to a row group, into p's planes and per-row values (at i - i0): bytes of Y (zero past k
