@@ -206,9 +206,8 @@ static int64_t chunk_blocks(const product *p) {
 }
 
 /* One task: a row group (`blocks` row tiles, laid out at a) times the weight blocks [jb0, jb1), input chunk
- * by input chunk
- * so that the chunk's activations stay in L1 while every weight block reads them; each block's sums
- * wait in `sums` (4 KB a block) between chunks. */
+ * by input chunk so that the chunk's activations stay in L1 while every weight block reads them; each
+ * block's sums wait in `sums` (4 KB a block) between chunks. */
 FM_TARGET_AMX static void task(const product *p, blocks_fn run, const char *a, int blocks, int64_t jb0,
                                int64_t jb1, char *tile, char *sums) {
     const int64_t chunk = chunk_blocks(p);
