@@ -50,6 +50,7 @@ kernels = Extension(
             "conv",
             "pool",
             "residual",
+            "chain",
         )
     ],
     depends=[f"{KERNELS}/{name}.h" for name in ("fewmult_kernels", "simd")],

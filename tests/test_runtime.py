@@ -471,6 +471,30 @@ def test_rows_of_many_inputs_run_as_fixed_point_and_signs_are_compared_in_the_ke
     assert np.allclose(scores, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
+@needs_amx
+def test_a_sign_mlp_runs_its_dense_layers_as_one_call_with_the_plans_answers(tmp_path, monkeypatch):
+    """On AMX an MLP of sign layers runs as one kernel call (fewmult/runtime/chain.py) from
+    AMX_MIN_ROWS rows on, each layer on the kernel its step would take at that size (16 and 70 rows:
+    the hidden layer's 256 outputs on xnor_gemm and compare_pack; 200: on tiles): its scores are the
+    plan's, step by step, to the last bit. Below those rows the steps run; float activations (lab)
+    are no such chain."""
+    calls = []
+    chained = kernels.dense_chain
+    monkeypatch.setattr(kernels, "dense_chain", lambda *a: calls.append(len(a[0])) or chained(*a))
+    shape = (1, 24, 24)
+    for method in ("bnn", "lab"):
+        cfg = compose_config("dataset=synthetic", f"method={method}", "model=mlp", "model.arch=256FC-256FC")
+        torch.manual_seed(0)
+        write(tmp_path, trained_looking(build_model(cfg, shape, 10)))
+        runtime = CompiledNetwork(str(tmp_path / "model.npz"))
+        steps = runtime.plan(shape)
+        for n in (kernels.AMX_MIN_ROWS - 1, kernels.AMX_MIN_ROWS, 70, 200):
+            x = torch.rand(n, *shape).numpy()
+            by_steps = network._run(steps, network.Value("float", x)).as_float()
+            assert np.array_equal(runtime.forward(x), by_steps), (method, n)
+    assert calls == [kernels.AMX_MIN_ROWS, 70, 200]
+
+
 # and "valid" convolutions over 70 channels (two words a pixel, the second partly padding)
 SIGN_NETS = {
     **NETS,

@@ -53,6 +53,7 @@ _SIGNATURES = {
     "fm_sums_affine": ([_I, _P, _I, _L, _L, _L, *[_P] * 9], None),
     "fm_rprelu": ([_I, _P, _L, _L, _L, _P, _P, _P, _P], None),
     "fm_sign_pack": ([_I, _P, _L, _L, _L, _P, _P, _P, _L], None),
+    "fm_dense_chain": ([_I, _P, _L, _P, _L, _P], None),
 }
 
 
@@ -523,4 +524,27 @@ def sign_pack(x: np.ndarray, threshold: np.ndarray, negative: np.ndarray, thread
     words = -(-c // 64)
     out = np.empty((n, h, w, words), dtype=np.uint64)
     load().fm_sign_pack(threads, _ptr(x), n, c, h * w, _ptr(threshold), _ptr(negative), _ptr(out), words)
+    return out
+
+
+class DenseLayer(ctypes.Structure):
+    """One layer of :func:`dense_chain` (csrc/fewmult_kernels.h's ``fm_dense_layer``, which says what
+    each field holds): pointers to arrays its caller keeps alive."""
+
+    _fields_ = [
+        *[(name, ctypes.c_int64) for name in ("k", "o", "kblocks", "words", "min_rows", "min_sums")],
+        ("isa", ctypes.c_int32),
+        *[
+            (name, ctypes.c_void_p)
+            for name in ("tiles", "minus_tiles", "packed", "ones", "minus_ones", "tau", "up")
+        ],
+        *[(name, ctypes.c_void_p) for name in ("scale", "bias", "a", "b")],
+    ]
+
+
+def dense_chain(x: np.ndarray, layers: ctypes.Array, o: int, threads: int) -> np.ndarray:
+    """Float32 rows ``x`` (n, k) through a chain of dense layers in one call (csrc/chain.c): the last
+    layer's float64 scores (n, o)."""
+    out = np.empty((len(x), o))
+    load().fm_dense_chain(threads, _ptr(x), len(x), ctypes.addressof(layers), len(layers), _ptr(out))
     return out

@@ -34,6 +34,7 @@ import numpy as np
 
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import kernels
+from fewmult.runtime.chain import dense_chain
 from fewmult.runtime.thresholds import sums_thresholds
 
 # At most as many inputs run at once as keep every layer's float64 output within this. Larger arrays
@@ -156,6 +157,7 @@ class CompiledNetwork:
             print(reason, file=sys.stderr)
         self._plans: dict[tuple[int, ...], list[Step]] = {}  # per input shape
         self._largest: dict[tuple[int, ...], int] = {}  # its values of the largest layer output
+        self._chains: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None] = {}  # chain.py
 
     @property
     def compiled(self) -> bool:
@@ -173,6 +175,7 @@ class CompiledNetwork:
         if input_shape not in self._plans:
             self._plans[input_shape] = self._plan_ops(self.reference.layers, State("float", input_shape))[0]
             self._largest[input_shape] = _largest_output(self.reference.layers, input_shape)
+            self._chains[input_shape] = dense_chain(self, input_shape)
         return self._plans[input_shape]
 
     def forward(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -184,8 +187,13 @@ class CompiledNetwork:
         outputs, steps = [], self.plan(shape)
         if largest := self._largest[shape]:
             batch_size = min(batch_size, max(1, CHUNK_BYTES // (8 * largest)))
+        chain = self._chains[shape]  # the dense layers in one call, from AMX_MIN_ROWS rows on
         for start in range(0, len(x), batch_size):
-            outputs.append(_run(steps, Value("float", np.asarray(x[start : start + batch_size]))).as_float())
+            batch = np.asarray(x[start : start + batch_size])
+            if chain is not None and len(batch) >= kernels.AMX_MIN_ROWS:
+                outputs.append(chain(batch))
+            else:
+                outputs.append(_run(steps, Value("float", batch)).as_float())
         if len(outputs) == 1 and not np.may_share_memory(outputs[0], x):
             return outputs[0]
         return np.concatenate(outputs)

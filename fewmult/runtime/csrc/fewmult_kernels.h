@@ -137,4 +137,23 @@ void fm_rprelu(int threads, const double *x, int64_t n, int64_t c, int64_t hw, c
 void fm_sign_pack(int threads, const double *x, int64_t n, int64_t c, int64_t hw, const double *threshold,
                   const uint8_t *negative, uint64_t *out, int64_t words);
 
+/* A plan's dense layers run one after another in one call (chain.c): float32 rows x (n, layers[0].k) to
+ * float64 scores out (n, layers[count - 1].o). Each layer: binary weights as amx_layout group-4 tiles with
+ * their ones (and, for packed-bit rows, as packed rows for xnor_gemm, which runs below min_rows rows or
+ * min_sums sums); the first layer's float rows on fm_amx_fixed_gemm (n >= min_rows: the caller's check),
+ * the others' packed bits on fm_amx_sign_gemm or fm_xnor_gemm. Every layer but the last compares its sums
+ * with its BN + sign's thresholds (tau: float32 after float rows, int32 after bits; fm_compare_pack's) into
+ * rows of `words` words; the last layer's sums go through fm_sums_affine (scale, bias, a, b). */
+typedef struct {
+    int64_t k, o, kblocks, words, min_rows, min_sums;
+    int32_t isa;
+    const uint64_t *tiles, *minus_tiles, *packed;
+    const int32_t *ones, *minus_ones;
+    const void *tau;
+    const uint16_t *up;
+    const double *scale, *bias, *a, *b;
+} fm_dense_layer;
+void fm_dense_chain(int threads, const float *x, int64_t n, const fm_dense_layer *layers, int64_t count,
+                    double *out);
+
 #endif
