@@ -16,7 +16,8 @@ activations times real-valued weights select weights; max-pooling of sums keeps 
 minimum where their scale is negative), and floats are pooled in float64 as the reference pools
 them; a batch norm + sign after them is one comparison per unit that writes the next layer's packed
 bits. Every other op runs the NumPy reference (:mod:`fewmult.packed_forward`), and
-:meth:`CompiledNetwork.describe` says which step runs each op.
+:meth:`CompiledNetwork.describe` says which step runs each op. An MLP of sign layers on AMX runs its
+steps' kernels in one call instead (:mod:`fewmult.runtime.chain`), from ``kernels.AMX_MIN_ROWS`` rows.
 
 Where the reference is integer (+-1 x binary, then scale and bias in float64 in the same order)
 the answers are identical; float32 sums of float activations differ from the reference's float64
