@@ -11,7 +11,8 @@ same choices by size, to one C loop. Its answers are the plan's (tested), and ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,10 +23,24 @@ if TYPE_CHECKING:
     from fewmult.runtime.network import CompiledNetwork
 
 
+@dataclass
+class DenseChain:
+    """The call: float rows (n, *input_shape) in, the last layer's float64 scores (n, o) out."""
+
+    layers: ctypes.Array  # of kernels.DenseLayer
+    arrays: list[dict[str, np.ndarray | None]]  # what the layers point to: alive while the chain is
+    o: int
+    threads: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+        return kernels.dense_chain(rows, self.layers, self.o, self.threads)
+
+
 def _layer(
     net: CompiledNetwork, op: dict[str, Any], after: dict[str, Any], k: int, bits: bool
-) -> list | None:
-    """A ``DenseLayer``'s fields and the arrays they point to, or None where the chain cannot take it."""
+) -> tuple[dict[str, int], dict[str, np.ndarray | None]] | None:
+    """A ``DenseLayer``'s sizes and the arrays it points to, or None where the chain cannot take it."""
     from fewmult.runtime.network import State, _planes
 
     spec = op["weight"]
@@ -53,16 +68,13 @@ def _layer(
             summed.sums_scale,
             net._per_channel(after, "scale", "shift"),
         )
-    sizes = {"k": k, "o": o, "kblocks": -(-k // 64), "words": kernels.row_words(o)}
-    return [sizes, arrays]
+    return {"k": k, "o": o, "kblocks": -(-k // 64), "words": kernels.row_words(o)}, arrays
 
 
-def dense_chain(
-    net: CompiledNetwork, input_shape: tuple[int, ...]
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The network's layers as one call on float32 rows (n, k), or None where they are not such a chain
-    or the CPU has no AMX: ``[flatten], (linear, sign_threshold)..., linear, affine``, the first product
-    of at least ``kernels.AMX_FIXED_MIN_INPUTS`` inputs."""
+def dense_chain(net: CompiledNetwork, input_shape: tuple[int, ...]) -> DenseChain | None:
+    """The network's layers as one call, or None where they are not such a chain or the CPU has no
+    AMX: ``[flatten], (linear, sign_threshold)..., linear, affine``, the first product of at least
+    ``kernels.AMX_FIXED_MIN_INPUTS`` inputs."""
     ops = list(net.reference.layers)
     if net.isa != "amx" or not ops:
         return None
@@ -71,7 +83,7 @@ def dense_chain(
     k = int(np.prod(input_shape))
     if len(ops) < 2 or len(ops) % 2 or k < kernels.AMX_FIXED_MIN_INPUTS:
         return None
-    fields, held = [], []
+    layers, held = [], []
     for i in range(0, len(ops), 2):
         op, after = ops[i], ops[i + 1]
         last = i + 2 == len(ops)
@@ -82,7 +94,7 @@ def dense_chain(
         sizes, arrays = layer
         held.append(arrays)
         addresses = {name: None if a is None else kernels._ptr(a) for name, a in arrays.items()}
-        fields.append(
+        layers.append(
             kernels.DenseLayer(
                 **sizes,
                 min_rows=kernels.AMX_MIN_ROWS,
@@ -92,11 +104,4 @@ def dense_chain(
             )
         )
         k = sizes["o"]
-    layers = (kernels.DenseLayer * len(fields))(*fields)
-    threads, o = net.threads, k
-
-    def run(x: np.ndarray, keep: tuple = (layers, held)) -> np.ndarray:  # keep: the arrays stay alive
-        rows = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
-        return kernels.dense_chain(rows, layers, o, threads)
-
-    return run
+    return DenseChain((kernels.DenseLayer * len(layers))(*layers), held, k, net.threads)

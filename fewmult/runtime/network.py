@@ -35,7 +35,7 @@ import numpy as np
 
 from fewmult.packed_forward import PackedNetwork
 from fewmult.runtime import kernels
-from fewmult.runtime.chain import dense_chain
+from fewmult.runtime.chain import DenseChain, dense_chain
 from fewmult.runtime.thresholds import sums_thresholds
 
 # At most as many inputs run at once as keep every layer's float64 output within this. Larger arrays
@@ -158,7 +158,7 @@ class CompiledNetwork:
             print(reason, file=sys.stderr)
         self._plans: dict[tuple[int, ...], list[Step]] = {}  # per input shape
         self._largest: dict[tuple[int, ...], int] = {}  # its values of the largest layer output
-        self._chains: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray] | None] = {}  # chain.py
+        self._chains: dict[tuple[int, ...], DenseChain | None] = {}  # per input shape (chain.py)
 
     @property
     def compiled(self) -> bool:
