@@ -465,6 +465,28 @@ static FM_INLINE const uint8_t *row_bytes(const fixed_product *p, int q, int64_t
     return (const uint8_t *)tile_row((char *)p->a + q * p->plane, p->kblocks, r);
 }
 
+/* The e with m < 2^e (frexp's), m >= 0 finite; 0 for 0. From the float's bits: frexp and ldexp, calls into
+ * libm, took a third of the layout's time. */
+static inline int exponent_above(float m) {
+    uint32_t bits;
+    memcpy(&bits, &m, sizeof bits);
+    int biased = (int)(bits >> 23 & 255);
+    if (biased == 0) { /* zero or subnormal */
+        int e = 0;
+        frexp((double)m, &e);
+        return e;
+    }
+    return biased - 126;
+}
+
+/* 2^e for e within double's normal exponents. */
+static inline double power_of_two(int e) {
+    uint64_t bits = (uint64_t)(e + 1023) << 52;
+    double out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
 /* Rows [i0, n) of x, up to a row group, into p's planes and per-row values (at i - i0): bytes of Y (zero past k
  * and past n), each row's unit, sum of X, sum and spread of its low bytes about 128, and whether it is finite. */
 FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, int64_t i0, int64_t n, uint8_t *finite) {
@@ -478,16 +500,19 @@ FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, in
     const __m512i gather_low = _mm512_loadu_si512(low_index), gather_high = _mm512_loadu_si512(high_index);
     for (int64_t i = i0; i < i0 + (n - i0 + 15) / 16 * 16; i++) {
         const float *row = x + (i < n ? i : 0) * k;
-        __m512 most = _mm512_setzero_ps();
-        __mmask16 bad = 0;
+        /* the largest magnitude as the largest of the magnitudes' bits: their order as unsigned integers is
+         * the floats', infinity and NaN above every finite value */
+        const __m512i magnitudes = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i most = _mm512_setzero_si512();
         for (int64_t t = 0; i < n && t < k; t += 16) {
-            __mmask16 live = fm_first16(k - t);
-            __m512 v = _mm512_maskz_loadu_ps(live, row + t);
-            bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ); /* inf, NaN */
-            most = _mm512_max_ps(most, _mm512_abs_ps(v));
+            __m512i v = _mm512_maskz_loadu_epi32(fm_first16(k - t), row + t); /* no read past the row */
+            most = _mm512_max_epu32(most, _mm512_and_si512(v, magnitudes));
         }
-        int e = 0;
-        frexp((double)_mm512_reduce_max_ps(most), &e); /* max < 2^e; 0 for a row of zeros */
+        uint32_t largest = (uint32_t)_mm512_reduce_max_epu32(most);
+        int bad = largest >= 0x7F800000u; /* an infinity or NaN */
+        float magnitude;
+        memcpy(&magnitude, &largest, sizeof magnitude);
+        int e = bad ? 0 : exponent_above(magnitude); /* max < 2^e; 0 for a row of zeros */
         /* x 2^(22 - e) is exact in float32 (or below 2^-126, rounding to 0 either way), and rounds to the
          * nearest integer as the double product did; 64 values at a time, their bytes gathered into planes */
         const __m512 scale = _mm512_set1_ps((float)(FIXED_SHIFT - e));
@@ -520,10 +545,10 @@ FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, in
         int64_t spread_k = _mm512_reduce_add_epi64(spread) - LOW_MIDDLE * (kp - k);
         if (i < n) {
             int64_t r = i - i0;
-            p->unit[r] = ldexp(1.0, e - FIXED_SHIFT), p->rest[r] = (double)(total - (int64_t)FIXED_OFFSET * k);
+            p->unit[r] = power_of_two(e - FIXED_SHIFT), p->rest[r] = (double)(total - (int64_t)FIXED_OFFSET * k);
             p->low[r] = (double)(lows - LOW_MIDDLE * k), p->low_spread[r] = (double)spread_k;
             finite[r] = !bad;
-            p->terms[r] = (row_terms){e >= -38 && e <= 82 ? ldexpf(1.0f, FIXED_SHIFT - e) : 0.0f,
+            p->terms[r] = (row_terms){e >= -38 && e <= 82 ? (float)power_of_two(FIXED_SHIFT - e) : 0.0f,
                                       (float)(p->low_spread[r] + 32.0 * (double)k), (float)(p->low[r] - p->rest[r])};
         }
     }
