@@ -252,32 +252,6 @@ def test_fixed_point_bits_at_their_thresholds_are_those_of_its_sums(encoding):
         assert np.array_equal(bits, kernels.compare_pack(sums, tau, thresholds[1], "avx512", 2))
 
 
-@needs_amx
-@pytest.mark.parametrize("encoding", ["binary", "ternary"])
-def test_fixed_point_weights_expanded_once_give_the_same_sums_and_bits(encoding):
-    """Weight tiles expanded at plan time (kernels.amx_tiles, what the first layer of an MLP reads) give
-    the sums and bits of expanding the masks at every call: two input chunks, an odd pair of weight
-    blocks; a layer whose tiles would pass AMX_EXPANDED_MAX_BYTES is not expanded."""
-    rng = np.random.default_rng(12)
-    n, k, o = 40, 1100, 40
-    plus = random_bits(rng, o, k)
-    minus = None if encoding == "binary" else random_bits(rng, o, k) & ~plus
-    weights = [
-        (None, None) if p is None else (kernels.amx_layout(p, 4), p.sum(1, dtype=np.int32))
-        for p in (plus, minus)
-    ]
-    expanded = kernels.amx_tiles(weights[0][0], weights[1][0])
-    x = rng.standard_normal((n, k)).astype(np.float32)
-    tau = np.median(fixed_gemm(x, plus, minus), axis=0).astype(np.float32)
-    thresholds = (kernels.pinned(tau), kernels.unit_masks(rng.random(o) < 0.5), kernels.row_words(o))
-    for given in (None, thresholds):
-        every_call = kernels.amx_fixed_gemm(x, *weights[0], *weights[1], o, 2, given)
-        once = kernels.amx_fixed_gemm(x, *weights[0], *weights[1], o, 2, given, expanded)
-        assert np.array_equal(once, every_call)
-    big = kernels.amx_layout(np.zeros((2048, 2048), dtype=bool), 4)  # 4 MB of tiles
-    assert kernels.amx_tiles(big, None) is None
-
-
 @needs_kernels
 @pytest.mark.parametrize("isa", VECTOR_ISAS)
 @pytest.mark.parametrize(("n", "k", "o"), [*SHAPES, (200, 147, 70)])  # and threaded: a 7x7 RGB stem

@@ -59,10 +59,6 @@ def _layer(
         "minus_ones": None if minus is None else kernels.pinned(minus.sum(axis=1, dtype=np.int32)),
         "packed": kernels.pinned(kernels.pack_rows(plus)) if bits else None,
     }
-    if not bits:  # the first layer's weight tiles, expanded once where they are small enough
-        arrays["expanded"], arrays["minus_expanded"] = kernels.amx_tiles(
-            arrays["tiles"], arrays["minus_tiles"]
-        ) or (None, None)
     if after["op"] == "sign_threshold":
         if (on_sums := net._on_sums(after, summed)) is None:
             return None

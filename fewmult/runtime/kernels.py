@@ -26,11 +26,8 @@ AMX_FLOAT_MIN_ROWS = 64
 # (64 x 2048 x 10: xnor_gemm 8 us, amx_sign_gemm 18; x 256 outputs 36 and 42; 256 x 512 x 128: 40, 29);
 AMX_MIN_SUMS = 32768
 # float rows as fixed point on int8 tiles rather than three bf16 parts from 512 inputs (64 x 784 x
-# 2048: 1.6x; the 27 inputs of a 3x3 RGB convolution: 0.5x);
+# 2048: 1.6x; the 27 inputs of a 3x3 RGB convolution: 0.5x).
 AMX_FIXED_MIN_INPUTS = 512
-# their weight tiles expanded once (amx_tiles) where they take at most 2 MB, read from L2 rather than
-# expanded at every call (64 x 784 x 2048: 1.07x); the 4 MB of a 2048 x 2048 layer's ran slower from L3.
-AMX_EXPANDED_MAX_BYTES = 2 << 20
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
@@ -43,7 +40,7 @@ _SIGNATURES = {
     "fm_float_gemm_panels": ([_I, _I, _P, _L, _L, _P, _L, _P], None),
     "fm_amx_sign_gemm": ([_I, _P, _L, _L, _P, _P, _L, _L, ctypes.c_int32, _P, _P, _P, _P, _L], None),
     "fm_amx_select_gemm": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
-    "fm_amx_fixed_gemm": ([_I, _P, _L, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, _P, _P, _L], None),
+    "fm_amx_fixed_gemm": ([_I, _P, _L, _L, _P, _P, _P, _P, _L, _P, _P, _P, _P, _L], None),
     "fm_lut_gemm_avx512": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_lut_gemm_avx2": ([_I, _P, _L, _L, _P, _P, _L, _P], None),
     "fm_compare_pack": ([_I, _I, _P, _I, _L, _L, _P, _P, _P, _L], None),
@@ -158,19 +155,6 @@ def amx_layout(bits: np.ndarray, group: int) -> np.ndarray:
     tiles = padded.reshape(-1, 16, padded.shape[1] // span, 16, group).transpose(0, 2, 3, 1, 4)
     masks = np.packbits(tiles.reshape(-1, span), axis=1, bitorder="little")
     return pinned(masks.view("<u8" if group == 4 else "<u4").reshape(*tiles.shape[:3]))
-
-
-def amx_tiles(plus: np.ndarray, minus: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """:func:`amx_layout`'s group-4 masks (plus, and minus or None) as the 0/1 byte tiles they expand to
-    (1 KB a tile, in the masks' order), what :func:`amx_fixed_gemm` reads instead of expanding them; None
-    where they would take more than ``AMX_EXPANDED_MAX_BYTES``."""
-    if (plus.size + (0 if minus is None else minus.size)) * 64 > AMX_EXPANDED_MAX_BYTES:
-        return None
-
-    def expand(masks: np.ndarray) -> np.ndarray:
-        return pinned(np.unpackbits(masks.view(np.uint8), bitorder="little").reshape(*masks.shape, 64))
-
-    return expand(plus), None if minus is None else expand(minus)
 
 
 class Pinned(np.ndarray):
@@ -288,18 +272,15 @@ def amx_fixed_gemm(
     o: int,
     threads: int,
     thresholds: Thresholds | None = None,
-    expanded: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """:func:`select_gemm` on int8 AMX tiles, each float32 row as 24-bit fixed point (csrc/amx_gemm.c),
     the selections in :func:`amx_layout` (group 4) with each weight row's selected count (int32, o);
     given ``thresholds``, the bits :func:`compare_pack` makes of those float32 sums (the tiles then run
-    two of the three byte planes, and the third only for units whose sums are near their threshold);
-    ``expanded``: plus's and minus's :func:`amx_tiles`, read instead of expanding the masks."""
+    two of the three byte planes, and the third only for units whose sums are near their threshold)."""
     (n, k) = x.shape
     out, rest = _outputs(n, o, np.float32, thresholds)
-    tiles = [_ptr(t) for t in expanded or (None, None)]
     load().fm_amx_fixed_gemm(
-        threads, _ptr(x), n, k, _ptr(plus), _ptr(plus_ones), _ptr(minus), _ptr(minus_ones), *tiles, o, *rest
+        threads, _ptr(x), n, k, _ptr(plus), _ptr(plus_ones), _ptr(minus), _ptr(minus_ones), o, *rest
     )
     return out
 
@@ -555,9 +536,9 @@ class DenseLayer(ctypes.Structure):
         ("isa", ctypes.c_int32),
         *[
             (name, ctypes.c_void_p)
-            for name in ("tiles", "minus_tiles", "packed", "expanded", "minus_expanded", "ones", "minus_ones")
+            for name in ("tiles", "minus_tiles", "packed", "ones", "minus_ones", "tau", "up")
         ],
-        *[(name, ctypes.c_void_p) for name in ("tau", "up", "scale", "bias", "a", "b")],
+        *[(name, ctypes.c_void_p) for name in ("scale", "bias", "a", "b")],
     ]
 
 

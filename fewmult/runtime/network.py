@@ -393,12 +393,11 @@ class CompiledNetwork:
             else (kernels.amx_layout(p, 4), kernels.pinned(p.sum(axis=1, dtype=np.int32)))
             for p in (plus, minus)
         ]
-        expanded = kernels.amx_tiles(planes[0][0], planes[1][0])
 
         def fixed(x: np.ndarray, thresholds: kernels.Thresholds | None = None) -> np.ndarray | None:
             if len(x) < least:
                 return None
-            return kernels.amx_fixed_gemm(x, *planes[0], *planes[1], o, threads, thresholds, expanded)
+            return kernels.amx_fixed_gemm(x, *planes[0], *planes[1], o, threads, thresholds)
 
         return Product(
             f"amx_fixed_gemm (int8 tiles, rows as 24-bit fixed point, {encoding} weights; below {least} "

@@ -450,7 +450,6 @@ typedef struct {
     int64_t plane, kblocks, k;
     int first;            /* the tiles' first plane: 0, or 1 before a BN + sign (see above) */
     const uint64_t *w[2]; /* plus, minus (NULL: binary) masks, amx_layout group 4 */
-    const uint8_t *tiles[2]; /* the same as 0/1 weight tiles, 1 KB each (or NULL: expanded as they are read) */
     const int32_t *w_ones[2];
     /* of each row of the group (a thread's own) */
     double *unit;       /* 2^(e_i - 22): a row's fixed-point unit */
@@ -559,18 +558,13 @@ FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, in
  * jb + 1 (`pair` of them), 2 x 2 tiles at a time: A tiles m, m + 1 (tiles 4, 5) times the two weight
  * tiles (6, 7) into tiles 0-3, each A tile load feeding two products and each weight tile load two.
  * Sums of weight block h, plane q, row tile r at sums + FIXED_BLOCK h + 4096 q + 1024 r (16 x 16 int32). */
-FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, int set, int64_t jb, int pair, int row_tiles, char *tile,
-                                       char *sums) {
+FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, const uint64_t *w, int64_t jb, int pair, int row_tiles,
+                                       char *tile, char *sums) {
     const int64_t a_tiles = FIXED_PLANES * row_tiles;
     for (int64_t b0 = 0; b0 < p->kblocks; b0 += FIXED_CHUNK) {
         int64_t b1 = fm_min64(b0 + FIXED_CHUNK, p->kblocks), span = 1024 * FIXED_CHUNK;
-        const char *weights = tile; /* weight block jb + h's tile b at weights + h span + 1024 (b - b0) */
-        if (p->tiles[set]) {
-            weights = (const char *)p->tiles[set] + (jb * p->kblocks + b0) * 1024, span = 1024 * p->kblocks;
-        } else {
-            for (int h = 0; h < pair; h++)
-                expand_tiles(p->w[set], p->kblocks, jb + h, b0, b1, tile + h * span);
-        }
+        for (int h = 0; h < pair; h++)
+            expand_tiles(w, p->kblocks, jb + h, b0, b1, tile + h * span);
         for (int64_t m = p->first * row_tiles; m < a_tiles; m += 2) {
             int two = m + 1 < a_tiles;
             const uint8_t *a0 = row_bytes(p, (int)(m / row_tiles), 16 * (m % row_tiles));
@@ -592,10 +586,10 @@ FM_TARGET_AMX static void fixed_blocks(const fixed_product *p, int set, int64_t 
             }
             for (int64_t b = b0; b < b1; b++) {
                 _tile_loadd(4, a0 + 1024 * b, 64);
-                _tile_loadd(6, weights + 1024 * (b - b0), 64);
+                _tile_loadd(6, tile + 1024 * (b - b0), 64);
                 _tile_dpbuud(0, 4, 6);
                 if (pair == 2) {
-                    _tile_loadd(7, weights + span + 1024 * (b - b0), 64);
+                    _tile_loadd(7, tile + span + 1024 * (b - b0), 64);
                     _tile_dpbuud(1, 4, 7);
                 }
                 if (two) {
@@ -792,8 +786,8 @@ static int weight_bit(const uint64_t *w, int64_t kblocks, int64_t j, int64_t t) 
 
 FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
                                     const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones,
-                                    const uint8_t *plus_tiles, const uint8_t *minus_tiles, int64_t o, float *out,
-                                    const float *tau, const uint16_t *up, uint64_t *bits, int64_t words) {
+                                    int64_t o, float *out, const float *tau, const uint16_t *up, uint64_t *bits,
+                                    int64_t words) {
     if (!tiles_granted())
         abort(); /* callers check fm_best_isa() == FM_AMX first */
     int64_t kblocks = (k + 63) / 64, group = 16 * ROW_BLOCKS;
@@ -801,8 +795,8 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
     if (bits)
         memset(bits, 0, sizeof(uint64_t) * (size_t)(n * words));
     const fixed_product shared = {.plane = group * 64 * kblocks, .kblocks = kblocks, .k = k, .first = bits != NULL,
-                                  .w = {plus, minus}, .tiles = {plus_tiles, minus_tiles},
-                                  .w_ones = {plus_ones, minus_ones}, .to = {out, tau, up, bits, o, words}};
+                                  .w = {plus, minus}, .w_ones = {plus_ones, minus_ones},
+                                  .to = {out, tau, up, bits, o, words}};
     int64_t cols = (o + 15) / 16, pairs = (cols + 1) / 2;
     int64_t groups = (n + 16 * ROW_BLOCKS - 1) / (16 * ROW_BLOCKS), tasks = groups * pairs;
     int sets = minus ? 2 : 1;
@@ -832,7 +826,7 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
             if (jb == 0) /* the group's one task with the first weight blocks says which rows are finite */
                 memcpy(finite + i0, finite_rows, (size_t)(i1 - i0));
             for (int set = 0; set < sets; set++)
-                fixed_blocks(&p, set, jb, pair, row_tiles, tile, sums + set * FIXED_SET);
+                fixed_blocks(&p, p.w[set], jb, pair, row_tiles, tile, sums + set * FIXED_SET);
             for (int h = 0; h < pair; h++)
                 finish_fixed(&p, i0, i1, jb + h, sums + FIXED_BLOCK * h);
         }
@@ -882,11 +876,10 @@ void fm_amx_select_gemm(int threads, const float *x, int64_t n, int64_t k, const
 }
 
 void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
-                       const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones,
-                       const uint8_t *plus_tiles, const uint8_t *minus_tiles, int64_t o, float *out, const float *tau,
-                       const uint16_t *up, uint64_t *bits, int64_t words) {
+                       const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones, int64_t o,
+                       float *out, const float *tau, const uint16_t *up, uint64_t *bits, int64_t words) {
     (void)threads, (void)x, (void)n, (void)k, (void)plus, (void)plus_ones, (void)minus, (void)minus_ones,
-        (void)plus_tiles, (void)minus_tiles, (void)o, (void)out, (void)tau, (void)up, (void)bits, (void)words;
+        (void)o, (void)out, (void)tau, (void)up, (void)bits, (void)words;
     abort();
 }
 #endif

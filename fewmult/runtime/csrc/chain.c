@@ -20,8 +20,8 @@ static void product(int threads, const fm_dense_layer *l, layer_input in, int64_
     const int32_t *tau = next ? l->tau : NULL;
     const uint16_t *up = next ? l->up : NULL;
     if (in.x) {
-        fm_amx_fixed_gemm(threads, in.x, n, l->k, l->tiles, l->ones, l->minus_tiles, l->minus_ones, l->expanded,
-                          l->minus_expanded, l->o, sums, (const float *)tau, up, next, l->words);
+        fm_amx_fixed_gemm(threads, in.x, n, l->k, l->tiles, l->ones, l->minus_tiles, l->minus_ones, l->o, sums,
+                          (const float *)tau, up, next, l->words);
     } else if (n >= l->min_rows && n * l->o >= l->min_sums) {
         fm_amx_sign_gemm(threads, in.bits, n, in.words, l->tiles, l->ones, l->o, l->kblocks, (int32_t)l->k, sums, tau,
                          up, next, l->words);

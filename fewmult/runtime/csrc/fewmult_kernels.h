@@ -78,13 +78,10 @@ void fm_amx_select_gemm(int threads, const float *x, int64_t n, int64_t k, const
 /* The same product on int8 tiles: each float row as 24-bit fixed point (scaled by a power of two,
  * rounded: at most 2^-23 of the row's largest magnitude off a value) in three byte planes, the weights
  * as 0/1 tiles (plus, and minus for ternary weights: NULL for binary) with each row's ones; the sums
- * exact, then rounded once to float32. amx_layout group 4 (uint64 masks); plus_tiles and minus_tiles,
- * where not NULL, the same weights already expanded (kernels.amx_tiles: 1 KB a tile, in the masks'
- * order), read instead of expanding the masks at every call. */
+ * exact, then rounded once to float32. amx_layout group 4 (uint64 masks). */
 void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int64_t k, const uint64_t *plus,
-                       const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones,
-                       const uint8_t *plus_tiles, const uint8_t *minus_tiles, int64_t o, float *out, const float *tau,
-                       const uint16_t *up, uint64_t *bits, int64_t words);
+                       const int32_t *plus_ones, const uint64_t *minus, const int32_t *minus_ones, int64_t o,
+                       float *out, const float *tau, const uint16_t *up, uint64_t *bits, int64_t words);
 
 /* Batch norm + sign as one comparison per sum, written as packed bits for the next product: with each
  * unit's comparison moved onto its sums (fewmult/runtime/thresholds.py: the reference's
@@ -151,7 +148,6 @@ typedef struct {
     int64_t k, o, kblocks, words, min_rows, min_sums;
     int32_t isa;
     const uint64_t *tiles, *minus_tiles, *packed;
-    const uint8_t *expanded, *minus_expanded; /* the first layer's weight tiles expanded, or NULL */
     const int32_t *ones, *minus_ones;
     const void *tau;
     const uint16_t *up;
