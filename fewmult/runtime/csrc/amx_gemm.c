@@ -425,7 +425,7 @@ FM_TARGET_AMX void fm_amx_select_gemm(int threads, const float *x, int64_t n, in
  *
  * Before a BN + sign only each sum's side of its threshold is kept, and the tiles run the two high planes
  * (two thirds of the tile products). With each low byte L of Y taken as 128, each X is off by L - 128, so a
- * sum of w_t X_t (|w_t| <= 1) lies within sum_t |L_t - 128| (the row's `low_spread`) of what the high planes
+ * sum of w_t X_t (|w_t| <= 1) lies within sum_t |L_t - 128| (the row's spread) of what the high planes
  * give. Rounding to float32 is monotone: where both ends of that interval round to the same side of the
  * threshold, so does the sum. Elsewhere (units whose sums are that close to their threshold) the low
  * plane's sum_t u_t L_t is added for that unit alone, so every bit is the one the three-plane sum gives:
@@ -452,10 +452,8 @@ typedef struct {
     const uint64_t *w[2]; /* plus, minus (NULL: binary) masks, amx_layout group 4 */
     const int32_t *w_ones[2];
     /* of each row of the group (a thread's own) */
-    double *unit;       /* 2^(e_i - 22): a row's fixed-point unit */
-    double *rest;       /* sum_t Y_it - 2^23 k = sum_t X_it */
-    double *low;        /* sum_t (L_it - 128), L_it the low byte of Y_it */
-    double *low_spread; /* sum_t |L_it - 128| */
+    double *unit; /* 2^(e_i - 22): a row's fixed-point unit */
+    double *rest; /* sum_t Y_it - 2^23 k = sum_t X_it */
     row_terms *terms;
     destination to;
 } fixed_product;
@@ -488,7 +486,8 @@ static inline double power_of_two(int e) {
 }
 
 /* Rows [i0, n) of x, up to a row group, into p's planes and per-row values (at i - i0): bytes of Y (zero past k
- * and past n), each row's unit, sum of X, sum and spread of its low bytes about 128, and whether it is finite. */
+ * and past n), each row's unit, sum of X, row_terms (from the sum and spread of its low bytes about 128), and
+ * whether it is finite. */
 FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, int64_t i0, int64_t n, uint8_t *finite) {
     const int64_t k = p->k, kp = 64 * p->kblocks, plane = p->plane;
     /* byte b of int32 j of two vectors (32 values): bytes 0 and 1 in the halves of gather_low, byte 2 in the
@@ -546,10 +545,10 @@ FM_TARGET_AMX static void split_fixed(const fixed_product *p, const float *x, in
         if (i < n) {
             int64_t r = i - i0;
             p->unit[r] = power_of_two(e - FIXED_SHIFT), p->rest[r] = (double)(total - (int64_t)FIXED_OFFSET * k);
-            p->low[r] = (double)(lows - LOW_MIDDLE * k), p->low_spread[r] = (double)spread_k;
             finite[r] = !bad;
             p->terms[r] = (row_terms){e >= -38 && e <= 82 ? (float)power_of_two(FIXED_SHIFT - e) : 0.0f,
-                                      (float)(p->low_spread[r] + 32.0 * (double)k), (float)(p->low[r] - p->rest[r])};
+                                      (float)((double)spread_k + 32.0 * (double)k),
+                                      (float)((double)(lows - LOW_MIDDLE * k) - p->rest[r])};
         }
     }
 }
@@ -809,8 +808,8 @@ FM_TARGET_AMX void fm_amx_fixed_gemm(int threads, const float *x, int64_t n, int
         char *sums = aligned_alloc(64, 2 * FIXED_SET);
         fixed_product p = shared;
         p.a = aligned_alloc(64, (size_t)(FIXED_PLANES * p.plane));
-        p.unit = malloc(sizeof(double) * (size_t)(4 * group));
-        p.rest = p.unit + group, p.low = p.rest + group, p.low_spread = p.low + group;
+        p.unit = malloc(sizeof(double) * (size_t)(2 * group));
+        p.rest = p.unit + group;
         p.terms = malloc(sizeof(row_terms) * (size_t)group);
         uint8_t finite_rows[16 * ROW_BLOCKS];
         int64_t laid = -1;
